@@ -1,0 +1,40 @@
+# baton: the two commands a newcomer needs.
+#   make demo   installs what is missing, builds, and runs the main job
+#   make test   installs what is missing, builds, and runs the whole suite
+# Other targets: build, deps, sanitize (ASan+UBSan suite), fuzz (libFuzzer with clang), clean.
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_WERROR=ON
+
+.PHONY: all deps configure build test demo sanitize fuzz clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+demo: build
+	@./scripts/demo.sh $(BUILD)/cli/baton
+
+sanitize: deps
+	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=ON -DBATON_WERROR=ON >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@ctest --test-dir build-asan --output-on-failure -j $(JOBS)
+
+fuzz: deps
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+	@echo "fuzzers are in build-fuzz/fuzz/ (run e.g. build-fuzz/fuzz/snapshot_fuzz -max_total_time=60 CORPUS_DIR)"
+
+clean:
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -1,0 +1,25 @@
+// Registration of every baton subcommand. Each lives in its own cmd_*.cpp file.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace baton::cli {
+
+// Exit codes shared by all subcommands.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRefuted = 1;  // a proof was refuted / a comparison differs
+inline constexpr int kExitError = 2;    // bad input, unknown verdict, or failure
+
+// Each register_* adds one subcommand tree to the app. The callback of a subcommand sets
+// `exit_code` via the shared holder below.
+void register_ept(CLI::App& app);
+void register_snapshot(CLI::App& app);
+void register_bench(CLI::App& app);
+
+// The exit code chosen by whichever subcommand ran.
+int& exit_code();
+
+// Prints "baton: <message>" on stderr and sets the error exit code.
+void fail(const std::string& message);
+
+}  // namespace baton::cli

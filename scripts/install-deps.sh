@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian packages baton needs. Idempotent: does nothing when all are present.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  clang libclang-rt-14-dev           # libFuzzer targets and sanitizer runtimes
+  libunicorn-dev                     # simulator: x86-64 emulation
+  libz3-dev                          # checker: SMT proofs
+  libcli11-dev                       # command line
+  catch2                             # unit and property tests
+  libcapstone-dev                    # block decoding (instruction counts, RDTSC)
+  nlohmann-json3-dev                 # --json output, memslot/owner files, cost profiles
+  libzstd-dev                        # compressed snapshot pages
+  libxxhash-dev                      # page hashes
+  libtbb-dev                         # parallel normalisation and proofs
+  libbenchmark-dev                   # baton bench baselines
+  libreadline-dev                    # interactive explore
+  gnuplot-nox                        # baton compare --plot
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} Debian packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages (${missing[*]}); run as root or install them with apt-get" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
