@@ -132,6 +132,8 @@ void register_bench(CLI::App& app) {
   m->add_option("--walks", mo->walks, "Random walks to time")->capture_default_str();
   m->callback([mo] { run_bench_model(*mo); });
 
+  register_bench_checker(*bench);
+  register_bench_sim(*bench);
 }
 
 }  // namespace baton::cli

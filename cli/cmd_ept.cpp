@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <tuple>
 
 #include "baton/model/ept_walk.hpp"
 #include "baton/model/mapping_set.hpp"
@@ -147,6 +148,12 @@ void run_diff(const EptOptions& o) {
                   format_size(d.size).c_str());
       std::printf("  A: %s\n", d.a ? model::describe(*d.a).c_str() : "not mapped");
       std::printf("  B: %s\n", d.b ? model::describe(*d.b).c_str() : "not mapped");
+      for (const auto& [side, run, snap] : {std::tuple{"A", &d.a, &*a}, std::tuple{"B", &d.b, &*b}}) {
+        if (!*run || (*run)->kind != model::RunKind::kMapped) continue;
+        const model::Hpa h = (*run)->hpa_at(d.gpa);
+        const model::OwnerRange owner = snap->owners.owner_of(model::hfn_of(h));
+        std::printf("  %s's frame %s is owned by: %s (vm %u)\n", side, hex(h.value).c_str(), model::to_string(owner.kind), owner.vm);
+      }
       if (shown++ < 8) {
         std::printf("  walk in A (%s):\n%s", o.snapshot.c_str(),
                     model::describe(model::walk(a->eptp, d.gpa, model::Access::kRead, a->tables, a->ept_config), d.gpa,

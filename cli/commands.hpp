@@ -15,6 +15,14 @@ inline constexpr int kExitError = 2;    // bad input, unknown verdict, or failur
 void register_ept(CLI::App& app);
 void register_snapshot(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_check(CLI::App& app);
+// Adds `bench checker` under the bench subcommand (cli/bench_checker.cpp).
+void register_bench_checker(CLI::App& bench);
+void register_guests(CLI::App& app);
+// `baton run` (cli/cmd_run.cpp) and `bench sim` under the bench subcommand (cli/bench_sim.cpp).
+void register_run(CLI::App& app);
+void register_bench_sim(CLI::App& bench);
+void register_trace(CLI::App& app);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

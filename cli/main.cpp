@@ -26,6 +26,10 @@ int main(int argc, char** argv) {
   baton::cli::register_ept(app);
   baton::cli::register_snapshot(app);
   baton::cli::register_bench(app);
+  baton::cli::register_check(app);
+  baton::cli::register_guests(app);
+  baton::cli::register_run(app);
+  baton::cli::register_trace(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,182 @@
+// baton run: runs a built-in guest (or a guest ELF) on a backend and reports what happened.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "baton/guests/registry.hpp"
+#include "baton/sim/sim_machine.hpp"
+#include "commands.hpp"
+#include "parse.hpp"
+
+namespace baton::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct RunOptions {
+  std::string guest;
+  std::vector<std::string> params;
+  std::string mem = "128M";
+  std::string pages = "4k";
+  std::string profile;
+  std::string trace;
+  std::uint64_t budget = 20'000'000'000ull;
+  std::string backend = "sim";
+  std::string dirty = "off";
+  bool no_ad = false;
+  bool json_out = false;
+};
+
+// Runs one guest on the simulator and prints the report.
+void run_guest(const RunOptions& o) {
+  if (o.backend != "sim") return fail("--backend '" + o.backend + "' is not available; only 'sim' is (kvm comes later)");
+  auto mem = parse_size(o.mem);
+  if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
+  auto level = parse_page_level(o.pages);
+  if (!level) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
+  sim::SimConfig cfg;
+  cfg.hv.max_leaf_level = *level;
+  cfg.hv.ad = !o.no_ad;
+  if (o.dirty == "off") cfg.hv.dirty = sim::DirtyMode::kOff;
+  else if (o.dirty == "wp") cfg.hv.dirty = sim::DirtyMode::kWriteProtect;
+  else if (o.dirty == "pml") cfg.hv.dirty = sim::DirtyMode::kPml;
+  else return fail("--dirty '" + o.dirty + "' is not one of off, wp, pml");
+  if (!o.profile.empty()) {
+    auto p = sim::load_profile(o.profile);
+    if (!p) return fail(p.error().message);
+    cfg.profile = *p;
+  }
+  auto g = guests::get_builtin(o.guest);
+  if (!g) return fail(g.error().message);
+  auto ps = guests::resolve_params(**g, o.params);
+  if (!ps) return fail(ps.error().message);
+  guests::GuestConfig gc;
+  gc.mem_size = *mem;
+  gc.page_size = *level == 1 ? guests::PageSize::k4K : *level == 2 ? guests::PageSize::k2M : guests::PageSize::k1G;
+  gc.params = *ps;
+  auto image = guests::load_builtin(o.guest, gc);
+  if (!image) return fail(image.error().message);
+  cfg.trace_path = o.trace;
+  cfg.guest_name = o.guest;
+  cfg.trace_params = {{"mem", o.mem}, {"pages", o.pages}, {"dirty", o.dirty}};
+  auto m = sim::SimMachine::create(cfg);
+  if (!m) return fail(m.error().message);
+  if (auto r = (*m)->load(*image); !r) return fail(r.error().message);
+
+  const bool tty = isatty(fileno(stderr)) != 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  sim::RunEvent ev;
+  std::uint64_t step = 100'000'000;
+  bool shown = false;
+  for (;;) {
+    sim::RunLimits lim;
+    lim.budget = o.budget;
+    lim.until_insn = std::min(o.budget, (*m)->instructions() + step);
+    ev = (*m)->run(lim);
+    if (ev.reason != sim::StopReason::kInsnLimit) break;
+    if ((*m)->instructions() >= o.budget) {
+      ev = sim::RunEvent{sim::StopReason::kHang, "no exit within " + std::to_string(o.budget) + " instructions", ev.stage};
+      break;
+    }
+    if (tty && elapsed() > 2.0) {
+      std::fprintf(stderr, "\r%s: %.0fM instructions, stage %u, %.1f s", o.guest.c_str(), (*m)->instructions() / 1e6,
+                   ev.stage, elapsed());
+      shown = true;
+    }
+  }
+  if (shown) std::fprintf(stderr, "\n");
+  const double wall = elapsed();
+  if (auto r = (*m)->close_trace(); !r) fail(r.error().message);
+  const sim::SimStats st = (*m)->stats();
+  const sim::GuestOutput& out = (*m)->output();
+  auto expected = guests::expected_result(o.guest, image->params);
+  const auto checksum = out.checksum();
+  const bool match = expected && checksum && *checksum == *expected;
+  const double mips = wall > 0 ? static_cast<double>(st.instructions) / wall / 1e6 : 0.0;
+
+  json j;
+  j["guest"] = o.guest;
+  j["backend"] = "sim";
+  j["outcome"] = sim::to_string(ev.reason);
+  j["detail"] = ev.detail;
+  j["exit_code"] = out.exit_code ? json(*out.exit_code) : json(nullptr);
+  j["console"] = out.console;
+  j["checksum"] = checksum ? json(hex(*checksum)) : json(nullptr);
+  j["expected_checksum"] = expected ? json(hex(*expected)) : json(nullptr);
+  j["checksum_matches"] = match;
+  j["stages"] = out.stages;
+  j["instructions"] = st.instructions;
+  j["simulated_cycles"] = st.cost.total();
+  j["simulated_us"] = st.micros();
+  json cats = json::object();
+  for (std::size_t c = 0; c < static_cast<std::size_t>(sim::CostCategory::kCount); ++c)
+    cats[sim::to_string(static_cast<sim::CostCategory>(c))] = st.cost.cycles[c];
+  j["cycles_by_category"] = cats;
+  json ex = json::object();
+  for (const auto& [r, n] : st.exits) ex[sim::to_string(r)] = n;
+  j["exits"] = ex;
+  j["ept"] = {{"leaves_4k", st.ept.leaves[1]}, {"leaves_2m", st.ept.leaves[2]}, {"leaves_1g", st.ept.leaves[3]},
+              {"tables", st.ept.tables}, {"violations", st.ept.violations}, {"misconfigurations", st.ept.misconfigs},
+              {"wp_faults", st.ept.wp_faults}, {"pml_logged", st.ept.pml_logged}, {"pml_full", st.ept.pml_full}};
+  j["tlb"] = {{"misses", st.tlb_misses}, {"walk_refs", st.tlb_walk_refs}};
+  j["unicorn_regions"] = st.regions;
+  j["blocks_decoded"] = st.blocks_decoded;
+  j["rdtsc_fixed"] = st.rdtsc_fixed;
+  j["wall_s"] = wall;
+  j["mips"] = mips;
+  if (o.json_out) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("guest        %s on sim (%s pages, mem %s)\n", o.guest.c_str(), o.pages.c_str(), o.mem.c_str());
+    std::printf("outcome      %s (%s)\n", sim::to_string(ev.reason), ev.detail.c_str());
+    std::printf("exit code    %s\n", out.exit_code ? std::to_string(*out.exit_code).c_str() : "-");
+    std::printf("console      %s", out.console.empty() ? "(empty)\n" : "\n");
+    if (!out.console.empty()) std::printf("%s%s", out.console.c_str(), out.console.back() == '\n' ? "" : "\n");
+    std::printf("checksum     %s (expected %s: %s)\n", checksum ? hex(*checksum).c_str() : "-",
+                expected ? hex(*expected).c_str() : "-", match ? "match" : "MISMATCH");
+    std::printf("instructions %llu\n", static_cast<unsigned long long>(st.instructions));
+    std::printf("simulated    %.0f cycles = %.1f us at %.2f GHz\n", st.cost.total(), st.micros(), st.frequency_ghz);
+    for (std::size_t c = 0; c < static_cast<std::size_t>(sim::CostCategory::kCount); ++c)
+      if (st.cost.cycles[c] > 0)
+        std::printf("  %-16s %14.0f cycles\n", sim::to_string(static_cast<sim::CostCategory>(c)), st.cost.cycles[c]);
+    std::printf("exits\n");
+    for (const auto& [r, n] : st.exits) std::printf("  %-16s %10llu\n", sim::to_string(r), static_cast<unsigned long long>(n));
+    std::printf("EPT          leaves 4k/2m/1g %llu/%llu/%llu, tables %llu, violations %llu, misconfigurations %llu\n",
+                static_cast<unsigned long long>(st.ept.leaves[1]), static_cast<unsigned long long>(st.ept.leaves[2]),
+                static_cast<unsigned long long>(st.ept.leaves[3]), static_cast<unsigned long long>(st.ept.tables),
+                static_cast<unsigned long long>(st.ept.violations), static_cast<unsigned long long>(st.ept.misconfigs));
+    std::printf("TLB          %llu misses, %llu walk references\n", static_cast<unsigned long long>(st.tlb_misses),
+                static_cast<unsigned long long>(st.tlb_walk_refs));
+    std::printf("unicorn      %llu regions\n", static_cast<unsigned long long>(st.regions));
+    std::printf("wall         %.3f s, %.1f MIPS\n", wall, mips);
+  }
+  if (ev.reason != sim::StopReason::kExited) exit_code() = kExitError;
+  else if (!match) exit_code() = kExitRefuted;
+}
+
+}  // namespace
+
+void register_run(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* c = app.add_subcommand("run", "Run a built-in guest on the simulator and report exits, EPT and cycles");
+  c->add_option("guest", o->guest, "Built-in guest (see `baton guests list`)")->required();
+  c->add_option("--param", o->params, "Guest parameter key=value (repeatable)");
+  c->add_option("--mem", o->mem, "Guest memory size")->capture_default_str();
+  c->add_option("--pages", o->pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
+  c->add_option("--profile", o->profile, "Cost profile (JSON, see docs/cost-model.md)");
+  c->add_option("--trace", o->trace, "Write a trace (format v1) to this file");
+  c->add_option("--budget", o->budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
+  c->add_option("--backend", o->backend, "Backend: sim")->capture_default_str();
+  c->add_option("--dirty", o->dirty, "Dirty tracking: off, wp, pml")->capture_default_str();
+  c->add_flag("--no-ad", o->no_ad, "Disable EPT accessed/dirty flags");
+  c->add_flag("--json", o->json_out, "Print JSON");
+  c->callback([o] { run_guest(*o); });
+}
+
+}  // namespace baton::cli

@@ -1,0 +1,19 @@
+# Fuzzes the trace reader and the ftrace importer; the seed corpus is the sample ftrace
+# captures of tests/traces/data plus their imports as trace files, made at build time.
+set(_trace_corpus ${CMAKE_BINARY_DIR}/fuzz/trace_corpus)
+set(_trace_samples tracefs-tdp.txt tracecmd-report.txt tracefs-svm.txt malformed.txt)
+set(_trace_outputs)
+set(_trace_commands COMMAND ${CMAKE_COMMAND} -E make_directory ${_trace_corpus})
+foreach(_s ${_trace_samples})
+  set(_src ${CMAKE_SOURCE_DIR}/tests/traces/data/${_s})
+  list(APPEND _trace_commands
+    COMMAND ${CMAKE_COMMAND} -E copy ${_src} ${_trace_corpus}/${_s}
+    COMMAND baton trace import ${_src} ${_trace_corpus}/${_s}.trace --force)
+  list(APPEND _trace_outputs ${_trace_corpus}/${_s}.trace)
+endforeach()
+add_custom_command(OUTPUT ${_trace_outputs} ${_trace_commands}
+  DEPENDS baton ${CMAKE_SOURCE_DIR}/tests/traces/data/tracefs-tdp.txt COMMENT "Making the trace fuzz corpus")
+add_custom_target(trace_fuzz_corpus ALL DEPENDS ${_trace_outputs})
+baton_add_fuzzer(trace_fuzz SOURCES ${CMAKE_CURRENT_LIST_DIR}/trace_fuzz.cpp LIBS baton_traces PkgConfig::XXHASH
+                 CORPUS ${_trace_corpus})
+add_dependencies(trace_fuzz trace_fuzz_corpus)

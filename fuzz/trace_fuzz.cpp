@@ -1,0 +1,90 @@
+// Fuzz target: the trace reader and the ftrace importer must reject malformed input with an
+// error, never crash. Each input is tried as a trace as it is and with its checksums repaired
+// (so that mutations reach the JSON, zstd and record decoders behind them), and as ftrace text;
+// whatever decodes is then pushed through mapping reconstruction and a re-encode round trip.
+#include <xxhash.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "baton/traces/ftrace.hpp"
+#include "baton/traces/trace.hpp"
+
+namespace {
+using namespace baton::traces;
+
+// Reads a little-endian integer of `n` bytes.
+std::uint64_t le(const std::uint8_t* p, unsigned n) {
+  std::uint64_t v = 0;
+  for (unsigned i = 0; i < n; ++i) v |= std::uint64_t{p[i]} << (8 * i);
+  return v;
+}
+
+// Writes a little-endian 64-bit integer.
+void put64(std::uint8_t* p, std::uint64_t v) {
+  for (unsigned i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+
+// XXH64 of two byte ranges in sequence.
+std::uint64_t xxh2(const std::uint8_t* a, std::size_t na, const std::uint8_t* b, std::size_t nb) {
+  XXH64_state_t* st = XXH64_createState();
+  XXH64_reset(st, 0);
+  XXH64_update(st, a, na);
+  XXH64_update(st, b, nb);
+  const std::uint64_t h = XXH64_digest(st);
+  XXH64_freeState(st);
+  return h;
+}
+
+// Recomputes every checksum the layout lets us find (docs/trace-format.md), leaving counts alone.
+void repair(std::vector<std::uint8_t>& d) {
+  if (d.size() < 32) return;
+  const std::uint64_t json_len = le(d.data() + 16, 8);
+  if (json_len > d.size() - 32) return;
+  put64(d.data() + 24, xxh2(d.data() + 8, 16, d.data() + 32, json_len));
+  std::size_t at = 32 + json_len;
+  std::uint64_t chain = 0;
+  while (d.size() - at >= 4) {
+    const std::uint64_t tag = le(d.data() + at, 4);
+    if (tag == 0x4b4e4843 && d.size() - at >= 24) {
+      const std::uint64_t comp = le(d.data() + at + 12, 4);
+      if (comp > d.size() - at - 24) return;
+      const std::uint64_t sum = xxh2(d.data() + at + 4, 12, d.data() + at + 24, comp);
+      put64(d.data() + at + 16, sum);
+      std::uint8_t buf[16];
+      put64(buf, chain);
+      put64(buf + 8, sum);
+      chain = XXH64(buf, 16, 0);
+      at += 24 + comp;
+    } else if (tag == 0x444e4554 && d.size() - at >= 32) {
+      put64(d.data() + at + 16, chain);
+      put64(d.data() + at + 24, XXH64(d.data() + at, 24, 0));
+      return;
+    } else {
+      return;
+    }
+  }
+}
+
+// Exercises what a decoded trace feeds: maps of every VM and a re-encode that must read back.
+void use(const Trace& t) {
+  for (std::uint32_t vm : trace_vms(t)) {
+    (void)mappings(t, vm);
+    (void)mappings(t, vm, t.events.size() / 2);
+  }
+  auto back = decode_trace(encode_trace(t));
+  if (!back.ok() || back->events != t.events || !(back->header == t.header)) std::abort();
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::vector<std::uint8_t> bytes(data, data + size);
+  if (auto t = decode_trace(bytes); t.ok()) use(*t);
+  repair(bytes);
+  if (auto t = decode_trace(bytes); t.ok()) use(*t);
+  if (auto f = parse_ftrace(std::string_view(reinterpret_cast<const char*>(data), size)); f.ok()) use(f->trace);
+  (void)parse_saved_tgids(std::string_view(reinterpret_cast<const char*>(data), size));
+  return 0;
+}

@@ -1,0 +1,439 @@
+// UnicornVcpu: Unicorn 2.0.1 set-up, the fast-path hooks, block decoding and counting, the
+// RDTSC fix-up, the TLB model and region surgery for deviating pages.
+#include "unicorn_vcpu.hpp"
+
+#include <capstone/capstone.h>
+#include <unicorn/unicorn.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace baton::sim {
+
+namespace {
+
+constexpr std::size_t kBlockCacheSize = std::size_t{1} << 16;
+
+// C trampolines into the vCPU.
+void tramp_block(uc_engine*, std::uint64_t addr, std::uint32_t size, void* user) {
+  static_cast<UnicornVcpu*>(user)->on_block(addr, size);
+}
+void tramp_mem(uc_engine*, uc_mem_type type, std::uint64_t addr, int size, std::int64_t, void* user) {
+  static_cast<UnicornVcpu*>(user)->on_mem(type == UC_MEM_WRITE, addr, size);
+}
+void tramp_rdtsc(uc_engine*, std::uint64_t addr, std::uint32_t, void* user) {
+  static_cast<UnicornVcpu*>(user)->on_rdtsc_next(addr);
+}
+
+}  // namespace
+
+// Trampolines that need the VcpuExits interface.
+struct UnicornVcpuHooks {
+  // Handles OUT.
+  static void out(uc_engine*, std::uint32_t port, int size, std::uint32_t value, void* user) {
+    static_cast<VcpuExits*>(user)->port_out(static_cast<std::uint16_t>(port), static_cast<unsigned>(size), value);
+  }
+  // Handles IN.
+  static std::uint32_t in(uc_engine*, std::uint32_t port, int size, void* user) {
+    return static_cast<VcpuExits*>(user)->port_in(static_cast<std::uint16_t>(port), static_cast<unsigned>(size));
+  }
+  // Handles CPUID; returning 1 skips Unicorn's own CPUID.
+  static int cpuid(uc_engine*, void* user) {
+    static_cast<VcpuExits*>(user)->cpuid();
+    return 1;
+  }
+  // Handles a CPU exception: the machine decides, emulation stops.
+  static void intr(uc_engine* uc, std::uint32_t vector, void* user) {
+    static_cast<VcpuExits*>(user)->exception(vector);
+    uc_emu_stop(uc);
+  }
+};
+
+UnicornVcpu::UnicornVcpu(VcpuExits& exits, std::uint64_t gpa_limit)
+    : exits_(exits),
+      flags_(gpa_limit >> model::kPageShift, 0),
+      is_ram_(gpa_limit >> model::kPageShift, 0),
+      blocks_(kBlockCacheSize),
+      ff_page_(model::kPageSize, 0xFF) {}
+
+UnicornVcpu::~UnicornVcpu() {
+  if (uc_ != nullptr) uc_close(uc_);
+  if (cs_ != nullptr) {
+    csh h = reinterpret_cast<csh>(cs_);
+    cs_close(&h);
+  }
+}
+
+Result<void> UnicornVcpu::open() {
+  if (uc_err e = uc_open(UC_ARCH_X86, UC_MODE_64, &uc_); e != UC_ERR_OK)
+    return make_error(std::string("uc_open: ") + uc_strerror(e));
+  csh h = 0;
+  if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return make_error("capstone: cs_open failed");
+  cs_ = reinterpret_cast<void*>(h);
+  uc_hook hh;
+  auto add = [&](uc_err e, const char* what) -> Result<void> {
+    if (e != UC_ERR_OK) return make_error(std::string("uc_hook_add ") + what + ": " + uc_strerror(e));
+    return ok_result();
+  };
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_BLOCK, reinterpret_cast<void*>(tramp_block), this, 1, 0), "block"));
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::out), &exits_, 1, 0,
+                                 UC_X86_INS_OUT), "out"));
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::in), &exits_, 1, 0,
+                                 UC_X86_INS_IN), "in"));
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::cpuid), &exits_, 1, 0,
+                                 UC_X86_INS_CPUID), "cpuid"));
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INTR, reinterpret_cast<void*>(UnicornVcpuHooks::intr), &exits_, 1, 0),
+                     "intr"));
+  return ok_result();
+}
+
+Result<void> UnicornVcpu::map_ram(std::uint64_t gpa, std::uint64_t size, std::uint8_t* host) {
+  if (((gpa + size) >> model::kPageShift) > flags_.size()) return make_error("memslot beyond the guest-physical limit");
+  if (uc_err e = uc_mem_map_ptr(uc_, gpa, size, UC_PROT_ALL, host); e != UC_ERR_OK)
+    return make_error(std::string("uc_mem_map_ptr: ") + uc_strerror(e));
+  slots_.push_back(Slot{gpa, size, host});
+  const std::uint64_t first = gpa >> model::kPageShift, n = size >> model::kPageShift;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    is_ram_[first + i] = 1;
+    if ((flags_[first + i] & pageflag::kAll) != pageflag::kAll) ++slow_pages_;
+  }
+  return ok_result();
+}
+
+Result<void> UnicornVcpu::map_mmio(std::uint64_t gpa, std::uint64_t size) {
+  auto region = std::make_unique<MmioRegion>(MmioRegion{this, gpa});
+  auto rd = [](uc_engine*, std::uint64_t off, unsigned size, void* user) -> std::uint64_t {
+    auto* r = static_cast<MmioRegion*>(user);
+    return r->self->exits_.mmio_read(r->base + off, size);
+  };
+  auto wr = [](uc_engine*, std::uint64_t off, unsigned size, std::uint64_t value, void* user) {
+    auto* r = static_cast<MmioRegion*>(user);
+    r->self->exits_.mmio_write(r->base + off, size, value);
+  };
+  if (uc_err e = uc_mmio_map(uc_, gpa, size, rd, region.get(), wr, region.get()); e != UC_ERR_OK)
+    return make_error(std::string("uc_mmio_map: ") + uc_strerror(e));
+  mmio_.push_back(std::move(region));
+  // The fast path lets MMIO accesses through; the MMIO callbacks take the exit.
+  set_flags(gpa >> model::kPageShift, size >> model::kPageShift, pageflag::kAll);
+  return ok_result();
+}
+
+Result<void> UnicornVcpu::remap_page(std::uint64_t gpa, std::uint8_t* host) {
+  gpa &= ~model::kPageMask;
+  if (uc_err e = uc_mem_unmap(uc_, gpa, model::kPageSize); e != UC_ERR_OK)
+    return make_error(std::string("uc_mem_unmap: ") + uc_strerror(e));
+  std::uint8_t* target = host != nullptr ? host : ff_page_.data();
+  if (uc_err e = uc_mem_map_ptr(uc_, gpa, model::kPageSize, UC_PROT_ALL, target); e != UC_ERR_OK)
+    return make_error(std::string("uc_mem_map_ptr: ") + uc_strerror(e));
+  return ok_result();
+}
+
+std::uint64_t UnicornVcpu::regions() const {
+  uc_mem_region* r = nullptr;
+  std::uint32_t n = 0;
+  if (uc_mem_regions(uc_, &r, &n) != UC_ERR_OK) return 0;
+  uc_free(r);
+  return n;
+}
+
+std::uint64_t UnicornVcpu::reg(int id) const {
+  std::uint64_t v = 0;
+  uc_reg_read(uc_, id, &v);
+  return v;
+}
+
+void UnicornVcpu::set_reg(int id, std::uint64_t v) { uc_reg_write(uc_, id, &v); }
+
+namespace {
+constexpr int kGprIds[] = {UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                           UC_X86_REG_RSP, UC_X86_REG_RBP, UC_X86_REG_R8,  UC_X86_REG_R9,  UC_X86_REG_R10, UC_X86_REG_R11,
+                           UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15};
+}  // namespace
+
+Result<void> UnicornVcpu::set_state(const model::VcpuState& v) {
+  auto check = [](uc_err e, const char* what) -> Result<void> {
+    if (e != UC_ERR_OK) return make_error(std::string("setting ") + what + ": " + uc_strerror(e));
+    return ok_result();
+  };
+  uc_x86_mmr gdtr{0, v.gdtr.base, v.gdtr.limit, 0};
+  uc_x86_mmr idtr{0, v.idtr.base, v.idtr.limit, 0};
+  uc_x86_msr efer{model::kMsrEfer, v.efer};
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_GDTR, &gdtr), "GDTR"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_IDTR, &idtr), "IDTR"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_MSR, &efer), "EFER"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR3, &v.cr3), "CR3"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR4, &v.cr4), "CR4"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR0, &v.cr0), "CR0"));
+  const std::pair<int, std::uint64_t> segs[] = {{UC_X86_REG_CS, v.cs.selector}, {UC_X86_REG_SS, v.ss.selector},
+                                                {UC_X86_REG_DS, v.ds.selector}, {UC_X86_REG_ES, v.es.selector},
+                                                {UC_X86_REG_FS, v.fs.selector}, {UC_X86_REG_GS, v.gs.selector}};
+  for (const auto& [id, sel] : segs) BATON_TRY_VOID(check(uc_reg_write(uc_, id, &sel), "segment selector"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_FS_BASE, &v.fs.base), "FS base"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_GS_BASE, &v.gs.base), "GS base"));
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i)
+    BATON_TRY_VOID(check(uc_reg_write(uc_, kGprIds[i], &v.gpr[i]), "GPR"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_RFLAGS, &v.rflags), "RFLAGS"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_RIP, &v.rip), "RIP"));
+  return ok_result();
+}
+
+model::VcpuState UnicornVcpu::get_state(const model::VcpuState& base) const {
+  model::VcpuState v = base;
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i) v.gpr[i] = reg(kGprIds[i]);
+  v.rip = reg(UC_X86_REG_RIP);
+  v.rflags = reg(UC_X86_REG_RFLAGS);
+  v.cr0 = reg(UC_X86_REG_CR0);
+  v.cr2 = reg(UC_X86_REG_CR2);
+  v.cr3 = reg(UC_X86_REG_CR3);
+  v.cr4 = reg(UC_X86_REG_CR4);
+  v.cs.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_CS));
+  v.ss.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_SS));
+  v.ds.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_DS));
+  v.es.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_ES));
+  v.fs.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_FS));
+  v.gs.selector = static_cast<std::uint16_t>(reg(UC_X86_REG_GS));
+  v.fs.base = reg(UC_X86_REG_FS_BASE);
+  v.gs.base = reg(UC_X86_REG_GS_BASE);
+  uc_x86_msr efer{model::kMsrEfer, 0};
+  if (uc_reg_read(uc_, UC_X86_REG_MSR, &efer) == UC_ERR_OK) v.efer = efer.value;
+  return v;
+}
+
+void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t f) {
+  const std::uint64_t end = std::min<std::uint64_t>(gfn + count, flags_.size());
+  for (std::uint64_t g = gfn; g < end; ++g) {
+    if (is_ram_[g]) {
+      const bool was_fast = (flags_[g] & pageflag::kAll) == pageflag::kAll;
+      const bool is_fast = (f & pageflag::kAll) == pageflag::kAll;
+      if (was_fast && !is_fast) ++slow_pages_;
+      if (!was_fast && is_fast) --slow_pages_;
+    }
+    flags_[g] = f;
+  }
+  if (slow_pages_ == 0 && mem_hook_ != 0 && !always_watch_ && !tlb_ && !record_writes_) {
+    maintenance_ = true;  // the hooks can come off: do it outside emulation
+    request_stop();
+  }
+}
+
+void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::uint64_t e1g) {
+  auto pow2 = [](std::uint64_t n) {
+    std::uint64_t p = 1;
+    while (p * 2 <= n) p *= 2;
+    return p;
+  };
+  tlb_ = on;
+  tlb4k_.assign(pow2(e4k), 0);
+  tlb2m_.assign(pow2(e2m), 0);
+  tlb1g_.assign(pow2(e1g), 0);
+}
+
+void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
+  const unsigned gl = (f >> pageflag::kGeoShift) & 3;        // guest leaf level - 1
+  const unsigned el = (f >> (pageflag::kGeoShift + 2)) & 3;  // EPT leaf level - 1
+  const unsigned cls = std::min(gl, el);
+  std::vector<std::uint64_t>& t = cls == 0 ? tlb4k_ : cls == 1 ? tlb2m_ : tlb1g_;
+  const std::uint64_t tag = (gfn >> (9 * cls)) + 1;
+  std::uint64_t& slot = t[tag & (t.size() - 1)];
+  if (slot == tag) return;
+  slot = tag;
+  ++tlb_misses_;
+  tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
+}
+
+void UnicornVcpu::update_watch() {
+  const bool need = always_watch_ || tlb_ || record_writes_ || slow_pages_ > 0;
+  if (need && mem_hook_ == 0) {
+    uc_hook h = 0;
+    uc_hook_add(uc_, &h, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, reinterpret_cast<void*>(tramp_mem), this, 1, 0);
+    mem_hook_ = h;
+    drop_translations();  // translations made without the hook use the inline fast path
+    ++hook_toggles_;
+  } else if (!need && mem_hook_ != 0) {
+    uc_hook_del(uc_, mem_hook_);
+    mem_hook_ = 0;
+    drop_translations();  // regenerate translations with Unicorn's inline fast path
+    ++hook_toggles_;
+  }
+}
+
+void UnicornVcpu::drop_translations() {
+  if (code_hi_ > code_lo_) uc_ctl_remove_cache(uc_, code_lo_, code_hi_);
+}
+
+void UnicornVcpu::request_stop() {
+  want_stop_ = true;
+  if (uc_ != nullptr) uc_emu_stop(uc_);
+}
+
+VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
+  update_watch();
+  for (const auto& [b, e] : flush_) uc_ctl_remove_cache(uc_, b, e);
+  flush_.clear();
+  limit_ = insn_limit;
+  want_stop_ = budget_stop_ = maintenance_ = false;
+  in_block_ = false;
+  prev_block_rdtsc_end_ = 0;
+  const std::uint64_t rip = reg(UC_X86_REG_RIP);
+  VcpuStop s;
+  s.uc_error = uc_emu_start(uc_, rip, ~std::uint64_t{0}, 0, 0);
+  s.rip = reg(UC_X86_REG_RIP);
+  // An error or a stop requested from an I/O hook can leave the block early: the
+  // instructions from RIP on were counted at block entry but did not run.
+  if (s.uc_error != UC_ERR_OK || want_stop_) uncount_tail(s.rip);
+  s.requested = want_stop_;
+  s.budget = budget_stop_;
+  s.maintenance = maintenance_;
+  return s;
+}
+
+void UnicornVcpu::uncount_tail(std::uint64_t rip) {
+  if (!in_block_ || rip < cur_block_addr_ || rip >= cur_block_addr_ + cur_block_size_) return;
+  const Block& b = blocks_[cur_block_];
+  std::uint64_t tail = 0;
+  for (std::uint16_t off : b.offsets)
+    if (cur_block_addr_ + off >= rip) ++tail;
+  insns_ -= std::min(insns_, tail);
+}
+
+UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
+  const std::size_t idx = (addr ^ (addr >> 13) ^ size) & (kBlockCacheSize - 1);
+  Block& b = blocks_[idx];
+  if (b.addr == addr && b.size == size) return b;
+  b.addr = addr;
+  b.size = size;
+  b.count = 0;
+  b.offsets.clear();
+  b.after_rdtsc.clear();
+  std::vector<std::uint8_t> bytes(size);
+  if (uc_mem_read(uc_, addr, bytes.data(), size) != UC_ERR_OK) {
+    b.count = 1;
+    b.offsets.push_back(0);
+    return b;
+  }
+  ++decoded_;
+  const csh h = reinterpret_cast<csh>(cs_);
+  const std::uint8_t* code = bytes.data();
+  std::size_t left = size;
+  std::uint64_t pc = addr;
+  cs_insn* insn = cs_malloc(h);
+  while (left > 0 && cs_disasm_iter(h, &code, &left, &pc, insn)) {
+    b.offsets.push_back(static_cast<std::uint16_t>(insn->address - addr));
+    if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP)
+      b.after_rdtsc.push_back(static_cast<std::uint16_t>(insn->address + insn->size - addr));
+  }
+  cs_free(insn, 1);
+  if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
+  b.count = static_cast<std::uint32_t>(b.offsets.size());
+  return b;
+}
+
+void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
+  // A stop is pending: Unicorn calls the block hook before its exit check, so this block
+  // will not run. It must not be counted.
+  if (want_stop_ || maintenance_ || budget_stop_) return;
+  if (insns_ >= limit_) {
+    budget_stop_ = true;
+    uc_emu_stop(uc_);  // the block has not started: stop before it
+    return;
+  }
+  Block& b = block(addr, size);
+  code_lo_ = std::min(code_lo_, addr);
+  code_hi_ = std::max(code_hi_, addr + size);
+  // RDTSC found for the first time: hook the next instruction, retranslate, restart here.
+  bool fresh = false;
+  for (std::uint16_t off : b.after_rdtsc) {
+    const std::uint64_t next = addr + off;
+    if (std::find(rdtsc_hooked_.begin(), rdtsc_hooked_.end(), next) != rdtsc_hooked_.end()) continue;
+    uc_hook h = 0;
+    uc_hook_add(uc_, &h, UC_HOOK_CODE, reinterpret_cast<void*>(tramp_rdtsc), this, next, next);
+    rdtsc_hooked_.push_back(next);
+    flush_.emplace_back(addr, addr + size);
+    flush_.emplace_back(next, next + 1);
+    fresh = true;
+  }
+  if (fresh) {
+    maintenance_ = true;
+    uc_emu_stop(uc_);
+    return;
+  }
+  // Fetch check of the block's pages.
+  const std::uint64_t g0 = addr >> model::kPageShift, g1 = (addr + size - 1) >> model::kPageShift;
+  for (std::uint64_t g = g0; g <= g1; ++g) {
+    if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
+    if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
+      want_stop_ = true;
+      uc_emu_stop(uc_);
+      return;
+    }
+  }
+  if (tlb_ && g0 < flags_.size()) tlb_access(g0, flags_[g0]);
+  // The previous block fell through from an RDTSC into this one?
+  prev_block_rdtsc_end_ = 0;
+  if (in_block_ && cur_block_addr_ + cur_block_size_ == addr) {
+    const Block& prev = blocks_[cur_block_];
+    if (prev.addr == cur_block_addr_ && !prev.after_rdtsc.empty() && prev.after_rdtsc.back() == cur_block_size_)
+      prev_block_rdtsc_end_ = addr;
+  }
+  cur_block_ = static_cast<std::size_t>(&b - blocks_.data());
+  cur_block_addr_ = addr;
+  cur_block_size_ = size;
+  in_block_ = true;
+  insns_ += b.count;
+}
+
+void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
+  // Only a fall-through from the RDTSC counts: inside the current block, or from the end of
+  // the previous block when that block ended right before this address.
+  const Block& b = blocks_[cur_block_];
+  std::uint64_t before = 0;  // instructions of the block that precede `addr`
+  bool after = false;
+  if (addr > cur_block_addr_ && addr < cur_block_addr_ + cur_block_size_) {
+    const std::uint16_t off = static_cast<std::uint16_t>(addr - cur_block_addr_);
+    after = std::find(b.after_rdtsc.begin(), b.after_rdtsc.end(), off) != b.after_rdtsc.end();
+    for (std::uint16_t o : b.offsets) before += o < off ? 1 : 0;
+  } else if (addr == cur_block_addr_ && prev_block_rdtsc_end_ == addr) {
+    after = true;
+  }
+  if (!after) return;
+  const std::uint64_t retired = insns_ - b.count + before;
+  const std::uint64_t tsc = exits_.guest_tsc(retired);
+  set_reg(UC_X86_REG_RAX, tsc & 0xFFFFFFFFu);
+  set_reg(UC_X86_REG_RDX, tsc >> 32);
+  ++rdtsc_fixed_;
+}
+
+void UnicornVcpu::on_mem(bool write, std::uint64_t addr, int size) {
+  const std::uint64_t g0 = addr >> model::kPageShift;
+  if (g0 >= flags_.size()) return;
+  const std::uint8_t need = write ? pageflag::kWrite : pageflag::kRead;
+  const std::uint64_t g1 = std::min<std::uint64_t>((addr + static_cast<std::uint64_t>(size) - 1) >> model::kPageShift,
+                                                   flags_.size() - 1);
+  for (std::uint64_t g = g0; g <= g1; ++g) {
+    if ((flags_[g] & need) != 0) continue;
+    if (!exits_.slow_access(g == g0 ? addr : g << model::kPageShift, write ? model::Access::kWrite : model::Access::kRead)) {
+      request_stop();
+      return;
+    }
+  }
+  if (tlb_) tlb_access(g0, flags_[g0]);
+  if (record_writes_ && write) written_.push_back(g0);
+}
+
+bool UnicornVcpu::read(std::uint64_t gpa, void* out, std::size_t n) const {
+  return uc_mem_read(uc_, gpa, out, n) == UC_ERR_OK;
+}
+
+std::pair<unsigned, std::string> UnicornVcpu::decode_one(std::uint64_t rip) const {
+  std::uint8_t bytes[16] = {};
+  if (uc_mem_read(uc_, rip, bytes, sizeof bytes) != UC_ERR_OK) return {0, ""};
+  const csh h = reinterpret_cast<csh>(cs_);
+  cs_insn* insn = nullptr;
+  const std::size_t n = cs_disasm(h, bytes, sizeof bytes, rip, 1, &insn);
+  if (n == 0) return {0, ""};
+  std::pair<unsigned, std::string> out{insn[0].size, insn[0].mnemonic};
+  cs_free(insn, n);
+  return out;
+}
+
+}  // namespace baton::sim

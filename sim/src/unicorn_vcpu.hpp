@@ -1,0 +1,173 @@
+// UnicornVcpu (private to sim/): one vCPU on Unicorn 2.0.1 whose address space is
+// guest-physical. Memslots are mapped once onto their host backing; the EPT is enforced in
+// the fast path (memory hooks and a per-block fetch check) against per-page flags that mirror
+// the EPT entries; instructions are counted per translated block (decoded once with
+// capstone); RDTSC/RDTSCP get the modelled TSC through a code hook on the next instruction.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "baton/model/ept_walk.hpp"
+#include "baton/model/result.hpp"
+#include "baton/model/vcpu_state.hpp"
+
+struct uc_struct;
+
+namespace baton::sim {
+
+// Per-page flags: the fast path lets an access through when its bit is set.
+namespace pageflag {
+inline constexpr std::uint8_t kRead = 1;    // readable, A already set (or A/D off)
+inline constexpr std::uint8_t kWrite = 2;   // writable, D already set (or A/D off), not tracked
+inline constexpr std::uint8_t kFetch = 4;   // executable, A already set
+inline constexpr std::uint8_t kAll = 7;
+inline constexpr unsigned kGeoShift = 3;    // bits 6:3: guest levels - 2 (2 bits), EPT levels - 2 (2 bits)
+}  // namespace pageflag
+
+// What the vCPU asks of its owner (the machine) when the fast path cannot decide.
+class VcpuExits {
+ public:
+  virtual ~VcpuExits() = default;
+  // Handles an access the flags do not allow; returns false when the run must stop.
+  virtual bool slow_access(std::uint64_t gpa, model::Access a) = 0;
+  // Handles OUT to a port.
+  virtual void port_out(std::uint16_t port, unsigned size, std::uint32_t value) = 0;
+  // Handles IN from a port.
+  virtual std::uint32_t port_in(std::uint16_t port, unsigned size) = 0;
+  // Handles CPUID (registers through the vCPU).
+  virtual void cpuid() = 0;
+  // Handles an MMIO read or write at a GPA.
+  virtual std::uint64_t mmio_read(std::uint64_t gpa, unsigned size) = 0;
+  virtual void mmio_write(std::uint64_t gpa, unsigned size, std::uint64_t value) = 0;
+  // Handles a CPU exception the guest raised.
+  virtual void exception(std::uint32_t vector) = 0;
+  // Returns the guest TSC after `insns` guest instructions have retired.
+  virtual std::uint64_t guest_tsc(std::uint64_t insns) = 0;
+};
+
+// Why uc_emu_start returned.
+struct VcpuStop {
+  int uc_error = 0;          // uc_err
+  bool requested = false;    // the machine asked to stop
+  bool budget = false;       // the instruction limit was reached (before a block)
+  bool maintenance = false;  // hooks or caches need work outside emulation
+  std::uint64_t rip = 0;
+};
+
+class UnicornVcpu {
+ public:
+  UnicornVcpu(VcpuExits& exits, std::uint64_t gpa_limit);
+  ~UnicornVcpu();
+  UnicornVcpu(const UnicornVcpu&) = delete;
+  UnicornVcpu& operator=(const UnicornVcpu&) = delete;
+
+  // Opens Unicorn and installs the permanent hooks.
+  Result<void> open();
+  // Maps guest-physical [gpa, gpa + size) onto host memory.
+  Result<void> map_ram(std::uint64_t gpa, std::uint64_t size, std::uint8_t* host);
+  // Maps an MMIO range (accesses go to VcpuExits::mmio_*).
+  Result<void> map_mmio(std::uint64_t gpa, std::uint64_t size);
+  // Points one guest page at other host memory (a deviating EPT leaf), or back at `host`.
+  Result<void> remap_page(std::uint64_t gpa, std::uint8_t* host);
+
+  // Writes the whole architectural state into Unicorn.
+  Result<void> set_state(const model::VcpuState& v);
+  // Reads the state back, keeping fields Unicorn does not hold from `base`.
+  model::VcpuState get_state(const model::VcpuState& base) const;
+  std::uint64_t reg(int id) const;
+  void set_reg(int id, std::uint64_t v);
+
+  // Runs until a stop; `insn_limit` is the absolute instruction count to stop before.
+  VcpuStop run(std::uint64_t insn_limit);
+  // Asks the running emulation to stop at the next block boundary.
+  void request_stop();
+
+  // Sets the flags of `count` pages from `gfn`.
+  void set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t flags);
+  std::uint8_t flags(std::uint64_t gfn) const { return gfn < flags_.size() ? flags_[gfn] : 0; }
+  // Keeps the memory hooks on even when every page is fast (TLB model, write recording).
+  void set_always_watch(bool on) { always_watch_ = on; }
+  // Enables the TLB model with entries per size (powers of two).
+  void set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::uint64_t e1g);
+  // Records the gfn of every data write (tests).
+  void set_record_writes(bool on) { record_writes_ = on; }
+  const std::vector<std::uint64_t>& written_gfns() const { return written_; }
+  void clear_written() { written_.clear(); }
+  // Reads guest-physical memory as the guest sees it (through remapped pages).
+  bool read(std::uint64_t gpa, void* out, std::size_t n) const;
+
+  std::uint64_t instructions() const { return insns_; }
+  void set_instructions(std::uint64_t n) { insns_ = n; }
+  std::uint64_t tlb_misses() const { return tlb_misses_; }
+  std::uint64_t tlb_walk_refs() const { return tlb_refs_; }
+  std::uint64_t blocks_decoded() const { return decoded_; }
+  std::uint64_t rdtsc_fixed() const { return rdtsc_fixed_; }
+  std::uint64_t hook_toggles() const { return hook_toggles_; }
+  bool watching() const { return mem_hook_ != 0; }
+  // Number of Unicorn memory regions.
+  std::uint64_t regions() const;
+  // Returns the length of the instruction at `rip` and its capstone mnemonic ("" if unknown).
+  std::pair<unsigned, std::string> decode_one(std::uint64_t rip) const;
+
+  // Callbacks (public for the C trampolines).
+  void on_block(std::uint64_t addr, std::uint32_t size);
+  void on_mem(bool write, std::uint64_t addr, int size);
+  void on_rdtsc_next(std::uint64_t addr);
+
+ private:
+  struct Block {
+    std::uint64_t addr = ~std::uint64_t{0};
+    std::uint32_t size = 0;
+    std::uint32_t count = 0;
+    std::vector<std::uint16_t> offsets;  // instruction offsets inside the block
+    std::vector<std::uint16_t> after_rdtsc;  // offsets of instructions right after RDTSC/RDTSCP
+  };
+  // Decodes a block once; returns its cache entry.
+  Block& block(std::uint64_t addr, std::uint32_t size);
+  // Counts the TLB lookup of one access.
+  void tlb_access(std::uint64_t gfn, std::uint8_t f);
+  // Adds or removes the memory hooks so that they are on exactly when needed.
+  void update_watch();
+  // Undoes the count of the instructions of the current block at or after `rip`.
+  void uncount_tail(std::uint64_t rip);
+
+  VcpuExits& exits_;
+  uc_struct* uc_ = nullptr;
+  std::vector<std::uint8_t> flags_;
+  std::uint64_t slow_pages_ = 0;  // RAM pages whose flags are not kAll
+  std::vector<std::uint8_t> is_ram_;
+  std::vector<Block> blocks_;      // direct-mapped decode cache
+  std::uint64_t insns_ = 0;
+  std::uint64_t limit_ = ~std::uint64_t{0};
+  std::uint64_t cur_block_addr_ = 0, cur_block_size_ = 0;
+  std::uint64_t prev_block_rdtsc_end_ = 0;  // the previous block ended with RDTSC and falls through here
+  std::size_t cur_block_ = 0;
+  bool in_block_ = false;
+  std::uint64_t mem_hook_ = 0;
+  std::uint64_t code_lo_ = ~std::uint64_t{0}, code_hi_ = 0;  // range of translated blocks seen
+  // Drops the translations of every block seen (a full tb_flush memsets Unicorn's 1 GiB code buffer).
+  void drop_translations();
+  bool always_watch_ = false;
+  bool want_stop_ = false, budget_stop_ = false, maintenance_ = false;
+  std::vector<std::uint64_t> rdtsc_hooked_;              // addresses after an RDTSC with a hook
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> flush_;  // TB ranges to retranslate
+  std::unordered_map<std::uint64_t, std::uint8_t*> ram_base_;   // page -> original host pointer
+  struct Slot { std::uint64_t gpa, size; std::uint8_t* host; };
+  std::vector<Slot> slots_;
+  struct MmioRegion { UnicornVcpu* self; std::uint64_t base; };
+  std::vector<std::unique_ptr<MmioRegion>> mmio_;
+  std::vector<std::uint8_t> ff_page_;  // what a page with no host memory behind it reads as
+  bool tlb_ = false;
+  std::vector<std::uint64_t> tlb4k_, tlb2m_, tlb1g_;
+  std::uint64_t tlb_misses_ = 0, tlb_refs_ = 0;
+  bool record_writes_ = false;
+  std::vector<std::uint64_t> written_;
+  std::uint64_t decoded_ = 0, rdtsc_fixed_ = 0, hook_toggles_ = 0;
+  void* cs_ = nullptr;  // capstone handle (csh)
+};
+
+}  // namespace baton::sim
