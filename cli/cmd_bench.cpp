@@ -45,6 +45,9 @@ model::MappingSet brute_force_normalize(const model::HandoverSnapshot& s) {
   return out;
 }
 
+// Receives walk results so that the timed loops cannot be optimised away.
+volatile std::uint64_t g_walk_sink = 0;
+
 // Times `n` walks of random GPAs inside the snapshot's memslots; returns ns per walk.
 double time_random_walks(const model::HandoverSnapshot& s, std::uint64_t n) {
   std::mt19937_64 rng(7);
@@ -57,8 +60,7 @@ double time_random_walks(const model::HandoverSnapshot& s, std::uint64_t n) {
   const auto t0 = Clock::now();
   for (const model::Gpa g : gpas) sink += model::walk(s.eptp, g, model::Access::kRead, s.tables, s.ept_config).hpa.value;
   const double ns = since(t0) * 1e9 / static_cast<double>(std::max<std::uint64_t>(1, n));
-  static volatile std::uint64_t keep;  // the walks' results must be used
-  keep = sink;
+  g_walk_sink = sink;  // the walks' results must be used
   return ns;
 }
 
