@@ -6,41 +6,27 @@
 #include <chrono>
 #include <string>
 
-#include "baton/guests/abi.hpp"
 
 namespace baton::sim {
 
 namespace {
-// Port state of a bare run.
-struct BareState {
-  BareRun run;
-  std::uint32_t tag = 0, lo = 0;
-  std::uint64_t seed = 0, inputs = 0;
-};
-
-// Handles OUT: results and the exit port.
-void bare_out(uc_engine* uc, std::uint32_t port, int, std::uint32_t value, void* user) {
-  auto& s = *static_cast<BareState*>(user);
-  if (port == guests::kPortResultTag) s.tag = value;
-  if (port == guests::kPortResultLo) s.lo = value;
-  if (port == guests::kPortResultHi && s.tag == 0) s.run.checksum = (std::uint64_t{value} << 32) | s.lo;
-  if (port == guests::kPortExit) {
-    s.run.exit_code = value;
+// Handles OUT through the shared port recorder; the exit port ends the run.
+void bare_out(uc_engine* uc, std::uint32_t port, int size, std::uint32_t value, void* user) {
+  auto& ports = *static_cast<guests::PortRecorder*>(user);
+  if (ports.out(static_cast<std::uint16_t>(port), static_cast<unsigned>(size), value).kind == guests::PortEventKind::kExit)
     uc_emu_stop(uc);
-  }
 }
 
-// Handles IN from the input port.
-std::uint32_t bare_in(uc_engine*, std::uint32_t port, int, void* user) {
-  auto& s = *static_cast<BareState*>(user);
-  return port == guests::kPortInput ? guests::input_value(s.seed, s.inputs++) : 0xFFFFFFFFu;
+// Handles IN through the shared port recorder (the default input sequence).
+std::uint32_t bare_in(uc_engine*, std::uint32_t port, int size, void* user) {
+  auto& ports = *static_cast<guests::PortRecorder*>(user);
+  return ports.in(static_cast<std::uint16_t>(port), static_cast<unsigned>(size)).value;
 }
 }  // namespace
 
-Result<BareRun> run_bare_unicorn(const guests::GuestImage& im) {
-  BareState s;
-  for (const guests::Param& p : im.params)
-    if (p.key == guests::kParamInputSeed) s.seed = p.value;
+Result<BareRun> run_bare_unicorn(const guests::GuestImage& im, std::uint64_t max_insns) {
+  guests::PortRecorder ports(im);
+  BareRun run;
   uc_engine* uc = nullptr;
   if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK) return make_error("uc_open failed");
   std::string err;
@@ -66,16 +52,17 @@ Result<BareRun> run_bare_unicorn(const guests::GuestImage& im) {
   check(uc_reg_write(uc, UC_X86_REG_RSP, &v.gpr[model::VcpuState::kRsp]), "rsp");
   check(uc_reg_write(uc, UC_X86_REG_RDI, &v.gpr[model::VcpuState::kRdi]), "rdi");
   uc_hook h1, h2;
-  check(uc_hook_add(uc, &h1, UC_HOOK_INSN, reinterpret_cast<void*>(bare_out), &s, 1, 0, UC_X86_INS_OUT), "hook out");
-  check(uc_hook_add(uc, &h2, UC_HOOK_INSN, reinterpret_cast<void*>(bare_in), &s, 1, 0, UC_X86_INS_IN), "hook in");
+  check(uc_hook_add(uc, &h1, UC_HOOK_INSN, reinterpret_cast<void*>(bare_out), &ports, 1, 0, UC_X86_INS_OUT), "hook out");
+  check(uc_hook_add(uc, &h2, UC_HOOK_INSN, reinterpret_cast<void*>(bare_in), &ports, 1, 0, UC_X86_INS_IN), "hook in");
   if (err.empty()) {
     const auto t0 = std::chrono::steady_clock::now();
-    check(uc_emu_start(uc, v.rip, ~std::uint64_t{0}, 0, 0), "run");
-    s.run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    check(uc_emu_start(uc, v.rip, ~std::uint64_t{0}, 0, max_insns), "run");
+    run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   uc_close(uc);
   if (!err.empty()) return make_error("bare Unicorn: " + err);
-  return s.run;
+  run.ports = ports.run();
+  return run;
 }
 
 }  // namespace baton::sim

@@ -3,21 +3,21 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
 
 #include "baton/guests/loader.hpp"
+#include "baton/guests/ports.hpp"
 #include "baton/model/result.hpp"
 
 namespace baton::sim {
 
 // What a bare run observed.
 struct BareRun {
-  double wall_s = 0;                      // time inside uc_emu_start
-  std::optional<std::uint32_t> exit_code;
-  std::optional<std::uint64_t> checksum;  // the last tag-0 result
+  double wall_s = 0;       // time inside uc_emu_start
+  guests::GuestRun ports;  // what the guest reported, decoded by the shared PortRecorder
 };
 
-// Runs an image in a bare Unicorn (no EPT, no counting, no cost model).
-Result<BareRun> run_bare_unicorn(const guests::GuestImage& image);
+// Runs an image in a bare Unicorn (no EPT, no counting, no cost model) until the exit port,
+// or for at most `max_insns` instructions when that is not 0.
+Result<BareRun> run_bare_unicorn(const guests::GuestImage& image, std::uint64_t max_insns = 0);
 
 }  // namespace baton::sim
