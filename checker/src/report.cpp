@@ -57,6 +57,16 @@ std::string pad(std::string s, std::size_t w) {
 
 }  // namespace
 
+std::string to_text(const Counterexample& c) {
+  std::string out = c.explanation + "\n";
+  if (!c.field.empty() && c.walks.empty()) out += "  " + c.field + ": before " + c.before + ", after " + c.after + "\n";
+  for (const WalkView& w : c.walks) out += " " + w.tree + " at gpa " + hex(w.gpa) + ":\n" + w.text;
+  if (!c.confirmed_concretely) out += "  (warning: the concrete walks do not show this violation)\n";
+  return out;
+}
+
+std::string to_json(const Counterexample& c) { return cex_json(c).dump(); }
+
 std::string to_text(const Report& r) {
   std::string out = pad("property", 17) + pad("verdict", 9) + pad("time", 10) + "detail\n";
   char t[32];
@@ -66,12 +76,7 @@ std::string to_text(const Report& r) {
   }
   for (const PropertyResult& p : r.results) {
     if (!p.counterexample) continue;
-    const Counterexample& c = *p.counterexample;
-    out += "\n" + std::string(to_string(p.property)) + " refuted: " + c.explanation + "\n";
-    if (!c.field.empty() && c.walks.empty())
-      out += "  " + c.field + ": before " + c.before + ", after " + c.after + "\n";
-    for (const WalkView& w : c.walks) out += " " + w.tree + " at gpa " + hex(w.gpa) + ":\n" + w.text;
-    if (!c.confirmed_concretely) out += "  (warning: the concrete walks do not show this violation)\n";
+    out += "\n" + std::string(to_string(p.property)) + " refuted: " + to_text(*p.counterexample);
   }
   std::snprintf(t, sizeof t, "%.3fs", r.seconds);
   out += std::string("\noverall: ") + to_string(r.overall()) + " in " + t + "\n";

@@ -123,6 +123,10 @@ const std::vector<Field>& fields() {
       u64_field("pml_drain_per_entry", &CostProfile::pml_drain_per_entry),
       u64_field("dirty_clear_per_page", &CostProfile::dirty_clear_per_page),
       u64_field("invept", &CostProfile::invept),
+      u64_field("migrate_pause", &CostProfile::migrate_pause),
+      u64_field("vcpu_state_save", &CostProfile::vcpu_state_save),
+      u64_field("vcpu_state_load", &CostProfile::vcpu_state_load),
+      u64_field("memslot_register", &CostProfile::memslot_register),
       Field{"tlb_enabled",
             [](CostProfile& p, const json& v) -> Result<void> {
               if (!v.is_boolean()) return make_error("\"tlb_enabled\" must be true or false");

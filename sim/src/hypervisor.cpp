@@ -70,7 +70,9 @@ Hypervisor::~Hypervisor() = default;
 
 Hfn Hypervisor::alloc_table() {
   ++stats_.tables;
-  return host_.alloc_frame(model::OwnerKind::kEptTable, cfg_.vm_id);
+  const Hfn f = host_.alloc_frame(model::OwnerKind::kEptTable, cfg_.vm_id);
+  table_frames_.push_back(f);
+  return f;
 }
 
 void Hypervisor::init_vmcs() {
@@ -271,6 +273,83 @@ std::vector<Gfn> Hypervisor::clear_dirty_log() {
   return changed;
 }
 
+Result<std::uint64_t> Hypervisor::start_dirty_log(DirtyMode mode) {
+  if (mode == DirtyMode::kOff) return make_error("start_dirty_log needs a mode (wp or pml)");
+  if (mode == DirtyMode::kPml && !cfg_.ad) return make_error("PML needs EPT A/D flags enabled");
+  cfg_.dirty = mode;
+  dirty_.clear();
+  std::uint64_t sec = vmcs_.get_or_zero(model::vmcs::kSecondaryControls);
+  if (mode == DirtyMode::kPml) sec |= kSecEnablePml;
+  vmcs_.set(model::vmcs::kSecondaryControls, sec);
+  vmcs_.set(model::vmcs::kGuestPmlIndex, kPmlEntries - 1);
+  std::uint64_t changed = 0;
+  for (model::Memslot& s : slots_) {
+    if (s.read_only) continue;
+    s.dirty_log = true;
+    std::uint64_t off = 0;
+    while (off < s.size) {
+      const Gpa gpa = s.gpa + off;
+      const model::WalkResult w = walk(gpa, Access::kRead);
+      if (w.translated()) {
+        const model::WalkStep& leaf = w.path[w.path_len - 1];
+        const std::uint64_t span = model::level_span(leaf.level);
+        if (leaf.level > 1) {
+          host_.frames().write_u64(leaf.entry_addr, 0);  // zap: refaults at 4 KiB
+        } else {
+          EptEntry e = leaf.entry.with_bit(EptEntry::kBitDirty, false);
+          if (mode == DirtyMode::kWriteProtect) e = e.with_bit(EptEntry::kBitWrite, false);
+          host_.frames().write_u64(leaf.entry_addr, e.raw());
+        }
+        ++changed;
+        off = (gpa.value & ~(span - 1)) + span - s.gpa.value;
+      } else if (w.kind == model::WalkKind::kViolation && w.path_len > 0 &&
+                 !w.path[w.path_len - 1].entry.is_present(cfg_.ept)) {
+        // Nothing is present below a non-present entry: skip what it covers.
+        const std::uint64_t span = model::level_span(w.path[w.path_len - 1].level);
+        off = (gpa.value & ~(span - 1)) + span - s.gpa.value;
+      } else {
+        off += model::kPageSize;
+      }
+    }
+  }
+  tree_changed_ = true;
+  return changed;
+}
+
+Result<Hypervisor::PopulateStats> Hypervisor::populate() {
+  PopulateStats st;
+  const std::uint64_t tables_before = stats_.tables;
+  for (const model::Memslot& s : slots_) {
+    std::uint64_t off = 0;
+    while (off < s.size) {
+      const Gpa gpa = s.gpa + off;
+      const unsigned level = leaf_level_for(gpa, s);
+      const std::uint64_t span = model::level_span(level);
+      BATON_TRY_VOID(builder_.map_leaf(gpa, s.hpa_at(gpa), level, s.max_perms()));
+      ++stats_.leaves[level];
+      ++st.leaves;
+      off += span;
+    }
+  }
+  st.tables = stats_.tables - tables_before;
+  return st;
+}
+
+std::uint64_t Hypervisor::release(bool hand_over_tables) {
+  if (released_) return 0;
+  released_ = true;
+  std::uint64_t n = 0;
+  host_.free_frame(vmcs_frame_);
+  host_.free_frame(pml_frame_);
+  n += 2;
+  if (!hand_over_tables) {
+    for (Hfn f : table_frames_) host_.free_frame(f);
+    n += table_frames_.size();
+  }
+  table_frames_.clear();
+  return n;
+}
+
 Result<void> Hypervisor::write_entry(Gpa gpa, unsigned level, EptEntry e) {
   BATON_TRY_VOID(builder_.set_entry(gpa, level, e));
   tree_changed_ = true;
@@ -309,11 +388,14 @@ Result<std::unique_ptr<Hypervisor>> Hypervisor::restore(HostMemory& host, const 
   std::unique_ptr<Hypervisor> hv;
   if (adopt_tree) {
     // Claim every table page of the handed-over tree; copy it in when host memory lacks it.
+    if (s.tables.frame(s.eptp.root()) == nullptr)
+      return make_error("the handed-over EPTP " + std::to_string(s.eptp.raw()) + " points at no table in the package");
     for (Hfn f : s.tables.frames()) {
       std::uint8_t* dst = host.claim_frame(f, model::OwnerKind::kEptTable, s.vm_id);
       std::memcpy(dst, s.tables.frame(f), model::kPageSize);
     }
     hv.reset(new Hypervisor(host, cfg, s.eptp.root()));
+    hv->table_frames_ = s.tables.frames();
   } else {
     hv.reset(new Hypervisor(host, cfg));
   }

@@ -100,6 +100,7 @@ struct SimMachine::Impl final : VcpuExits {
   CostAccount charged;              // everything but guest instructions and TLB walks
   std::uint64_t host_tsc_start = 0;  // host TSC when this instance started
   std::uint64_t host_synced = 0;     // local cycles already added to the host TSC
+  std::uint64_t insn_base = 0;       // guest instructions retired before this instance (a handover)
   unsigned guest_level = 1;          // guest leaf level (from the image's page size)
   std::set<std::uint64_t> deviating;
   MmioDevice device;
@@ -110,7 +111,7 @@ struct SimMachine::Impl final : VcpuExits {
 
   // Local simulated cycles after `insns` instructions.
   double local_cycles(std::uint64_t insns) const {
-    return charged.total() + static_cast<double>(insns) * cfg.profile.base_cpi +
+    return charged.total() + static_cast<double>(insns - insn_base) * cfg.profile.base_cpi +
            static_cast<double>(vcpu->tlb_walk_refs()) * cfg.profile.mem_ref_cycles;
   }
   // Host TSC after `insns` instructions of this instance.
@@ -490,7 +491,10 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   m.hv = std::move(*hv);
   m.host_tsc_start = m.host->tsc();
   m.base = s.vcpus[0];
-  m.hv->vmcs().set(model::vmcs::kTscOffset, s.vcpus[0].tsc_offset);
+  // The guest TSC continues from its value at capture (as when a VMM restores IA32_TSC): the
+  // offset absorbs the host time that passed during the handover.
+  m.base.tsc_offset = s.vcpus[0].guest_tsc() - m.host->tsc();
+  m.hv->vmcs().set(model::vmcs::kTscOffset, m.base.tsc_offset);
   auto meta = [&](const char* k) -> std::uint64_t {
     auto it = s.meta.find(k);
     return it == s.meta.end() ? 0 : std::stoull(it->second);
@@ -503,6 +507,8 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   BATON_TRY_VOID(m.check_identity(m.base));
   BATON_TRY_VOID(m.open_vcpu());
   BATON_TRY_VOID(m.vcpu->set_state(m.base));
+  m.insn_base = meta("instructions");  // the count continues across the handover
+  m.vcpu->set_instructions(m.insn_base);
   if (adopt_tree) BATON_TRY_VOID(m.invept());
   BATON_TRY_VOID(m.open_trace(nullptr));
   return std::unique_ptr<SimMachine>(new SimMachine(std::move(impl)));
@@ -635,6 +641,73 @@ std::vector<std::uint8_t> SimMachine::read_guest(Gpa gpa, std::size_t n) const {
 
 Result<void> SimMachine::invept() { return impl_->invept(); }
 
+double SimMachine::cycles() const {
+  const Impl& m = *impl_;
+  return m.vcpu ? m.local_cycles(m.vcpu->instructions()) : m.charged.total();
+}
+
+void SimMachine::charge(CostCategory c, double cycles) {
+  impl_->charged.charge(c, cycles);
+  if (impl_->vcpu) impl_->sync_host_tsc();
+}
+
+void SimMachine::set_guest_tsc(std::uint64_t value) {
+  Impl& m = *impl_;
+  if (m.vcpu) m.sync_host_tsc();
+  m.base.tsc_offset = value - m.host->tsc();
+  m.hv->vmcs().set(model::vmcs::kTscOffset, m.base.tsc_offset);
+}
+
+Result<std::uint64_t> SimMachine::start_dirty_log(DirtyMode mode) {
+  Impl& m = *impl_;
+  auto n = m.hv->start_dirty_log(mode);
+  if (!n) return n.error();
+  m.charged.charge(CostCategory::kDirtyTracking, static_cast<double>(*n * m.cfg.profile.dirty_clear_per_page));
+  m.cfg.hv = m.hv->config();
+  if (m.vcpu) {
+    (void)m.hv->take_tree_changed();
+    BATON_TRY_VOID(m.invept());
+    m.vcpu->clear_written();
+  }
+  return n;
+}
+
+Result<Hypervisor::PopulateStats> SimMachine::populate() {
+  Impl& m = *impl_;
+  auto st = m.hv->populate();
+  if (!st) return st.error();
+  m.charged.charge(CostCategory::kEptBuild, static_cast<double>(st->leaves * m.cfg.profile.ept_install_leaf +
+                                                                 st->tables * m.cfg.profile.ept_table_alloc));
+  if (m.vcpu) BATON_TRY_VOID(m.invept());
+  return st;
+}
+
+std::uint64_t SimMachine::teardown(bool hand_over_tables) {
+  Impl& m = *impl_;
+  (void)close_trace();
+  m.vcpu.reset();
+  return m.hv->release(hand_over_tables);
+}
+
+void SimMachine::trace_phase(std::uint32_t phase, std::uint64_t value) {
+#ifdef BATON_SIM_HAVE_TRACES
+  Impl& m = *impl_;
+  if (m.trace)
+    m.trace->write(traces::phase_event(m.hv->config().vm_id, m.host->tsc(), static_cast<traces::MigrationPhase>(phase), value));
+#else
+  (void)phase;
+  (void)value;
+#endif
+}
+
+void SimMachine::hand_trace_to(SimMachine& dest) {
+#ifdef BATON_SIM_HAVE_TRACES
+  if (impl_->trace && !dest.impl_->trace) dest.impl_->trace = std::move(impl_->trace);
+#else
+  (void)dest;
+#endif
+}
+
 Result<void> SimMachine::close_trace() {
 #ifdef BATON_SIM_HAVE_TRACES
   if (impl_->trace) {
@@ -651,7 +724,7 @@ SimStats SimMachine::stats() const {
   SimStats s;
   s.instructions = instructions();
   s.cost = m.charged;
-  s.cost.charge(CostCategory::kGuest, static_cast<double>(s.instructions) * m.cfg.profile.base_cpi);
+  s.cost.charge(CostCategory::kGuest, static_cast<double>(s.instructions - m.insn_base) * m.cfg.profile.base_cpi);
   s.exits = m.exits;
   s.ept = m.hv->stats();
   s.frequency_ghz = m.cfg.profile.frequency_ghz;

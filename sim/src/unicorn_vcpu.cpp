@@ -164,6 +164,7 @@ Result<void> UnicornVcpu::set_state(const model::VcpuState& v) {
   BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR3, &v.cr3), "CR3"));
   BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR4, &v.cr4), "CR4"));
   BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR0, &v.cr0), "CR0"));
+  BATON_TRY_VOID(check(uc_reg_write(uc_, UC_X86_REG_CR2, &v.cr2), "CR2"));
   const std::pair<int, std::uint64_t> segs[] = {{UC_X86_REG_CS, v.cs.selector}, {UC_X86_REG_SS, v.ss.selector},
                                                 {UC_X86_REG_DS, v.ds.selector}, {UC_X86_REG_ES, v.es.selector},
                                                 {UC_X86_REG_FS, v.fs.selector}, {UC_X86_REG_GS, v.gs.selector}};

@@ -11,6 +11,10 @@ namespace baton::checker {
 
 // Renders a report as a readable table followed by each counterexample.
 std::string to_text(const Report& r);
+// Renders one counterexample for people: the explanation, the field or each tree's walk.
+std::string to_text(const Counterexample& c);
+// Renders one counterexample as JSON text (the "counterexample" object of to_json).
+std::string to_json(const Counterexample& c);
 // Renders a report as a JSON document (schema in docs/checker.md).
 std::string to_json(const Report& r);
 // Renders a report as JUnit XML: one testcase per property; refuted = failure, unknown = error.

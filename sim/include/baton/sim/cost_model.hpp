@@ -60,6 +60,11 @@ struct CostProfile {
   std::uint64_t pml_drain_per_entry = 20;
   std::uint64_t dirty_clear_per_page = 30;  // write-protect / D-clear one leaf when the log is cleared
   std::uint64_t invept = 1000;
+  // Migration (docs/cost-model.md, "Migration").
+  std::uint64_t migrate_pause = 5000;     // kick the vCPU out of guest mode (IPI + exit) and park it
+  std::uint64_t vcpu_state_save = 84000;  // read the full vCPU state (regs, sregs, FPU, MSRs, LAPIC, events)
+  std::uint64_t vcpu_state_load = 84000;  // write it into the new instance
+  std::uint64_t memslot_register = 2000;  // the new instance registers one memslot from the package
   // TLB model: entries per page size (rounded down to a power of two, direct mapped).
   bool tlb_enabled = true;
   std::uint64_t tlb_entries_4k = 1536;

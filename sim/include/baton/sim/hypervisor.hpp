@@ -111,6 +111,25 @@ class Hypervisor {
   // gfns whose entries changed (the caller must resynchronise its view of them).
   std::vector<model::Gfn> clear_dirty_log();
 
+  // Starts dirty logging in `mode` on a running instance, as KVM does when a migration begins:
+  // large leaves of logged slots are zapped (they refault as 4 KiB leaves), 4 KiB leaves lose
+  // W (write-protect) or D (PML), and the log starts empty. Marks the tree changed. Returns the
+  // number of leaves changed.
+  Result<std::uint64_t> start_dirty_log(DirtyMode mode);
+
+  // What populate() built.
+  struct PopulateStats {
+    std::uint64_t leaves = 0;
+    std::uint64_t tables = 0;
+  };
+  // Builds the whole tree from the memslot table before the guest runs (local-rebuild): every
+  // page of every slot, in the largest leaves the slot allows.
+  Result<PopulateStats> populate();
+
+  // Tears the instance down: frees its VMCS and PML frames, and its table frames unless
+  // `hand_over_tables` (local-adopt hands them to the new instance). Returns the frames freed.
+  std::uint64_t release(bool hand_over_tables);
+
   // Overwrites the entry of `gpa` at `level` (fault injection, tests). Marks the tree changed.
   Result<void> write_entry(model::Gpa gpa, unsigned level, model::EptEntry e);
   // Returns the host address of the entry for `gpa` at `level`, if the tables exist.
@@ -144,10 +163,12 @@ class Hypervisor {
 
   HostMemory& host_;
   HypervisorConfig cfg_;
+  std::vector<model::Hfn> table_frames_;  // every table frame this instance owns (before builder_: it allocates the root)
   model::EptBuilder builder_;
   model::Vmcs vmcs_;
   model::Hfn vmcs_frame_;
   model::Hfn pml_frame_;
+  bool released_ = false;
   std::vector<model::Memslot> slots_;
   std::vector<model::GpaRange> mmio_;
   std::set<std::uint64_t> dirty_;  // gfns logged (write-protect faults, drained PML)

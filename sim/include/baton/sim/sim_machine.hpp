@@ -85,6 +85,27 @@ class SimMachine final : public Machine {
   // Re-derives the executor's view from the EPT in host memory (an INVEPT): flags and
   // remapped pages. Runs automatically before resuming when the tree changed.
   Result<void> invept();
+  // Simulated cycles this instance has charged so far (guest, exits, EPT work, TLB walks).
+  double cycles() const;
+  // Charges cycles of outside work (migration phases) to this instance's account.
+  void charge(CostCategory c, double cycles);
+  // Sets the guest TSC to `value` now (the TSC offset absorbs the host time so far), as a VMM
+  // does when it restores IA32_TSC into a new instance.
+  void set_guest_tsc(std::uint64_t value);
+  // Starts dirty logging on the running VM (a migration begins): see Hypervisor::start_dirty_log.
+  // Returns the leaves changed; the executor's view is refreshed.
+  Result<std::uint64_t> start_dirty_log(DirtyMode mode);
+  // Builds the whole EPT from the memslots before resuming (local-rebuild) and refreshes the
+  // executor's view. Charges the installs at the profile's costs.
+  Result<Hypervisor::PopulateStats> populate();
+  // Tears the instance down: closes Unicorn and the trace and releases the hypervisor's frames
+  // (keeping the table frames when `hand_over_tables`). The machine cannot run afterwards.
+  std::uint64_t teardown(bool hand_over_tables);
+  // Writes a migration-phase event (traces::MigrationPhase code, phase value) into the trace.
+  void trace_phase(std::uint32_t phase, std::uint64_t value);
+  // Hands this machine's open trace to `dest` (a migration: one trace covers both instances).
+  void hand_trace_to(SimMachine& dest);
+
   // Closes the trace, if any; returns an error if writing failed.
   Result<void> close_trace();
 

@@ -1,0 +1,90 @@
+// baton migrate: runs a guest on the simulator, hands it over to a new hypervisor instance by
+// one method, checks the handover and finishes the run. Prints the timeline, the metrics, the
+// checker's verdicts and the checksum comparison.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "baton/guests/registry.hpp"
+#include "baton/model/snapshot_io.hpp"
+#include "baton/sim/migration.hpp"
+#include "commands.hpp"
+#include "migrate_render.hpp"
+#include "migrate_setup.hpp"
+#include "parse.hpp"
+
+namespace baton::cli {
+
+namespace {
+
+struct MigrateCmd {
+  SimOptions sim;
+  MigrateOptions mig;
+  std::string method = "local-adopt";
+  std::string trace;
+  std::string save;
+  bool force = false;
+  bool json_out = false;
+};
+
+void run_migrate(const MigrateCmd& o) {
+  auto setup = make_sim_setup(o.sim);
+  if (!setup) return fail(setup.error().message);
+  auto method = sim::method_from_string(o.method);
+  if (!method) return fail("--method '" + o.method + "' is not one of local-adopt, local-rebuild, local-lazy, precopy");
+  auto opt = make_migration_options(o.mig);
+  if (!opt) return fail(opt.error().message);
+  opt->method = *method;
+  sim::NeighbourOptions nb;
+  if (auto r = make_neighbour(o.mig, o.sim, nb); !r) return fail(r.error().message);
+  if (!o.save.empty() && !o.force)
+    for (const char* side : {".before.snap", ".after.snap"})
+      if (access((o.save + side).c_str(), F_OK) == 0)
+        return fail(o.save + side + " exists; pass --force to overwrite it");
+  setup->cfg.trace_path = o.trace;
+  setup->cfg.trace_params["method"] = o.method;
+  const bool tty = isatty(fileno(stderr)) != 0 && !o.json_out;
+  if (tty) opt->progress = [](const std::string& s) { std::fprintf(stderr, "  .. %s\n", s.c_str()); };
+  auto r = sim::migrate(setup->image, setup->cfg, *opt, nb);
+  if (!r) return fail(r.error().message);
+  if (!o.save.empty()) {
+    if (auto w = model::save_snapshot(r->before, o.save + ".before.snap", o.force); !w) return fail(w.error().message);
+    if (r->switched || r->after.eptp.raw() != 0)
+      if (auto w = model::save_snapshot(r->after, o.save + ".after.snap", o.force); !w) return fail(w.error().message);
+  }
+  if (o.json_out) {
+    nlohmann::json j = migration_json(*r);
+    j["guest"] = o.sim.guest;
+    j["mem"] = o.sim.mem;
+    j["pages"] = o.sim.pages;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("guest        %s on sim (mem %s, %s pages)\n", o.sim.guest.c_str(), o.sim.mem.c_str(), o.sim.pages.c_str());
+    std::fputs(migration_text(*r).c_str(), stdout);
+  }
+  const std::string outcome = migration_outcome(*r);
+  if (outcome == "ok" || outcome == "fell-back") exit_code() = kExitOk;
+  else if (outcome == "rejected" || outcome == "MISMATCH" || r->verdict == checker::Verdict::kRefuted)
+    exit_code() = kExitRefuted;
+  else exit_code() = kExitError;
+}
+
+}  // namespace
+
+void register_migrate(CLI::App& app) {
+  auto o = std::make_shared<MigrateCmd>();
+  CLI::App* c = app.add_subcommand(
+      "migrate", "Run a guest on the simulator, hand it over to a new hypervisor instance, check and finish");
+  add_sim_options(*c, o->sim);
+  c->add_option("--method", o->method, "local-adopt, local-rebuild, local-lazy or precopy")->capture_default_str();
+  add_migrate_options(*c, o->mig);
+  c->add_option("--trace", o->trace, "Write a trace (format v1) covering both instances to this file");
+  c->add_option("--save", o->save, "Write the handover pair to PREFIX.before.snap and PREFIX.after.snap");
+  c->add_flag("--force", o->force, "Overwrite existing --save files");
+  c->add_flag("--json", o->json_out, "Print JSON");
+  c->callback([o] { run_migrate(*o); });
+}
+
+}  // namespace baton::cli

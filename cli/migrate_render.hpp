@@ -1,0 +1,18 @@
+// Rendering of migration results (baton migrate, baton compare): text for people, JSON.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "baton/sim/migration.hpp"
+
+namespace baton::cli {
+
+// One migration as JSON (schema in docs/user-guide.md).
+nlohmann::json migration_json(const sim::MigrationResult& r);
+// One migration for people: timeline, metrics, verdicts with counterexamples, outcome.
+std::string migration_text(const sim::MigrationResult& r);
+// The one-word outcome of a migration: "ok", "rejected", "fell-back", "MISMATCH", ...
+std::string migration_outcome(const sim::MigrationResult& r);
+
+}  // namespace baton::cli

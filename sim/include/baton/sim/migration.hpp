@@ -1,0 +1,178 @@
+// Local migration in the simulator: a running VM is handed from one hypervisor instance to a
+// fresh one on the same host, by one of four methods, and every handover is checked.
+//
+//   local-adopt    the new instance points its EPTP at the old tree as it stands
+//   local-rebuild  the new instance builds a whole tree from the memslots before resuming
+//   local-lazy     the new instance starts with an empty tree and refills it on violations
+//   precopy        memory is copied to new frames in dirty-tracking rounds, then stop-and-copy
+//
+// The two instances are separate objects (their own VMCS, memslot table and EPT, or the
+// adopted one) over one HostMemory; the old one is torn down and its frames are freed or
+// handed over. Times are simulated cycles from the cost profile (docs/cost-model.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "baton/checker/check.hpp"
+#include "baton/guests/loader.hpp"
+#include "baton/model/result.hpp"
+#include "baton/model/snapshot.hpp"
+#include "baton/sim/sim_machine.hpp"
+
+namespace baton::sim {
+
+// A migration method.
+enum class Method : std::uint8_t { kAdopt, kRebuild, kLazy, kPrecopy };
+inline constexpr Method kAllMethods[] = {Method::kAdopt, Method::kRebuild, Method::kLazy, Method::kPrecopy};
+// Names a method ("local-adopt", "local-rebuild", "local-lazy", "precopy").
+const char* to_string(Method m);
+// Parses a method name; also accepts "adopt", "rebuild", "lazy".
+std::optional<Method> method_from_string(std::string_view s);
+
+// A fault planted in the source instance before the handover (docs/user-guide.md, "Faults").
+enum class FaultKind : std::uint8_t {
+  kNone,
+  kEptBit,      // a bit of a leaf EPT entry in the old tree
+  kVmcsBit,     // a bit of a field of the old instance's VMCS
+  kMemslotBit,  // a bit of a field of the old instance's memslot table (as handed over)
+};
+struct Fault {
+  FaultKind kind = FaultKind::kNone;
+  std::optional<std::uint64_t> gpa;  // kEptBit: the GPA whose leaf flips (default: the middle present leaf)
+  std::optional<unsigned> bit;       // the bit (default: the lowest frame bit of the leaf, bit 12 of the EPTP, ...)
+  std::uint32_t vmcs_field = 0x201A; // kVmcsBit: the field's encoding (default: the EPT pointer)
+  std::uint32_t slot = 0;            // kMemslotBit: the memslot id
+  std::string slot_field = "size";   // kMemslotBit: gpa, size or hpa
+};
+// Parses a fault: "ept[:GPA[:BIT]]", "vmcs[:FIELD[:BIT]]" (FIELD: an SDM name such as
+// ept_pointer or guest_rip, or an encoding), "memslot[:ID[:gpa|size|hpa[:BIT]]]", or "none".
+Result<Fault> parse_fault(const std::string& spec);
+
+// What to do when the checker refutes (or cannot prove) a handover.
+enum class Policy : std::uint8_t {
+  kReject,    // the handover is rejected: the VM stays on (and resumes on) the old instance
+  kFallback,  // the new instance discards the handed-over tree and rebuilds from the memslots
+  kAccept,    // resume anyway (to show what the checker prevented)
+};
+const char* to_string(Policy p);
+std::optional<Policy> policy_from_string(std::string_view s);
+
+// Options of one migration.
+struct MigrationOptions {
+  Method method = Method::kAdopt;
+  std::optional<std::uint32_t> at_sync;  // migrate when this sync point is announced (default 1)
+  std::uint64_t at_insn = 0;             // or once this many instructions have retired
+  std::uint64_t budget = 4'000'000'000;  // total instructions before the run counts as a hang
+  Fault fault;
+  Policy policy = Policy::kReject;
+  bool verify = true;                    // run the checker on the handover
+  checker::CheckOptions check;
+  // precopy
+  DirtyMode dirty = DirtyMode::kPml;     // how rounds track writes (wp or pml)
+  unsigned max_rounds = 8;               // rounds before stop-and-copy, converged or not
+  std::uint64_t converge_pages = 256;    // stop-and-copy once a round leaves this few dirty pages
+  // After the switch.
+  std::uint64_t slowdown_window = 2'000'000;  // instructions compared against the unmigrated run
+  bool reference = true;                      // run the unmigrated reference (slowdown)
+  // Reports progress lines ("precopy round 3: 1204 pages") on long runs.
+  std::function<void(const std::string&)> progress;
+};
+
+// One phase of the migration timeline.
+struct Phase {
+  std::string name;   // "precopy-round-1", "pause", "state-save", "state-transfer", "ept-work", ...
+  double start = 0;   // cycles since the migration started
+  double cycles = 0;
+  bool downtime = false;  // the vCPU is paused during this phase
+};
+
+// One pre-copy round.
+struct CopyRound {
+  std::uint64_t pages = 0;        // pages scanned
+  std::uint64_t sent = 0;         // pages whose data was copied (zero pages are not)
+  double cycles = 0;
+  std::uint64_t dirtied = 0;      // pages dirtied while it ran
+  std::uint64_t guest_insns = 0;  // guest instructions retired while it ran
+};
+
+// One verdict line: a checker property or a concrete check.
+struct CheckLine {
+  std::string name;  // "equivalence", "contents", "conformance (after run)", ...
+  checker::Verdict verdict = checker::Verdict::kUnknown;
+  std::string summary;
+  double seconds = 0;
+  std::optional<checker::Counterexample> counterexample;
+};
+
+// The co-located VM's view of the migration.
+struct Neighbour {
+  std::string guest;
+  bool tree_unchanged = false;            // its EPT, proven equivalent before and after
+  checker::Verdict verdict = checker::Verdict::kUnknown;
+  std::optional<std::uint64_t> checksum, expected;
+  double extra_cycles = 0;                // cycles the migration's memory traffic cost it
+};
+
+// Everything one migration produced.
+struct MigrationResult {
+  Method method = Method::kAdopt;
+  Method effective = Method::kAdopt;  // the method that resumed the VM (after a fallback)
+  std::string fault;                  // the planted fault, described ("" when none)
+  bool switched = false;              // the VM resumed on the new instance
+  bool rejected = false;              // the checker refuted the handover and the policy rejected it
+  bool fell_back = false;
+  std::string reject_reason;
+  std::uint32_t at_stage = 0;
+  std::uint64_t at_insn = 0;
+  // Timeline and metrics, in simulated cycles.
+  std::vector<Phase> timeline;
+  std::vector<CopyRound> rounds;
+  double downtime = 0;
+  double total = 0;
+  std::uint64_t bytes_copied = 0;
+  std::uint64_t pages_copied = 0;
+  std::uint64_t refaults = 0;         // EPT violations of the new instance after the switch
+  std::uint64_t frames_freed = 0;     // frames the old instance gave back
+  std::uint64_t frames_handed_over = 0;
+  double frequency_ghz = 2.1;
+  // Slowdown over the next `slowdown_window` instructions against the unmigrated run.
+  std::uint64_t window = 0;
+  double window_cycles = 0, reference_window_cycles = 0;
+  // Verification.
+  std::vector<CheckLine> checks;
+  checker::Verdict verdict = checker::Verdict::kUnknown;
+  // Outcome.
+  RunEvent final_event;
+  std::string console;
+  std::optional<std::uint64_t> checksum, expected;
+  bool finished_before_switch = false;  // the guest exited during pre-copy rounds
+  std::optional<Neighbour> neighbour;
+  model::HandoverSnapshot before, after;
+  SimStats source, dest;
+  double wall_s = 0;
+
+  double micros(double cycles) const { return cycles / (frequency_ghz * 1e3); }
+  double slowdown() const { return window_cycles - reference_window_cycles; }
+  bool checksum_ok() const { return checksum && expected && *checksum == *expected; }
+};
+
+// Options of the co-located VM (its guest runs beside the migrating one on the same host).
+struct NeighbourOptions {
+  std::optional<guests::GuestImage> image;
+  std::string guest_name;
+  double host_bw_bytes_per_cycle = 32.0;  // memory bandwidth the two VMs and the copy share
+};
+
+// Runs `image` on the simulator, migrates it at the chosen point by `opt.method`, checks the
+// handover, and runs it to the end on the new instance. `base` configures both instances
+// (vm ids, pages, profile, trace). Errors are problems with the request; a refuted handover is
+// a result.
+Result<MigrationResult> migrate(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
+                                const NeighbourOptions& neighbour = {});
+
+}  // namespace baton::sim

@@ -1,0 +1,817 @@
+// The migration engine: run to the migration point, plant a fault, hand over by one method,
+// check the handover, tear the old instance down, and finish on the new one.
+#include "baton/sim/migration.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "baton/guests/registry.hpp"
+#include "baton/model/mapping_set.hpp"
+#include "baton/model/spec_tree.hpp"
+#ifdef BATON_SIM_HAVE_TRACES
+#include "baton/traces/trace.hpp"
+#endif
+
+namespace baton::sim {
+
+using model::Gfn;
+using model::Gpa;
+using model::Hpa;
+
+const char* to_string(Method m) {
+  switch (m) {
+    case Method::kAdopt: return "local-adopt";
+    case Method::kRebuild: return "local-rebuild";
+    case Method::kLazy: return "local-lazy";
+    case Method::kPrecopy: return "precopy";
+  }
+  return "?";
+}
+
+std::optional<Method> method_from_string(std::string_view s) {
+  if (s == "local-adopt" || s == "adopt") return Method::kAdopt;
+  if (s == "local-rebuild" || s == "rebuild") return Method::kRebuild;
+  if (s == "local-lazy" || s == "lazy") return Method::kLazy;
+  if (s == "precopy" || s == "pre-copy") return Method::kPrecopy;
+  return std::nullopt;
+}
+
+const char* to_string(Policy p) {
+  switch (p) {
+    case Policy::kReject: return "reject";
+    case Policy::kFallback: return "fallback";
+    case Policy::kAccept: return "accept";
+  }
+  return "?";
+}
+
+std::optional<Policy> policy_from_string(std::string_view s) {
+  if (s == "reject") return Policy::kReject;
+  if (s == "fallback" || s == "fallback-rebuild") return Policy::kFallback;
+  if (s == "accept") return Policy::kAccept;
+  return std::nullopt;
+}
+
+namespace {
+
+// Splits "a:b:c" at colons.
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (true) {
+    const std::size_t c = s.find(':', pos);
+    out.push_back(s.substr(pos, c == std::string::npos ? std::string::npos : c - pos));
+    if (c == std::string::npos) return out;
+    pos = c + 1;
+  }
+}
+
+// Parses a number in decimal or 0x-hex; nullopt when it is not one.
+std::optional<std::uint64_t> number(const std::string& s) {
+  if (s.empty()) return std::nullopt;
+  std::size_t used = 0;
+  try {
+    const std::uint64_t v = std::stoull(s, &used, 0);
+    if (used != s.size()) return std::nullopt;
+    return v;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+std::string hexs(std::uint64_t v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Result<Fault> parse_fault(const std::string& spec) {
+  Fault f;
+  const std::vector<std::string> p = split(spec);
+  auto bit_at = [&](std::size_t i, unsigned max) -> Result<void> {
+    if (p.size() <= i || p[i].empty()) return ok_result();
+    auto b = number(p[i]);
+    if (!b || *b > max) return make_error("fault '" + spec + "': bit must be 0.." + std::to_string(max));
+    f.bit = static_cast<unsigned>(*b);
+    return ok_result();
+  };
+  if (p[0] == "none" && p.size() == 1) return f;
+  if (p[0] == "ept") {
+    if (p.size() > 3) return make_error("fault '" + spec + "': expected ept[:GPA[:BIT]]");
+    f.kind = FaultKind::kEptBit;
+    if (p.size() > 1 && !p[1].empty()) {
+      auto g = number(p[1]);
+      if (!g) return make_error("fault '" + spec + "': '" + p[1] + "' is not a GPA");
+      f.gpa = *g;
+    }
+    BATON_TRY_VOID(bit_at(2, 63));
+    return f;
+  }
+  if (p[0] == "vmcs") {
+    if (p.size() > 3) return make_error("fault '" + spec + "': expected vmcs[:FIELD[:BIT]]");
+    f.kind = FaultKind::kVmcsBit;
+    if (p.size() > 1 && !p[1].empty()) {
+      const model::VmcsField* fld = nullptr;
+      if (auto e = number(p[1])) fld = model::find_vmcs_field(static_cast<std::uint32_t>(*e));
+      else fld = model::find_vmcs_field(p[1] == "eptp" ? std::string("ept_pointer") : p[1]);
+      if (fld == nullptr) return make_error("fault '" + spec + "': no VMCS field '" + p[1] + "' (see `baton` docs/formats.md)");
+      f.vmcs_field = fld->encoding;
+    }
+    BATON_TRY_VOID(bit_at(2, 63));
+    return f;
+  }
+  if (p[0] == "memslot") {
+    if (p.size() > 4) return make_error("fault '" + spec + "': expected memslot[:ID[:gpa|size|hpa[:BIT]]]");
+    f.kind = FaultKind::kMemslotBit;
+    if (p.size() > 1 && !p[1].empty()) {
+      auto id = number(p[1]);
+      if (!id || *id > 0xFFFFFFFFu) return make_error("fault '" + spec + "': '" + p[1] + "' is not a memslot id");
+      f.slot = static_cast<std::uint32_t>(*id);
+    }
+    if (p.size() > 2 && !p[2].empty()) {
+      if (p[2] != "gpa" && p[2] != "size" && p[2] != "hpa")
+        return make_error("fault '" + spec + "': the memslot field must be gpa, size or hpa");
+      f.slot_field = p[2];
+    }
+    BATON_TRY_VOID(bit_at(3, 63));
+    return f;
+  }
+  return make_error("unknown fault '" + spec + "' (expected none, ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]] or memslot[:ID[:FIELD[:BIT]]])");
+}
+
+namespace {
+
+// Overall verdict over the lines: refuted beats unknown beats proven.
+checker::Verdict overall(const std::vector<CheckLine>& lines, std::size_t from = 0) {
+  bool unknown = false;
+  for (std::size_t i = from; i < lines.size(); ++i) {
+    if (lines[i].verdict == checker::Verdict::kRefuted) return checker::Verdict::kRefuted;
+    unknown = unknown || lines[i].verdict == checker::Verdict::kUnknown;
+  }
+  return unknown ? checker::Verdict::kUnknown : checker::Verdict::kProven;
+}
+
+// The engine's state for one migration.
+class Engine {
+ public:
+  Engine(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
+         const NeighbourOptions& nb)
+      : image_(image), base_(base), opt_(opt), nb_(nb), prof_(base.profile) {}
+
+  Result<MigrationResult> run();
+
+ private:
+  void progress(const std::string& s) const {
+    if (opt_.progress) opt_.progress(s);
+  }
+  // Adds a phase to the timeline.
+  // `on_host_tsc`: the cycles are already on the host TSC (an instance charged them).
+  void phase(const std::string& name, double cycles, bool down, std::uint32_t trace_code = 0, bool on_host_tsc = false) {
+    res_.timeline.push_back(Phase{name, clock_, cycles, down});
+    clock_ += cycles;
+    if (down) res_.downtime += cycles;
+    if (!on_host_tsc) host_->advance_tsc(static_cast<std::uint64_t>(cycles));
+    if (trace_code != 0 && tracer_ != nullptr) tracer_->trace_phase(trace_code, static_cast<std::uint64_t>(cycles));
+  }
+  double copy_cycles(std::uint64_t bytes) const { return static_cast<double>(bytes) / prof_.memcpy_bytes_per_cycle; }
+  RunLimits limits_to_point() const {
+    RunLimits l;
+    l.budget = opt_.budget;
+    if (opt_.at_insn != 0) l.until_insn = opt_.at_insn;
+    else l.sync = opt_.at_sync.value_or(1);
+    return l;
+  }
+  Result<void> run_reference();
+  Result<void> plant_fault_in_tree(SimMachine& src);
+  void plant_fault_in_package(model::HandoverSnapshot& pkg);
+  Result<void> precopy_rounds(SimMachine& src);
+  std::uint64_t copy_pages(const std::vector<Gfn>& gfns, CopyRound& round);
+  Result<std::unique_ptr<SimMachine>> hand_over(Method m, const model::HandoverSnapshot& pkg);
+  void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after);
+  void add_report(const Result<checker::Report>& r, const std::string& suffix = "");
+  void add_line(CheckLine l) { res_.checks.push_back(std::move(l)); }
+  void check_contents(const model::HandoverSnapshot& before);
+  void check_relation(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after);
+  void check_final_conformance(SimMachine& dest);
+  Result<void> finish(SimMachine& m, const RunLimits& l);
+  Result<model::HandoverSnapshot> prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before);
+  std::vector<Gfn> pending_;  // pre-copy: pages dirtied since the last round copied them
+
+  const guests::GuestImage& image_;
+  SimConfig base_;
+  MigrationOptions opt_;
+  const NeighbourOptions& nb_;
+  CostProfile prof_;
+  std::shared_ptr<HostMemory> host_;
+  MigrationResult res_;
+  double clock_ = 0;
+  SimMachine* tracer_ = nullptr;
+  // Pre-copy state.
+  const RamRange* old_ram_ = nullptr;
+  RamRange new_ram_{};
+  std::vector<bool> sent_;  // per gfn: data was sent (the destination page is not zero)
+  GuestOutput pre_output_;
+};
+
+Result<void> Engine::run_reference() {
+  if (!opt_.reference) return ok_result();
+  SimConfig rc = base_;
+  rc.trace_path.clear();
+  auto ref = SimMachine::create(rc);
+  if (!ref) return ref.error();
+  BATON_TRY_VOID((*ref)->load(image_));
+  const RunEvent e = (*ref)->run(limits_to_point());
+  if (e.reason != StopReason::kSyncPoint && e.reason != StopReason::kInsnLimit) return ok_result();
+  const double c0 = (*ref)->cycles();
+  const std::uint64_t i0 = (*ref)->instructions();
+  RunLimits w;
+  w.budget = opt_.budget;
+  w.until_insn = i0 + opt_.slowdown_window;
+  (void)(*ref)->run(w);
+  res_.reference_window_cycles = (*ref)->cycles() - c0;
+  res_.window = (*ref)->instructions() - i0;
+  return ok_result();
+}
+
+Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
+  const Fault& f = opt_.fault;
+  Hypervisor& hv = src.hypervisor();
+  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
+    return ok_result();  // the guest state is captured from the VMCS at the pause: planted there
+  if (f.kind == FaultKind::kVmcsBit) {
+    const std::uint64_t v = hv.vmcs().get_or_zero(f.vmcs_field);
+    const unsigned bit = f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0);
+    hv.vmcs().set(f.vmcs_field, v ^ (std::uint64_t{1} << bit));
+    const model::VmcsField* fld = model::find_vmcs_field(f.vmcs_field);
+    res_.fault = "VMCS " + std::string(fld != nullptr ? fld->name : hexs(f.vmcs_field)) + " bit " + std::to_string(bit) +
+                 ": " + hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
+    return ok_result();
+  }
+  if (f.kind != FaultKind::kEptBit) return ok_result();
+  Gpa gpa;
+  if (f.gpa) {
+    gpa = Gpa{*f.gpa};
+  } else {
+    // The middle of what the guest has mapped so far.
+    auto set = model::MappingSet::from_tree(hv.eptp(), *host_, hv.config().ept);
+    if (!set) return set.error();
+    std::uint64_t total = 0;
+    for (const model::MappingRun& r : set->runs())
+      if (r.kind == model::RunKind::kMapped) total += r.size;
+    if (total == 0) return make_error("fault ept: the old tree maps nothing yet; migrate later (--at-sync)");
+    std::uint64_t half = total / 2;
+    for (const model::MappingRun& r : set->runs()) {
+      if (r.kind != model::RunKind::kMapped) continue;
+      if (half < r.size) {
+        gpa = Gpa{(r.gpa.value + half) & ~model::kPageMask};
+        break;
+      }
+      half -= r.size;
+    }
+  }
+  const model::WalkResult w = hv.walk(gpa, model::Access::kRead);
+  if (!w.translated())
+    return make_error("fault ept: GPA " + hexs(gpa.value) + " has no present leaf in the old tree (it is " +
+                      model::to_string(w.kind) + ")");
+  const model::WalkStep& leaf = w.path[w.path_len - 1];
+  const unsigned bit = f.bit.value_or(12 + 9 * (leaf.level - 1));
+  const model::EptEntry flipped = leaf.entry.flipped(bit);
+  BATON_TRY_VOID(hv.write_entry(gpa, leaf.level, flipped));
+  res_.fault = "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
+               std::to_string(leaf.level) + ") bit " + std::to_string(bit) + ": " + hexs(leaf.entry.raw()) + " -> " +
+               hexs(flipped.raw());
+  return ok_result();
+}
+
+void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
+  const Fault& f = opt_.fault;
+  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState) {
+    const std::uint64_t v = pkg.vmcs.get_or_zero(f.vmcs_field);
+    const unsigned bit = f.bit.value_or(0);
+    pkg.vmcs.set(f.vmcs_field, v ^ (std::uint64_t{1} << bit));
+    const model::VmcsField* fld = model::find_vmcs_field(f.vmcs_field);
+    res_.fault = "VMCS " + std::string(fld != nullptr ? fld->name : hexs(f.vmcs_field)) + " bit " + std::to_string(bit) +
+                 ": " + hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
+    return;
+  }
+  if (f.kind != FaultKind::kMemslotBit) return;
+  for (model::Memslot& s : pkg.memslots) {
+    if (s.id != f.slot) continue;
+    std::uint64_t* field = f.slot_field == "gpa" ? &s.gpa.value : f.slot_field == "hpa" ? &s.hpa.value : &s.size;
+    // Default: the top bit of the size (halves the slot), bit 21 of an address (moves it 2 MiB).
+    unsigned bit = 21;
+    if (f.slot_field == "size") bit = 63 - static_cast<unsigned>(__builtin_clzll(s.size | 1));
+    bit = f.bit.value_or(bit);
+    const std::uint64_t old = *field;
+    *field ^= std::uint64_t{1} << bit;
+    res_.fault = "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " +
+                 hexs(old) + " -> " + hexs(*field);
+    return;
+  }
+  res_.fault = "memslot " + std::to_string(f.slot) + " does not exist: nothing planted";
+}
+
+std::uint64_t Engine::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round) {
+  static const std::uint8_t kZero[model::kPageSize] = {};
+  std::uint64_t sent = 0;
+  for (Gfn g : gfns) {
+    const std::uint64_t off = g.value << model::kPageShift;
+    if (off >= old_ram_->size) continue;
+    const std::uint8_t* from = old_ram_->data + off;
+    std::uint8_t* to = new_ram_.data + off;
+    ++round.pages;
+    // Zero pages are sent as a flag, as QEMU does; a page once sent must be overwritten.
+    if (!sent_[g.value] && std::memcmp(from, kZero, model::kPageSize) == 0) continue;
+    std::memcpy(to, from, model::kPageSize);
+    sent_[g.value] = true;
+    ++sent;
+  }
+  round.sent += sent;
+  res_.pages_copied += sent;
+  res_.bytes_copied += sent * model::kPageSize;
+  // Every page is read once (the zero test); sent pages are written once more.
+  round.cycles = copy_cycles((round.pages + sent) * model::kPageSize);
+  return sent;
+}
+
+Result<void> Engine::precopy_rounds(SimMachine& src) {
+  old_ram_ = host_->ram_at(src.hypervisor().memslots().front().hpa);
+  if (old_ram_ == nullptr) return make_error("precopy: the guest RAM is not in host memory");
+  auto nr = host_->alloc_ram(old_ram_->size, src.hypervisor().config().vm_id);
+  if (!nr) return nr.error();
+  new_ram_ = *nr;
+  old_ram_ = host_->ram_at(src.hypervisor().memslots().front().hpa);  // alloc_ram may move the vector
+  sent_.assign(old_ram_->size >> model::kPageShift, false);
+  auto changed = src.start_dirty_log(opt_.dirty);
+  if (!changed) return changed.error();
+  phase("dirty-log-start", static_cast<double>(*changed * prof_.dirty_clear_per_page), false,
+        tracer_ != nullptr ? static_cast<std::uint32_t>(6) : 0);
+  std::vector<Gfn> todo;
+  for (std::uint64_t g = 0; g < (old_ram_->size >> model::kPageShift); ++g) todo.push_back(Gfn{g});
+  for (unsigned r = 1; r <= opt_.max_rounds; ++r) {
+    CopyRound round;
+    copy_pages(todo, round);
+    // The guest runs on while the round copies: for as many cycles as the copy takes.
+    const double target = src.cycles() + round.cycles;
+    const std::uint64_t i0 = src.instructions();
+    while (src.cycles() < target) {
+      RunLimits l;
+      l.budget = opt_.budget;
+      l.until_insn = src.instructions() + std::max<std::uint64_t>(
+                                              1000, static_cast<std::uint64_t>((target - src.cycles()) / prof_.base_cpi));
+      const RunEvent e = src.run(l);
+      if (e.reason == StopReason::kInsnLimit) continue;
+      if (e.reason == StopReason::kExited) {
+        res_.finished_before_switch = true;
+        break;
+      }
+      return make_error(std::string("precopy round ") + std::to_string(r) + ": the guest stopped: " + to_string(e.reason) +
+                        " (" + e.detail + ")");
+    }
+    round.guest_insns = src.instructions() - i0;
+    todo = src.dirty_log();
+    src.clear_dirty_log();
+    round.dirtied = todo.size();
+    pending_ = todo;
+    res_.rounds.push_back(round);
+    phase("precopy-round-" + std::to_string(r), round.cycles, false, tracer_ != nullptr ? 6 : 0);
+    progress("precopy round " + std::to_string(r) + ": " + std::to_string(round.pages) + " pages scanned, " +
+             std::to_string(round.sent) + " sent, " + std::to_string(round.dirtied) + " dirtied meanwhile");
+    if (res_.finished_before_switch || todo.size() <= opt_.converge_pages) break;
+  }
+  return ok_result();
+}
+
+Result<std::unique_ptr<SimMachine>> Engine::hand_over(Method m, const model::HandoverSnapshot& pkg) {
+  SimConfig dc = base_;
+  dc.trace_path.clear();  // the source's trace is handed over instead
+  dc.hv.dirty = DirtyMode::kOff;
+  model::HandoverSnapshot p = pkg;
+  p.meta["method"] = to_string(m);
+  if (m == Method::kAdopt) {
+    // Adopt takes the tree the old instance's VMCS points at.
+    p.eptp = model::Eptp{pkg.vmcs.get_or_zero(model::vmcs::kEptPointer)};
+  }
+  if (m == Method::kPrecopy) {
+    for (model::Memslot& s : p.memslots) s.hpa = new_ram_.base + (s.hpa - old_ram_->base);
+  }
+  return SimMachine::restore(p, host_, dc, m == Method::kAdopt);
+}
+
+void Engine::add_report(const Result<checker::Report>& r, const std::string& suffix) {
+  if (!r) {
+    add_line(CheckLine{"handover" + suffix, checker::Verdict::kUnknown, "the checker could not run: " + r.error().message, 0, std::nullopt});
+    return;
+  }
+  for (const checker::PropertyResult& p : r->results)
+    add_line(CheckLine{std::string(checker::to_string(p.property)) + suffix, p.verdict, p.summary, p.seconds,
+                       p.counterexample});
+}
+
+void Engine::check_contents(const model::HandoverSnapshot& before) {
+  // Every page of every old memslot hashes the same as the page the new memslot gives it.
+  const auto t0 = std::chrono::steady_clock::now();
+  CheckLine l{"contents", checker::Verdict::kProven, "", 0, std::nullopt};
+  std::uint64_t pages = 0;
+  for (const model::Memslot& s : before.memslots) {
+    const std::uint8_t* a = host_->ram_ptr(s.hpa);
+    const std::uint8_t* b = host_->ram_ptr(new_ram_.base + (s.hpa - old_ram_->base));
+    if (a == nullptr || b == nullptr) {
+      l.verdict = checker::Verdict::kUnknown;
+      l.summary = "memslot " + std::to_string(s.id) + " is not backed by host RAM on both sides";
+      break;
+    }
+    for (std::uint64_t off = 0; off < s.size; off += model::kPageSize, ++pages) {
+      if (XXH3_64bits(a + off, model::kPageSize) == XXH3_64bits(b + off, model::kPageSize)) continue;
+      l.verdict = checker::Verdict::kRefuted;
+      checker::Counterexample c;
+      c.gpa = s.gpa + off;
+      c.confirmed_concretely = true;  // a concrete comparison, nothing symbolic
+      c.explanation = "the page at GPA " + hexs((s.gpa + off).value) + " hashes " +
+                      hexs(XXH3_64bits(a + off, model::kPageSize)) + " on the old frame and " +
+                      hexs(XXH3_64bits(b + off, model::kPageSize)) + " on the new one";
+      l.summary = c.explanation;
+      l.counterexample = c;
+      break;
+    }
+    if (l.verdict != checker::Verdict::kProven) break;
+  }
+  if (l.verdict == checker::Verdict::kProven)
+    l.summary = std::to_string(pages) + " pages hash equal (XXH3) on the old and the new frames";
+  l.seconds = since(t0);
+  add_line(std::move(l));
+}
+
+void Engine::check_relation(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
+  // The old tree, moved through the copy map, must translate exactly as the new memslots say:
+  // refinement of the relabelled old tree against the new spec tree (Z3).
+  const auto t0 = std::chrono::steady_clock::now();
+  model::FrameStore moved = before.tables;
+  const std::uint64_t old_base = old_ram_->base.value, old_end = old_base + old_ram_->size;
+  auto rl = model::relabel_leaves(before.eptp, moved, before.ept_config, [&](Hpa h, unsigned) {
+    return h.value >= old_base && h.value < old_end ? new_ram_.base + (h.value - old_base) : h;
+  });
+  if (!rl) {
+    add_line(CheckLine{"translations", checker::Verdict::kUnknown, rl.error().message, since(t0), std::nullopt});
+    return;
+  }
+  model::FrameStore spec;
+  auto ep = model::build_spec_tree(after.memslots, after.mmio, base_.hv.max_leaf_level, base_.hv.ad, after.ept_config,
+                                   spec);
+  if (!ep) {
+    add_line(CheckLine{"translations", checker::Verdict::kUnknown, ep.error().message, since(t0), std::nullopt});
+    return;
+  }
+  const checker::TreeRef spec_ref{"new-spec", *ep, &spec, after.ept_config};
+  const checker::TreeRef old_ref{"old-moved", before.eptp, &moved, before.ept_config};
+  auto r = checker::check_refinement(spec_ref, old_ref, after.memslots, opt_.check);
+  if (!r) {
+    add_line(CheckLine{"translations", checker::Verdict::kUnknown, r.error().message, since(t0), std::nullopt});
+    return;
+  }
+  add_line(CheckLine{"translations", r->verdict,
+                     r->verdict == checker::Verdict::kProven
+                         ? "every old translation, moved to the new frames, is the new VM's translation (" +
+                               std::to_string(*rl) + " leaves)"
+                         : r->summary,
+                     since(t0), r->counterexample});
+}
+
+void Engine::verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
+  using checker::Property;
+  // The tree verdict that licenses a new EPTP root for the vCPU property.
+  checker::Verdict trees = checker::Verdict::kUnknown;
+  const std::size_t from = res_.checks.size();
+  switch (m) {
+    case Method::kAdopt:
+      add_report(checker::check_handover(before, after,
+                                         {Property::kEquivalence, Property::kIsolation, Property::kConformance,
+                                          Property::kWellFormed, Property::kVcpu},
+                                         opt_.check));
+      return;
+    case Method::kLazy:
+      add_report(checker::check_handover(before, after,
+                                         {Property::kRefinement, Property::kIsolation, Property::kWellFormed,
+                                          Property::kVcpu},
+                                         opt_.check));
+      return;
+    case Method::kRebuild: {
+      add_report(checker::check_handover(before, after, {Property::kConformance, Property::kIsolation,
+                                                         Property::kWellFormed}, opt_.check));
+      // Equivalence to the spec: the rebuilt tree translates exactly as the memslots say.
+      const auto t0 = std::chrono::steady_clock::now();
+      model::FrameStore spec;
+      auto ep = model::build_spec_tree(after.memslots, after.mmio, base_.hv.max_leaf_level, base_.hv.ad,
+                                       after.ept_config, spec);
+      if (!ep) {
+        add_line(CheckLine{"equivalence to spec", checker::Verdict::kUnknown, ep.error().message, 0, std::nullopt});
+      } else {
+        auto r = checker::check_equivalence(checker::TreeRef{"spec", *ep, &spec, after.ept_config},
+                                            checker::tree_of(after, "after"), opt_.check);
+        if (!r)
+          add_line(CheckLine{"equivalence to spec", checker::Verdict::kUnknown, r.error().message, since(t0), std::nullopt});
+        else
+          add_line(CheckLine{"equivalence to spec", r->verdict, r->summary, since(t0), r->counterexample});
+      }
+      break;
+    }
+    case Method::kPrecopy:
+      check_contents(before);
+      check_relation(before, after);
+      break;
+  }
+  // The new root is licensed by the tree checks above (conformance and spec equivalence, or
+  // contents and the moved translations).
+  trees = overall(res_.checks, from);
+  auto v = checker::check_vcpu(before, after, trees, opt_.check);
+  if (!v) add_line(CheckLine{"vcpu", checker::Verdict::kUnknown, v.error().message, 0, std::nullopt});
+  else add_line(CheckLine{"vcpu", v->verdict, v->summary, v->seconds, v->counterexample});
+}
+
+void Engine::check_final_conformance(SimMachine& dest) {
+  // The tree the new instance refilled while the guest ran must still conform to its memslots.
+  auto s = dest.snapshot();
+  if (!s) {
+    add_line(CheckLine{"conformance (after run)", checker::Verdict::kUnknown, s.error().message, 0, std::nullopt});
+    return;
+  }
+  auto r = checker::check_spec(*s, {checker::Property::kConformance}, opt_.check);
+  add_report(r, " (after run)");
+}
+
+Result<model::HandoverSnapshot> Engine::prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before) {
+  // The new instance's own EPT work before it resumes: INVEPT of its root, or the rebuild.
+  if (m == Method::kRebuild) {
+    auto st = dest.populate();
+    if (!st) return st.error();
+  } else if (m != Method::kAdopt) {
+    dest.charge(CostCategory::kExitHandler, static_cast<double>(prof_.invept));
+  }
+  // The guest TSC continues from its value at the pause (the VMM restores IA32_TSC).
+  dest.set_guest_tsc(before.vcpus.at(0).guest_tsc());
+  auto a = dest.snapshot();
+  if (!a) return a.error();
+  a->meta["method"] = to_string(m);
+  return a;
+}
+
+Result<void> Engine::finish(SimMachine& m, const RunLimits& l) {
+  const RunEvent e = m.run(l);
+  res_.final_event = e;
+  return ok_result();
+}
+
+// Appends b's output to a.
+void append_output(GuestOutput& a, const GuestOutput& b) {
+  a.console += b.console;
+  a.results.insert(a.results.end(), b.results.begin(), b.results.end());
+  a.stages.insert(a.stages.end(), b.stages.begin(), b.stages.end());
+  if (b.exit_code) a.exit_code = b.exit_code;
+}
+
+Result<MigrationResult> Engine::run() {
+  const auto wall0 = std::chrono::steady_clock::now();
+  res_.method = res_.effective = opt_.method;
+  res_.frequency_ghz = prof_.frequency_ghz;
+  if (opt_.method == Method::kPrecopy && opt_.dirty == DirtyMode::kOff)
+    return make_error("precopy needs dirty tracking (wp or pml)");
+  if (opt_.method == Method::kPrecopy && opt_.dirty == DirtyMode::kPml && !base_.hv.ad)
+    return make_error("precopy with PML needs EPT A/D flags");
+  if (base_.hv.dirty != DirtyMode::kOff) return make_error("the source starts without dirty logging; precopy turns it on");
+  if (auto ex = guests::expected_result(base_.guest_name, image_.params)) res_.expected = *ex;
+
+  progress("reference run (unmigrated)");
+  BATON_TRY_VOID(run_reference());
+
+  host_ = std::make_shared<HostMemory>();
+  // The co-located VM first, so both share the host from the start.
+  std::unique_ptr<SimMachine> nb;
+  std::optional<model::HandoverSnapshot> nb_before;
+  if (nb_.image) {
+    SimConfig nc = base_;
+    nc.hv.vm_id = base_.hv.vm_id + 1;
+    nc.trace_path.clear();
+    nc.guest_name = nb_.guest_name;
+    auto n = SimMachine::create(nc, host_);
+    if (!n) return n.error();
+    nb = std::move(*n);
+    BATON_TRY_VOID(nb->load(*nb_.image));
+    RunLimits l;
+    l.budget = opt_.budget;
+    l.sync = 1;
+    const RunEvent e = nb->run(l);
+    if (e.reason != StopReason::kSyncPoint) return make_error("the co-located guest did not reach sync point 1: " + e.detail);
+    auto s = nb->snapshot();
+    if (!s) return s.error();
+    nb_before = std::move(*s);
+  }
+
+  auto srcr = SimMachine::create(base_, host_);
+  if (!srcr) return srcr.error();
+  std::unique_ptr<SimMachine> src = std::move(*srcr);
+  tracer_ = src.get();
+  BATON_TRY_VOID(src->load(image_));
+  progress("running " + base_.guest_name + " to the migration point");
+  const RunEvent at = src->run(limits_to_point());
+  if (at.reason != StopReason::kSyncPoint && at.reason != StopReason::kInsnLimit)
+    return make_error("the guest never reached the migration point (" +
+                      (opt_.at_insn != 0 ? "instruction " + std::to_string(opt_.at_insn)
+                                         : "sync point " + std::to_string(opt_.at_sync.value_or(1))) +
+                      "): it stopped with " + to_string(at.reason) + " (" + at.detail + ")");
+  res_.at_stage = at.stage;
+  res_.at_insn = src->instructions();
+  src->trace_phase(1, 0);  // start
+
+  // The fault strikes the old instance now.
+  BATON_TRY_VOID(plant_fault_in_tree(*src));
+
+  if (opt_.method == Method::kPrecopy) {
+    progress("precopy: copying memory while the guest runs");
+    BATON_TRY_VOID(precopy_rounds(*src));
+  }
+
+  // Pause and capture.
+  phase("pause", static_cast<double>(prof_.migrate_pause), true, 2);
+  auto before = src->snapshot();
+  if (!before) return before.error();
+  before->meta["guest"] = base_.guest_name;
+  phase("state-save", static_cast<double>(prof_.vcpu_state_save), true, 3);
+  model::HandoverSnapshot pkg = *before;
+  plant_fault_in_package(pkg);
+  // The old instance's memslot table and VMCS are what is wrong: "before" shows it.
+  if (opt_.fault.kind == FaultKind::kMemslotBit) before->memslots = pkg.memslots;
+  if (opt_.fault.kind == FaultKind::kVmcsBit) before->vmcs = pkg.vmcs;
+  if (opt_.method == Method::kPrecopy) {
+    CopyRound last;
+    std::vector<Gfn> dirty = src->dirty_log();  // written since the last round's log was taken
+    dirty.insert(dirty.end(), pending_.begin(), pending_.end());
+    std::sort(dirty.begin(), dirty.end());
+    dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
+    copy_pages(dirty, last);
+    phase("stop-and-copy", last.cycles, true, 7);
+    res_.rounds.push_back(last);
+  }
+  // The package: vCPU state, VMCS and memslot table (the tables stay where they are).
+  const std::uint64_t pkg_bytes = sizeof(model::VcpuState) + pkg.vmcs.values().size() * 12 +
+                                  pkg.memslots.size() * sizeof(model::Memslot);
+  phase("state-transfer", copy_cycles(pkg_bytes) + static_cast<double>(pkg.memslots.size() * prof_.memslot_register),
+        true, 3);
+
+  // The new instance.
+  Method m = opt_.method;
+  progress("handing over to a new instance (" + std::string(to_string(m)) + ")");
+  auto dest = hand_over(m, pkg);
+  std::optional<model::HandoverSnapshot> after;
+  std::string restore_error;
+  if (dest) {
+    auto a = prepare(**dest, m, *before);
+    if (a) after = std::move(*a);
+    else restore_error = a.error().message;
+    // The new instance's EPT work (INVEPT, the rebuild's installs) is on its own account.
+    phase("ept-work", (*dest)->cycles(), true, 4, true);
+  } else {
+    restore_error = dest.error().message;
+    phase("ept-work", 0, true, 4);
+  }
+
+  // Verify.
+  if (!restore_error.empty()) {
+    add_line(CheckLine{"handover", checker::Verdict::kRefuted, "the new instance refused the package: " + restore_error, 0,
+                       std::nullopt});
+  } else if (opt_.verify) {
+    progress("checking the handover");
+    verify(m, *before, *after);
+  }
+  res_.verdict = overall(res_.checks);
+  bool go = restore_error.empty() && (res_.verdict == checker::Verdict::kProven || !opt_.verify);
+  if (!go && restore_error.empty() && opt_.policy == Policy::kAccept) go = true;
+  if (!go && opt_.policy == Policy::kFallback && m != Method::kRebuild) {
+    res_.fell_back = true;
+    res_.reject_reason = restore_error.empty() ? "the checker refuted the handover" : restore_error;
+    if (dest) (void)(*dest)->teardown(true);  // its tables were the old instance's
+    m = Method::kRebuild;
+    res_.effective = m;
+    progress("falling back to local-rebuild");
+    dest = hand_over(m, pkg);
+    if (!dest) return make_error("fallback to local-rebuild failed: " + dest.error().message);
+    auto a = prepare(**dest, m, *before);
+    if (!a) return make_error("fallback to local-rebuild failed: " + a.error().message);
+    after = std::move(*a);
+    phase("ept-work (fallback rebuild)", (*dest)->cycles(), true, 4, true);
+    const std::size_t from = res_.checks.size();
+    verify(m, *before, *after);
+    for (std::size_t i = from; i < res_.checks.size(); ++i) res_.checks[i].name += " (fallback)";
+    go = overall(res_.checks, from) == checker::Verdict::kProven;
+    res_.verdict = overall(res_.checks, from);
+  }
+  res_.before = *before;
+  if (after) res_.after = *after;
+  pre_output_ = src->output();
+
+  RunLimits rest;
+  rest.budget = opt_.budget;
+  if (!go) {
+    // Rejected: the VM stays on the old instance, which resumes it.
+    res_.rejected = true;
+    if (res_.reject_reason.empty())
+      res_.reject_reason = restore_error.empty() ? "the checker did not prove the handover" : restore_error;
+    if (dest) (void)(*dest)->teardown(m == Method::kAdopt);
+    phase("resume (old instance)", static_cast<double>(prof_.exit_round_trip), true, 5);
+    progress("handover rejected: the old instance resumes the VM");
+    GuestOutput before_out = src->output();
+    if (!res_.finished_before_switch) BATON_TRY_VOID(finish(*src, rest));
+    else res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
+    res_.source = src->stats();
+    const GuestOutput& o = src->output();
+    res_.console = o.console;
+    res_.checksum = o.checksum();
+    (void)before_out;
+  } else {
+    std::unique_ptr<SimMachine> d = std::move(*dest);
+    phase("state-load", static_cast<double>(prof_.vcpu_state_load), true, 3);
+    phase("resume", static_cast<double>(prof_.exit_round_trip), true, 5);
+    res_.switched = true;
+    // The old instance is torn down; adopt hands its tables over.
+    src->hand_trace_to(*d);
+    tracer_ = d.get();
+    res_.source = src->stats();
+    const bool handed = m == Method::kAdopt;
+    res_.frames_handed_over = handed ? res_.before.tables.size() : 0;
+    res_.frames_freed = src->teardown(handed);
+    if (m == Method::kPrecopy) {
+      // The old RAM goes back to the host.
+      host_->set_owner(old_ram_->first(), old_ram_->size >> model::kPageShift, model::OwnerKind::kFree, 0);
+      res_.frames_freed += old_ram_->size >> model::kPageShift;
+    }
+    d->trace_phase(8, static_cast<std::uint64_t>(res_.downtime));
+    const double c0 = d->cycles();
+    GuestOutput out = pre_output_;
+    if (!res_.finished_before_switch) {
+      progress("running to the end on the new instance");
+      RunLimits w;
+      w.budget = opt_.budget;
+      w.until_insn = res_.at_insn + std::max<std::uint64_t>(res_.window, 1);
+      if (opt_.reference && res_.window > 0) {
+        const RunEvent e = d->run(w);
+        res_.window_cycles = d->cycles() - c0;
+        if (e.reason == StopReason::kInsnLimit) BATON_TRY_VOID(finish(*d, rest));
+        else res_.final_event = e;
+      } else {
+        BATON_TRY_VOID(finish(*d, rest));
+      }
+    } else {
+      res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
+    }
+    if (opt_.verify && (m == Method::kLazy || m == Method::kRebuild)) check_final_conformance(*d);
+    res_.verdict = overall(res_.checks);
+    res_.refaults = d->stats().ept.violations;
+    res_.dest = d->stats();
+    append_output(out, d->output());
+    res_.console = out.console;
+    res_.checksum = out.checksum();
+    (void)d->close_trace();
+  }
+  res_.total = clock_;
+  if (!res_.switched && !res_.rejected) res_.final_event = RunEvent{StopReason::kError, "no handover", res_.at_stage};
+
+  if (nb) {
+    Neighbour n;
+    n.guest = nb_.guest_name;
+    if (auto ex = guests::expected_result(nb_.guest_name, nb_.image->params)) n.expected = *ex;
+    auto s = nb->snapshot();
+    if (s) {
+      auto r = checker::check_equivalence(checker::tree_of(*nb_before, "before"), checker::tree_of(*s, "after"), opt_.check);
+      n.verdict = r ? r->verdict : checker::Verdict::kUnknown;
+      n.tree_unchanged = n.verdict == checker::Verdict::kProven;
+    }
+    RunLimits l;
+    l.budget = opt_.budget;
+    (void)nb->run(l);
+    n.checksum = nb->output().checksum();
+    // The migration's copies occupy the shared memory bus: an upper bound on what a
+    // memory-bound neighbour waits (docs/cost-model.md).
+    n.extra_cycles = static_cast<double>(res_.bytes_copied * 2) / nb_.host_bw_bytes_per_cycle;
+    res_.neighbour = n;
+  }
+  res_.wall_s = since(wall0);
+  return std::move(res_);
+}
+
+}  // namespace
+
+Result<MigrationResult> migrate(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
+                                const NeighbourOptions& neighbour) {
+  Engine e(image, base, opt, neighbour);
+  return e.run();
+}
+
+}  // namespace baton::sim
