@@ -25,6 +25,7 @@ void register_bench_sim(CLI::App& bench);
 void register_trace(CLI::App& app);
 // `baton migrate` (cli/cmd_migrate.cpp) and `baton compare` (cli/cmd_compare.cpp).
 void register_migrate(CLI::App& app);
+void register_compare(CLI::App& app);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

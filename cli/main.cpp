@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
   baton::cli::register_migrate(app);
+  baton::cli::register_compare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

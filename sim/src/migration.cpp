@@ -212,7 +212,8 @@ class Engine {
   void check_final_conformance(SimMachine& dest);
   Result<void> finish(SimMachine& m, const RunLimits& l);
   Result<model::HandoverSnapshot> prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before);
-  std::vector<Gfn> pending_;  // pre-copy: pages dirtied since the last round copied them
+  std::vector<Gfn> pending_;
+  std::size_t verdict_from_ = 0;  // the first check line that decides the verdict  // pre-copy: pages dirtied since the last round copied them
 
   const guests::GuestImage& image_;
   SimConfig base_;
@@ -475,9 +476,18 @@ void Engine::check_relation(const model::HandoverSnapshot& before, const model::
   const auto t0 = std::chrono::steady_clock::now();
   model::FrameStore moved = before.tables;
   const std::uint64_t old_base = old_ram_->base.value, old_end = old_base + old_ram_->size;
-  auto rl = model::relabel_leaves(before.eptp, moved, before.ept_config, [&](Hpa h, unsigned) {
-    return h.value >= old_base && h.value < old_end ? new_ram_.base + (h.value - old_base) : h;
-  });
+  // Write-protection for dirty tracking is not a permission: leaves of writable slots get W back.
+  const bool wp = opt_.dirty == DirtyMode::kWriteProtect;
+  auto rl = model::rewrite_leaves(
+      before.eptp, moved, before.ept_config,
+      [&](model::EptEntry e, unsigned level, Gpa g) -> Result<model::EptEntry> {
+        const Hpa h = e.leaf_base(level);
+        const Hpa to = h.value >= old_base && h.value < old_end ? new_ram_.base + (h.value - old_base) : h;
+        model::EptEntry out{(e.raw() & ~(model::EptEntry::kAddrBitsMax & ~(model::level_span(level) - 1))) | to.value};
+        const model::Memslot* slot = model::find_memslot(before.memslots, g);
+        if (wp && slot != nullptr && !slot->read_only) out = out.with_bit(model::EptEntry::kBitWrite, true);
+        return out;
+      });
   if (!rl) {
     add_line(CheckLine{"translations", checker::Verdict::kUnknown, rl.error().message, since(t0), std::nullopt});
     return;
@@ -729,6 +739,7 @@ Result<MigrationResult> Engine::run() {
     verify(m, *before, *after);
     for (std::size_t i = from; i < res_.checks.size(); ++i) res_.checks[i].name += " (fallback)";
     go = overall(res_.checks, from) == checker::Verdict::kProven;
+    verdict_from_ = from;  // the rejected adopt's lines no longer decide
     res_.verdict = overall(res_.checks, from);
   }
   res_.before = *before;
@@ -790,7 +801,7 @@ Result<MigrationResult> Engine::run() {
       res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
     }
     if (opt_.verify && (m == Method::kLazy || m == Method::kRebuild)) check_final_conformance(*d);
-    res_.verdict = overall(res_.checks);
+    res_.verdict = overall(res_.checks, verdict_from_);
     res_.refaults = d->stats().ept.violations;
     res_.dest = d->stats();
     append_output(out, d->output());

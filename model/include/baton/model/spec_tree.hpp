@@ -26,5 +26,8 @@ Result<Eptp> build_spec_tree(const std::vector<Memslot>& slots, const std::vecto
 // A move that returns a misaligned base for a large leaf is an error.
 Result<std::uint64_t> relabel_leaves(Eptp eptp, FrameStore& mem, const EptConfig& cfg,
                                      const std::function<Hpa(Hpa, unsigned)>& move);
+// The general form: `rewrite(leaf, level, gpa of the leaf)` returns the new entry.
+Result<std::uint64_t> rewrite_leaves(Eptp eptp, FrameStore& mem, const EptConfig& cfg,
+                                     const std::function<Result<EptEntry>(EptEntry, unsigned, Gpa)>& rewrite);
 
 }  // namespace baton::model
