@@ -24,7 +24,7 @@ test: build
 	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
 demo: build
-	@./scripts/demo.sh $(BUILD)/cli/baton
+	@./scripts/demo.sh $(BUILD)/cli/baton $(BUILD)/demo
 
 sanitize: deps
 	@cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBATON_SANITIZE=ON -DBATON_WERROR=ON >/dev/null

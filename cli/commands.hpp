@@ -26,6 +26,8 @@ void register_trace(CLI::App& app);
 // `baton migrate` (cli/cmd_migrate.cpp) and `baton compare` (cli/cmd_compare.cpp).
 void register_migrate(CLI::App& app);
 void register_compare(CLI::App& app);
+// `bench migrate` under the bench subcommand (cli/bench_migrate.cpp).
+void register_bench_migrate(CLI::App& bench);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

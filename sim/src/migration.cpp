@@ -198,7 +198,7 @@ class Engine {
     else l.sync = opt_.at_sync.value_or(1);
     return l;
   }
-  Result<void> run_reference();
+  Result<void> run_reference(std::uint64_t switch_insn);
   Result<void> plant_fault_in_tree(SimMachine& src);
   void plant_fault_in_package(model::HandoverSnapshot& pkg);
   Result<void> precopy_rounds(SimMachine& src);
@@ -231,23 +231,25 @@ class Engine {
   GuestOutput pre_output_;
 };
 
-Result<void> Engine::run_reference() {
-  if (!opt_.reference) return ok_result();
+Result<void> Engine::run_reference(std::uint64_t switch_insn) {
+  // The unmigrated run over the same instructions: from where the VM switched instances.
   SimConfig rc = base_;
   rc.trace_path.clear();
   auto ref = SimMachine::create(rc);
   if (!ref) return ref.error();
   BATON_TRY_VOID((*ref)->load(image_));
-  const RunEvent e = (*ref)->run(limits_to_point());
-  if (e.reason != StopReason::kSyncPoint && e.reason != StopReason::kInsnLimit) return ok_result();
+  RunLimits to;
+  to.budget = opt_.budget;
+  to.until_insn = switch_insn;
+  const RunEvent e = (*ref)->run(to);
+  if (e.reason != StopReason::kInsnLimit) return ok_result();
   const double c0 = (*ref)->cycles();
   const std::uint64_t i0 = (*ref)->instructions();
   RunLimits w;
   w.budget = opt_.budget;
-  w.until_insn = i0 + opt_.slowdown_window;
+  w.until_insn = i0 + res_.window;
   (void)(*ref)->run(w);
   res_.reference_window_cycles = (*ref)->cycles() - c0;
-  res_.window = (*ref)->instructions() - i0;
   return ok_result();
 }
 
@@ -617,8 +619,6 @@ Result<MigrationResult> Engine::run() {
   if (base_.hv.dirty != DirtyMode::kOff) return make_error("the source starts without dirty logging; precopy turns it on");
   if (auto ex = guests::expected_result(base_.guest_name, image_.params)) res_.expected = *ex;
 
-  progress("reference run (unmigrated)");
-  BATON_TRY_VOID(run_reference());
 
   host_ = std::make_shared<HostMemory>();
   // The co-located VM first, so both share the host from the start.
@@ -788,12 +788,16 @@ Result<MigrationResult> Engine::run() {
       progress("running to the end on the new instance");
       RunLimits w;
       w.budget = opt_.budget;
-      w.until_insn = res_.at_insn + std::max<std::uint64_t>(res_.window, 1);
-      if (opt_.reference && res_.window > 0) {
+      const std::uint64_t s0 = d->instructions();
+      w.until_insn = s0 + opt_.slowdown_window;
+      if (opt_.reference && opt_.slowdown_window > 0) {
         const RunEvent e = d->run(w);
         res_.window_cycles = d->cycles() - c0;
+        res_.window = d->instructions() - s0;
         if (e.reason == StopReason::kInsnLimit) BATON_TRY_VOID(finish(*d, rest));
         else res_.final_event = e;
+        progress("reference run (unmigrated) over the same instructions");
+        BATON_TRY_VOID(run_reference(s0));
       } else {
         BATON_TRY_VOID(finish(*d, rest));
       }
