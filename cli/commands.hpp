@@ -23,6 +23,8 @@ void register_guests(CLI::App& app);
 void register_run(CLI::App& app);
 void register_bench_sim(CLI::App& bench);
 void register_trace(CLI::App& app);
+// `baton vmm-worker` (cli/cmd_vmm.cpp): the receiving VMM process of a local migration.
+void register_vmm_worker(CLI::App& app);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

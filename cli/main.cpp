@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   baton::cli::register_guests(app);
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
+  baton::cli::register_vmm_worker(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

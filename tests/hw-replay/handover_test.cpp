@@ -15,6 +15,7 @@
 #include <random>
 
 #include "baton/hw/machine.hpp"
+#include "baton/hw/worker.hpp"
 
 using namespace baton;
 using namespace baton::hw;
@@ -291,4 +292,31 @@ TEST_CASE("guest memory: a memfd of the wrong size is refused, and images load i
   auto r = mem->load(im);
   REQUIRE_FALSE(r);
   CHECK_THAT(r.error().message, Catch::Contains("outside guest memory"));
+}
+
+TEST_CASE("worker: without a usable KVM device the worker tells the source in one error message", "[worker][fault]") {
+  Pair p;
+  WorkerOptions wo;
+  wo.device = "/nonexistent/kvm";
+  wo.timeout_ms = 1000;
+  auto r = serve_worker(p.b, wo);
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().message, Catch::StartsWith("/nonexistent/kvm: No such file or directory"));
+  auto m = recv_message(p.a, 1000);
+  REQUIRE(m);
+  CHECK(m->type == MsgType::kError);
+  CHECK(std::string(m->payload.begin(), m->payload.end()) == r.error().message);
+}
+
+TEST_CASE("worker: the resume payload carries the input position and the state", "[worker][vcpu]") {
+  const model::VcpuState s = sample_state(11);
+  const auto bytes = encode_resume(ResumeInfo{42, 1234}, s);
+  auto back = decode_resume(bytes);
+  REQUIRE(back);
+  CHECK(back->first.input_seed == 42);
+  CHECK(back->first.inputs_consumed == 1234);
+  CHECK(back->second == s);
+  auto cut = decode_resume(std::span<const std::uint8_t>(bytes.data(), 10));
+  REQUIRE_FALSE(cut);
+  CHECK_THAT(cut.error().message, Catch::Contains("too short"));
 }

@@ -1,0 +1,47 @@
+// The receiving side of a local migration: what `baton vmm-worker` runs (docs/kvm-backend.md).
+//
+// Sequence on the socket (source -> worker unless noted):
+//   worker -> hello (its pid)            once /dev/kvm is open; or error (one line) and exit
+//   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
+//   worker -> ack                        registers the same pages as its memslot: all before the pause
+//   vcpu-state (ResumeInfo + VcpuState)  sent once the source vCPU has left KVM_RUN for good
+//   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN)
+//   worker -> ack "exit N checksum 0x..." when the guest has exited
+// Any failure is sent to the source as an error message (one line) and returned.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "baton/guests/ports.hpp"
+#include "baton/hw/kvm.hpp"
+#include "baton/model/result.hpp"
+
+namespace baton::hw {
+
+// What the worker needs besides the vCPU state to continue the guest's port conversation.
+struct ResumeInfo {
+  std::uint64_t input_seed = 0;       // the guest's input sequence
+  std::uint64_t inputs_consumed = 0;  // values of it the guest has read already
+};
+// The vcpu-state payload: ResumeInfo (16 bytes) then encode_vcpu_state().
+std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s);
+Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p);
+
+struct WorkerOptions {
+  std::string device = kKvmDevice;
+  int timeout_ms = 60'000;  // per message
+};
+
+// What the worker saw after the migration.
+struct WorkerReport {
+  guests::GuestRun ports;           // the guest's port activity after the resume
+  std::uint64_t resumed_ns = 0;     // CLOCK_MONOTONIC just before the first KVM_RUN
+};
+
+// Runs the worker's side of the protocol on a connected socket until the guest exits.
+Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt = {});
+
+}  // namespace baton::hw
