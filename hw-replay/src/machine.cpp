@@ -141,6 +141,7 @@ Result<std::unique_ptr<KvmMachine>> KvmMachine::build(GuestMemory mem, const gue
   std::unique_ptr<KvmMachine> m(new KvmMachine(std::move(*sys), std::move(*vm), std::move(mem), std::move(*vcpu),
                                                guests::PortRecorder(image)));
   m->state_opt_ = std::move(so);
+  m->input_seed_ = guests::input_seed_of(image);
   return m;
 }
 

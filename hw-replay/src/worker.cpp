@@ -110,4 +110,36 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   return rep;
 }
 
+Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  auto hello = expect(sock, MsgType::kHello, timeout_ms);
+  if (!hello) return make_error("worker: " + hello.error().message);
+  if (hello->payload.size() == 4)
+    t.worker_pid = static_cast<std::uint32_t>(hello->payload[0] | hello->payload[1] << 8 | hello->payload[2] << 16 |
+                                              hello->payload[3] << 24);
+  const MemoryAnnounce ann{m.memory().size(), 0, 0};
+  BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), m.memory().fd()));
+  auto ack = expect(sock, MsgType::kAck, timeout_ms);
+  if (!ack) return make_error("worker: " + ack.error().message);
+  return ok_result();
+}
+
+Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  t.pause_ns = monotonic_ns();
+  auto state = m.capture();
+  if (!state) return state.error();
+  const ResumeInfo info{m.input_seed(), m.ports().inputs};
+  BATON_TRY_VOID(send_message(sock, MsgType::kVcpuState, encode_resume(info, *state)));
+  auto resumed = expect(sock, MsgType::kResumed, timeout_ms);
+  if (!resumed) return make_error("worker: " + resumed.error().message);
+  if (resumed->payload.size() != 8) return make_error("worker: a resumed message of " + std::to_string(resumed->payload.size()) + " bytes");
+  t.resumed_ns = get64(resumed->payload.data());
+  return ok_result();
+}
+
+Result<std::string> wait_worker_result(int sock, int timeout_ms) {
+  auto done = expect(sock, MsgType::kAck, timeout_ms);
+  if (!done) return make_error("worker: " + done.error().message);
+  return std::string(done->payload.begin(), done->payload.end());
+}
+
 }  // namespace baton::hw

@@ -2,6 +2,9 @@
 // "SKIPPED: /dev/kvm is not usable here: <reason>" and returns 77, which CTest reports as a
 // skip (SKIP_RETURN_CODE), never as a pass.
 #define CATCH_CONFIG_RUNNER
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -10,6 +13,7 @@
 #include "baton/guests/abi.hpp"
 #include "baton/guests/registry.hpp"
 #include "baton/hw/machine.hpp"
+#include "baton/hw/worker.hpp"
 #include "baton/sim/baseline.hpp"
 
 using namespace baton;
@@ -118,6 +122,80 @@ TEST_CASE("kvm: save, recreate on the same memfd, restore and continue equals an
     REQUIRE(r->stop == KvmStop::kExited);
     CHECK(guests::compare_runs(straight, (*m2)->ports()).empty());
   }
+}
+
+namespace {
+// Forks a worker process that serves the handover on one end of a socketpair.
+pid_t spawn_worker(int& source_end) {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(sv[0]);
+    auto r = serve_worker(sv[1]);
+    _exit(r ? 0 : 1);
+  }
+  ::close(sv[1]);
+  source_end = sv[0];
+  return pid;
+}
+}  // namespace
+
+TEST_CASE("kvm: local migration to a second process shares the memfd and reaches the same checksum",
+          "[kvm][migration]") {
+  const guests::GuestImage im = image_of("mixed");
+  auto expected = guests::expected_result("mixed", im.params);
+  REQUIRE(expected);
+  int sock = -1;
+  const pid_t worker = spawn_worker(sock);
+  auto m = KvmMachine::try_create(im);
+  REQUIRE(m);
+  HandoverTiming t;
+  REQUIRE(prepare_worker(**m, sock, t));  // before the pause: VM, vCPU and memslot on the worker
+  auto r = (*m)->run(~std::uint64_t{0}, true);
+  REQUIRE(r);
+  REQUIRE(r->stop == KvmStop::kSync);
+  auto h = hand_over(**m, sock, t);
+  INFO((h ? "" : h.error().message));
+  REQUIRE(h);
+  m->reset();  // the source tears its VM down
+  auto done = wait_worker_result(sock);
+  REQUIRE(done);
+  char want[64];
+  std::snprintf(want, sizeof want, "checksum 0x%llx", static_cast<unsigned long long>(*expected));
+  CHECK_THAT(*done, Catch::Contains(want));
+  CHECK(t.resumed_ns > t.pause_ns);
+  WARN("local migration downtime " << t.downtime_us() << " us");
+  int st = 0;
+  ::waitpid(worker, &st, 0);
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  ::close(sock);
+}
+
+TEST_CASE("kvm: a worker killed with SIGKILL before the handover leaves the source running to its checksum",
+          "[kvm][migration][fault]") {
+  const guests::GuestImage im = image_of("mixed");
+  auto expected = guests::expected_result("mixed", im.params);
+  REQUIRE(expected);
+  int sock = -1;
+  const pid_t worker = spawn_worker(sock);
+  auto m = KvmMachine::try_create(im);
+  REQUIRE(m);
+  HandoverTiming t;
+  REQUIRE(prepare_worker(**m, sock, t));
+  auto r = (*m)->run(~std::uint64_t{0}, true);
+  REQUIRE(r);
+  REQUIRE(::kill(worker, SIGKILL) == 0);
+  ::waitpid(worker, nullptr, 0);
+  auto h = hand_over(**m, sock, t, 5000);
+  REQUIRE_FALSE(h);  // reported ...
+  CHECK_THAT(h.error().message, Catch::Contains("closed the connection") || Catch::Contains("reset"));
+  auto rest = (*m)->run();  // ... and the source resumes: nothing was lost
+  REQUIRE(rest);
+  REQUIRE(rest->stop == KvmStop::kExited);
+  CHECK((*m)->ports().checksum == *expected);
+  ::close(sock);
 }
 
 int main(int argc, char** argv) {

@@ -88,6 +88,7 @@ class KvmMachine {
 
   const guests::GuestRun& ports() const { return ports_.run(); }
   guests::PortRecorder& recorder() { return ports_; }
+  std::uint64_t input_seed() const { return input_seed_; }
   GuestMemory& memory() { return mem_; }
   KvmVm& vm() { return vm_; }
   KvmVcpu& vcpu() { return vcpu_; }
@@ -105,6 +106,7 @@ class KvmMachine {
   KvmVcpu vcpu_;
   guests::PortRecorder ports_;
   StateOptions state_opt_;
+  std::uint64_t input_seed_ = 0;
 };
 
 }  // namespace baton::hw

@@ -44,4 +44,23 @@ struct WorkerReport {
 // Runs the worker's side of the protocol on a connected socket until the guest exits.
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt = {});
 
+class KvmMachine;
+
+// The source side, in three steps so that everything slow happens before the pause:
+// 1. prepare_worker: wait for hello, send the memfd, wait until the worker's VM is ready.
+// 2. hand_over: the vCPU has left KVM_RUN for good (the caller stopped running it); capture
+//    the state, send it, wait for "resumed". Downtime = resumed_ns - pause_ns.
+// 3. wait_worker_result: the worker's final "exit N checksum 0x..." line.
+// When step 1 or 2 fails (the worker died, or sent an error), the source VM is untouched:
+// the caller resumes it with KvmMachine::run() and nothing is lost.
+struct HandoverTiming {
+  std::uint32_t worker_pid = 0;
+  std::uint64_t pause_ns = 0;    // CLOCK_MONOTONIC when hand_over began (vCPU out of KVM_RUN)
+  std::uint64_t resumed_ns = 0;  // the worker's CLOCK_MONOTONIC just before its first KVM_RUN
+  double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
+};
+Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
+
 }  // namespace baton::hw
