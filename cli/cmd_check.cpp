@@ -107,8 +107,9 @@ std::string leaf_text(const NoCopySide& side, std::uint64_t gfn) {
 
 // baton check --no-copy TRACE --source VM --dest VM
 void run_no_copy(const CheckCliOptions& o) {
-  if (!o.snapshots.empty() || !o.spec.empty() || !o.properties.empty())
-    return fail("--no-copy takes a trace and --source/--dest VMs, not snapshots, --spec or --properties");
+  if (!o.snapshots.empty() || !o.spec.empty() || !o.properties.empty() || !o.junit.empty() || !o.smt2_dir.empty())
+    return fail("--no-copy takes a trace and --source/--dest VMs, not snapshots, --spec, --properties, --junit or "
+                "--smt2-dir");
   if (o.source.empty() || o.dest.empty()) return fail("--no-copy needs --source VM and --dest VM (see `baton trace mappings`)");
   if (o.timeout <= 0) return fail("--timeout must be positive");
   auto src_id = parse_id(o.source, "--source", 0xffffffffu);
