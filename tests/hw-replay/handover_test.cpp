@@ -320,3 +320,21 @@ TEST_CASE("worker: the resume payload carries the input position and the state",
   REQUIRE_FALSE(cut);
   CHECK_THAT(cut.error().message, Catch::Contains("too short"));
 }
+
+TEST_CASE("handover: random bytes on the socket are an error, never a crash or a hang", "[handover][bad-input]") {
+  std::mt19937_64 rng(77);
+  for (int i = 0; i < 300; ++i) {
+    Pair p;
+    std::vector<std::uint8_t> junk(rng() % 200);
+    for (auto& b : junk) b = static_cast<std::uint8_t>(rng());
+    if (i % 3 == 0 && junk.size() >= 8) {  // a plausible start, so the later checks are reached too
+      const std::uint8_t start[8] = {0x42, 0x48, 0x4f, 0x56, 1, 0, static_cast<std::uint8_t>(1 + rng() % 8), 0};
+      std::memcpy(junk.data(), start, 8);
+    }
+    if (!junk.empty()) REQUIRE(::send(p.a, junk.data(), junk.size(), 0) == static_cast<ssize_t>(junk.size()));
+    p.close_a();
+    auto m = recv_message(p.b, 1000);
+    REQUIRE_FALSE(m);
+    CHECK(m.error().message.find('\n') == std::string::npos);
+  }
+}
