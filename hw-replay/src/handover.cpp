@@ -189,6 +189,48 @@ Result<MemoryAnnounce> decode_memory_announce(std::span<const std::uint8_t> p) {
   return MemoryAnnounce{get(p.data(), 8), get(p.data() + 8, 8), static_cast<std::uint32_t>(get(p.data() + 16, 4))};
 }
 
+// ---- precopy pages ----
+
+Result<std::uint64_t> send_pages(int sock, const std::uint8_t* base, std::uint64_t size,
+                                 const std::vector<std::uint64_t>& dirty_bitmap) {
+  const std::uint64_t pages = size / 4096;
+  std::uint64_t sent = 0;
+  std::vector<std::uint8_t> msg;
+  std::uint64_t g = 0;
+  while (g < pages) {
+    const bool dirty = g / 64 < dirty_bitmap.size() && (dirty_bitmap[g / 64] >> (g % 64) & 1);
+    if (!dirty) {
+      ++g;
+      continue;
+    }
+    std::uint64_t n = 1;
+    while (g + n < pages && n < kMaxPagesPerMessage && (g + n) / 64 < dirty_bitmap.size() &&
+           (dirty_bitmap[(g + n) / 64] >> ((g + n) % 64) & 1))
+      ++n;
+    msg.clear();
+    put(msg, g, 8);
+    put(msg, n, 8);
+    msg.insert(msg.end(), base + g * 4096, base + (g + n) * 4096);
+    BATON_TRY_VOID(send_message(sock, MsgType::kPages, msg));
+    sent += n * 4096;
+    g += n;
+  }
+  return sent;
+}
+
+Result<std::uint64_t> apply_pages(std::span<const std::uint8_t> payload, std::uint8_t* base, std::uint64_t size) {
+  if (payload.size() < 16) return make_error("pages message: " + std::to_string(payload.size()) + " bytes, too short");
+  const std::uint64_t g = get(payload.data(), 8), n = get(payload.data() + 8, 8);
+  if (n == 0 || n > kMaxPagesPerMessage || payload.size() != 16 + n * 4096)
+    return make_error("pages message: " + std::to_string(n) + " pages do not match a payload of " +
+                      std::to_string(payload.size()) + " bytes");
+  if (g > size / 4096 || n > size / 4096 - g)
+    return make_error("pages message: gfns " + std::to_string(g) + ".." + std::to_string(g + n - 1) +
+                      " lie outside guest memory");
+  std::memcpy(base + g * 4096, payload.data() + 16, n * 4096);
+  return n;
+}
+
 // ---- vCPU state ----
 
 namespace {

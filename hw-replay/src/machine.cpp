@@ -145,6 +145,12 @@ Result<std::unique_ptr<KvmMachine>> KvmMachine::build(GuestMemory mem, const gue
   return m;
 }
 
+Result<void> KvmMachine::enable_dirty_log() {
+  return vm_.try_set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, mem_.size(), mem_.data());
+}
+
+Result<std::vector<std::uint64_t>> KvmMachine::dirty_bitmap() { return vm_.try_get_dirty_log(0, mem_.size() / 4096); }
+
 std::string KvmMachine::dump_state() {
   auto s = vcpu_.try_get_state(state_opt_);
   if (!s) return "(state unavailable: " + s.error().message + ")";

@@ -72,9 +72,12 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   if (!mm) return failed(mm.error());
   auto ann = decode_memory_announce(mm->payload);
   if (!ann) return failed(ann.error());
-  if (!mm->fd.valid()) return failed(make_error("the memory message brought no memfd"));
   if (ann->gpa != 0 || ann->slot != 0) return failed(make_error("only one memslot at gpa 0 is supported"));
-  auto mem = GuestMemory::try_adopt(mm->fd.release(), ann->size);
+  WorkerReport rep;
+  rep.shared_memory = mm->fd.valid();
+  // Local: the source's own pages. Precopy: private memory that the pages messages fill.
+  auto mem = rep.shared_memory ? GuestMemory::try_adopt(mm->fd.release(), ann->size)
+                               : GuestMemory::try_create(ann->size, "baton-worker-private");
   if (!mem) return failed(mem.error());
   guests::GuestImage shell;  // no image to load: the memory already holds the running guest
   shell.mem_size = ann->size;
@@ -84,16 +87,27 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   if (!machine) return failed(machine.error());
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("vm ready")));
 
-  // The pause is on: restore and resume as fast as possible.
-  auto sm = expect(sock, MsgType::kVcpuState, opt.timeout_ms);
-  if (!sm) return failed(sm.error());
+  // Precopy pages until the vCPU state; then the pause is on: restore and resume at once.
+  Result<Message> sm = make_error("no message");
+  for (;;) {
+    sm = recv_message(sock, opt.timeout_ms);
+    if (!sm) return failed(sm.error());
+    if (sm->type != MsgType::kPages) break;
+    if (rep.shared_memory) return failed(make_error("pages message in a local migration (memory is shared)"));
+    auto n = apply_pages(sm->payload, (*machine)->memory().data(), (*machine)->memory().size());
+    if (!n) return failed(n.error());
+    rep.bytes_received += *n * 4096;
+  }
+  if (sm->type == MsgType::kError)
+    return failed(make_error("the source reported: " + std::string(sm->payload.begin(), sm->payload.end())));
+  if (sm->type != MsgType::kVcpuState)
+    return failed(make_error("expected a vcpu-state message, got " + to_string(sm->type)));
   auto resume = decode_resume(sm->payload);
   if (!resume) return failed(resume.error());
   if (auto r = (*machine)->restore(resume->second); !r) return failed(r.error());
   const ResumeInfo info = resume->first;
   (*machine)->recorder().set_input_source(
       [info](std::uint64_t n) { return guests::input_value(info.input_seed, info.inputs_consumed + n); });
-  WorkerReport rep;
   rep.resumed_ns = monotonic_ns();
   std::vector<std::uint8_t> ns;
   put64(ns, rep.resumed_ns);
@@ -111,20 +125,45 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
 }
 
 Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  t.start_ns = monotonic_ns();
   auto hello = expect(sock, MsgType::kHello, timeout_ms);
   if (!hello) return make_error("worker: " + hello.error().message);
   if (hello->payload.size() == 4)
     t.worker_pid = static_cast<std::uint32_t>(hello->payload[0] | hello->payload[1] << 8 | hello->payload[2] << 16 |
                                               hello->payload[3] << 24);
   const MemoryAnnounce ann{m.memory().size(), 0, 0};
-  BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), m.memory().fd()));
+  BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), t.precopy ? -1 : m.memory().fd()));
   auto ack = expect(sock, MsgType::kAck, timeout_ms);
   if (!ack) return make_error("worker: " + ack.error().message);
+  if (!t.precopy) return ok_result();
+  // Round 1: log from now on, then send everything.
+  BATON_TRY_VOID(m.enable_dirty_log());
+  auto reset = m.dirty_bitmap();
+  if (!reset) return reset.error();
+  std::vector<std::uint64_t> all((m.memory().size() / 4096 + 63) / 64, ~std::uint64_t{0});
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), all);
+  if (!sent) return make_error("worker: " + sent.error().message);
+  t.bytes_copied += *sent;
+  t.rounds = 1;
   return ok_result();
+}
+
+Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) {
+  auto dirty = m.dirty_bitmap();
+  if (!dirty) return dirty.error();
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), *dirty);
+  if (!sent) return make_error("worker: " + sent.error().message);
+  t.bytes_copied += *sent;
+  ++t.rounds;
+  return *sent;
 }
 
 Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
   t.pause_ns = monotonic_ns();
+  if (t.precopy) {  // stop-and-copy: the pages dirtied since the last round, inside the downtime
+    auto last = precopy_round(m, sock, t);
+    if (!last) return last.error();
+  }
   auto state = m.capture();
   if (!state) return state.error();
   const ResumeInfo info{m.input_seed(), m.ports().inputs};

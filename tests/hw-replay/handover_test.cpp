@@ -338,3 +338,82 @@ TEST_CASE("handover: random bytes on the socket are an error, never a crash or a
     CHECK(m.error().message.find('\n') == std::string::npos);
   }
 }
+
+TEST_CASE("precopy pages: exactly the dirty pages cross the socket, as bytes, into private memory", "[handover][precopy]") {
+  constexpr std::uint64_t kSize = 4 << 20;  // 1024 pages
+  auto src = GuestMemory::try_create(kSize), dst = GuestMemory::try_create(kSize);
+  REQUIRE(src);
+  REQUIRE(dst);
+  std::mt19937_64 rng(5);
+  for (std::uint64_t i = 0; i < kSize; i += 8) {
+    const std::uint64_t v = rng();
+    std::memcpy(src->data() + i, &v, 8);
+  }
+  std::vector<std::uint64_t> bitmap(kSize / 4096 / 64);
+  std::vector<bool> dirty(kSize / 4096);
+  for (int k = 0; k < 300; ++k) {  // scattered pages and a long run (split into several messages)
+    const std::uint64_t g = rng() % (kSize / 4096);
+    dirty[g] = true;
+  }
+  for (std::uint64_t g = 100; g < 700; ++g) dirty[g] = true;
+  for (std::uint64_t g = 0; g < dirty.size(); ++g)
+    if (dirty[g]) bitmap[g / 64] |= std::uint64_t{1} << (g % 64);
+
+  Pair p;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {  // the sender, so that a full socket buffer cannot deadlock the test
+    p.close_b();
+    auto sent = send_pages(p.a, src->data(), src->size(), bitmap);
+    if (!sent) _exit(1);
+    if (!send_message(p.a, MsgType::kDone, std::string())) _exit(2);
+    _exit(0);
+  }
+  p.close_a();
+  std::uint64_t pages = 0, messages = 0;
+  for (;;) {
+    auto m = recv_message(p.b, 10'000);
+    REQUIRE(m);
+    if (m->type == MsgType::kDone) break;
+    REQUIRE(m->type == MsgType::kPages);
+    auto n = apply_pages(m->payload, dst->data(), dst->size());
+    REQUIRE(n);
+    pages += *n;
+    ++messages;
+  }
+  CHECK(reap(child) == 0);
+  std::uint64_t expected_pages = 0;
+  for (std::uint64_t g = 0; g < dirty.size(); ++g) {
+    expected_pages += dirty[g];
+    const bool same = std::memcmp(src->data() + g * 4096, dst->data() + g * 4096, 4096) == 0;
+    INFO("gfn " << g);
+    CHECK(same == dirty[g]);  // dirty pages copied, clean ones untouched (still zero)
+  }
+  CHECK(pages == expected_pages);
+  CHECK(messages >= 3);  // the 600-page run needs three messages of at most 256 pages
+}
+
+TEST_CASE("precopy pages: malformed pages messages are clear errors", "[handover][precopy][bad-input]") {
+  auto mem = GuestMemory::try_create(64 << 10);  // 16 pages
+  REQUIRE(mem);
+  auto payload = [](std::uint64_t gfn, std::uint64_t count, std::size_t bytes) {
+    std::vector<std::uint8_t> v(16 + bytes);
+    std::memcpy(v.data(), &gfn, 8);
+    std::memcpy(v.data() + 8, &count, 8);
+    return v;
+  };
+  auto short_msg = apply_pages(std::vector<std::uint8_t>(8), mem->data(), mem->size());
+  REQUIRE_FALSE(short_msg);
+  CHECK_THAT(short_msg.error().message, Catch::Contains("too short"));
+  auto mismatch = apply_pages(payload(0, 2, 4096), mem->data(), mem->size());
+  REQUIRE_FALSE(mismatch);
+  CHECK_THAT(mismatch.error().message, Catch::Contains("do not match"));
+  auto outside = apply_pages(payload(15, 2, 8192), mem->data(), mem->size());
+  REQUIRE_FALSE(outside);
+  CHECK_THAT(outside.error().message, Catch::Contains("outside guest memory"));
+  auto huge = apply_pages(payload(~std::uint64_t{0}, 1, 4096), mem->data(), mem->size());
+  REQUIRE_FALSE(huge);
+  auto fits = apply_pages(payload(15, 1, 4096), mem->data(), mem->size());
+  REQUIRE(fits);
+  CHECK(*fits == 1);
+}

@@ -173,6 +173,40 @@ TEST_CASE("kvm: local migration to a second process shares the memfd and reaches
   ::close(sock);
 }
 
+TEST_CASE("kvm: precopy to a second process copies memory in rounds and reaches the same checksum",
+          "[kvm][migration][precopy]") {
+  const guests::GuestImage im = image_of("mixed");
+  auto expected = guests::expected_result("mixed", im.params);
+  REQUIRE(expected);
+  int sock = -1;
+  const pid_t worker = spawn_worker(sock);
+  auto m = KvmMachine::try_create(im);
+  REQUIRE(m);
+  HandoverTiming t;
+  t.precopy = true;
+  REQUIRE(prepare_worker(**m, sock, t));  // round 1: all of memory
+  CHECK(t.bytes_copied == im.mem_size);
+  auto r = (*m)->run(~std::uint64_t{0}, true);  // the guest dirties pages meanwhile
+  REQUIRE(r);
+  REQUIRE(r->stop == KvmStop::kSync);
+  REQUIRE(precopy_round(**m, sock, t));
+  auto h = hand_over(**m, sock, t);  // stop-and-copy, then the state
+  INFO((h ? "" : h.error().message));
+  REQUIRE(h);
+  m->reset();
+  auto done = wait_worker_result(sock);
+  REQUIRE(done);
+  char want[64];
+  std::snprintf(want, sizeof want, "checksum 0x%llx", static_cast<unsigned long long>(*expected));
+  CHECK_THAT(*done, Catch::Contains(want));
+  CHECK(t.rounds == 3);
+  WARN("precopy: " << t.bytes_copied << " bytes in " << t.rounds << " rounds, downtime " << t.downtime_us() << " us");
+  int st = 0;
+  ::waitpid(worker, &st, 0);
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  ::close(sock);
+}
+
 TEST_CASE("kvm: a worker killed with SIGKILL before the handover leaves the source running to its checksum",
           "[kvm][migration][fault]") {
   const guests::GuestImage im = image_of("mixed");

@@ -65,6 +65,16 @@ struct MemoryAnnounce {
 std::vector<std::uint8_t> encode_memory_announce(const MemoryAnnounce& m);
 Result<MemoryAnnounce> decode_memory_announce(std::span<const std::uint8_t> p);
 
+// Precopy: guest pages crossing the socket as bytes. A kPages payload is u64 first gfn, u64
+// count, then count * 4 KiB. send_pages() sends every page whose bit is set in a dirty bitmap
+// (bit i of word w = gfn 64w + i, as KVM_GET_DIRTY_LOG returns it), in runs of at most
+// kMaxPagesPerMessage, and returns the bytes of guest memory sent. apply_pages() copies one
+// message into memory of `size` bytes at `base`, checking the bounds, and returns its pages.
+inline constexpr std::uint64_t kMaxPagesPerMessage = 256;
+Result<std::uint64_t> send_pages(int sock, const std::uint8_t* base, std::uint64_t size,
+                                 const std::vector<std::uint64_t>& dirty_bitmap);
+Result<std::uint64_t> apply_pages(std::span<const std::uint8_t> payload, std::uint8_t* base, std::uint64_t size);
+
 // A compact binary form of a vCPU state (magic "VCPU", version 1, then every field).
 std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s);
 Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p);

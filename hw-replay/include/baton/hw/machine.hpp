@@ -86,6 +86,11 @@ class KvmMachine {
   Result<model::VcpuState> capture() { return vcpu_.try_get_state(state_opt_); }
   Result<void> restore(const model::VcpuState& s) { return vcpu_.try_set_state(s, state_opt_); }
 
+  // Dirty logging on guest RAM (memslot 0) for precopy: enable it, then fetch and reset the
+  // bitmap of pages written since the last fetch (KVM_GET_DIRTY_LOG).
+  Result<void> enable_dirty_log();
+  Result<std::vector<std::uint64_t>> dirty_bitmap();
+
   const guests::GuestRun& ports() const { return ports_.run(); }
   guests::PortRecorder& recorder() { return ports_; }
   std::uint64_t input_seed() const { return input_seed_; }

@@ -1,5 +1,8 @@
 // The receiving side of a local migration: what `baton vmm-worker` runs (docs/kvm-backend.md).
 //
+// Precopy differs in one step: the memory message comes without an fd, the worker creates
+// private memory, and pages messages follow (all of memory, then dirty rounds, then the
+// stop-and-copy after the pause) until the vcpu-state message.
 // Sequence on the socket (source -> worker unless noted):
 //   worker -> hello (its pid)            once /dev/kvm is open; or error (one line) and exit
 //   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
@@ -39,6 +42,8 @@ struct WorkerOptions {
 struct WorkerReport {
   guests::GuestRun ports;           // the guest's port activity after the resume
   std::uint64_t resumed_ns = 0;     // CLOCK_MONOTONIC just before the first KVM_RUN
+  bool shared_memory = true;        // local (the source's memfd) or precopy (private memory)
+  std::uint64_t bytes_received = 0;  // guest memory that crossed the socket (precopy)
 };
 
 // Runs the worker's side of the protocol on a connected socket until the guest exits.
@@ -54,12 +59,20 @@ class KvmMachine;
 // When step 1 or 2 fails (the worker died, or sent an error), the source VM is untouched:
 // the caller resumes it with KvmMachine::run() and nothing is lost.
 struct HandoverTiming {
+  bool precopy = false;
   std::uint32_t worker_pid = 0;
+  std::uint64_t start_ns = 0;      // CLOCK_MONOTONIC when prepare_worker began
+  std::uint64_t rounds = 0;        // precopy rounds sent (the first one is all of memory)
+  std::uint64_t bytes_copied = 0;  // guest memory sent as bytes (0 for a local migration)
   std::uint64_t pause_ns = 0;    // CLOCK_MONOTONIC when hand_over began (vCPU out of KVM_RUN)
   std::uint64_t resumed_ns = 0;  // the worker's CLOCK_MONOTONIC just before its first KVM_RUN
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
 };
+// With t.precopy, prepare_worker also enables dirty logging and sends all of memory (round 1),
+// precopy_round sends the pages dirtied since (call it between runs of the guest), and
+// hand_over first sends the last dirty pages (stop-and-copy, inside the downtime).
 Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
 Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
 
