@@ -221,8 +221,8 @@ Result<void> KvmVcpu::try_set_boot_state(const model::VcpuState& s) {
 
 Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOptions& opt) {
   const int fd = this->fd();
-  // The order of the selftests' vcpu_load_state(): XSAVE, XCRs, sregs, MSRs, events, MP state,
-  // debug registers, regs; the LAPIC after the sregs (which carry the APIC base).
+  // XSAVE and XCRs first; the sregs (with the APIC base) before the MSRs and the LAPIC; the
+  // regs last. KVM checks XSAVE against what it supports, not against the current XCR0.
   if (!s.xsave.empty()) {
     const std::size_t xs = std::max<std::size_t>({opt.xsave_size, sizeof(kvm_xsave), s.xsave.size()});
     std::vector<std::uint64_t> xbuf((xs + 7) / 8);

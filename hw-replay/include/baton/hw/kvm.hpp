@@ -159,7 +159,8 @@ class KvmVcpu {
   // vCPU events, debug registers, MP state and the TSC (guest = host + offset).
   Result<model::VcpuState> try_get_state(const StateOptions& opt);
   model::VcpuState get_state(const StateOptions& opt) { return or_throw(try_get_state(opt)); }
-  // Restores a captured state, in the order the KVM selftests' state_test uses. The guest TSC
+  // Restores a captured state (XSAVE, XCRs, sregs, MSRs, TSC, LAPIC, events, MP state, debug
+  // registers, regs; sregs before the MSRs and the LAPIC, regs last). The guest TSC
   // keeps its offset to the host TSC, so it stays monotonic and continuous.
   Result<void> try_set_state(const model::VcpuState& s, const StateOptions& opt);
   void set_state(const model::VcpuState& s, const StateOptions& opt) { or_throw(try_set_state(s, opt)); }
