@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "baton/guests/registry.hpp"
+#include "baton/hw/machine.hpp"
 #include "baton/sim/sim_machine.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
@@ -32,9 +33,69 @@ struct RunOptions {
   bool json_out = false;
 };
 
+// Runs one guest on /dev/kvm and prints the report (docs/kvm-backend.md).
+void run_guest_kvm(const RunOptions& o) {
+  auto mem = parse_size(o.mem);
+  if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
+  auto level = parse_page_level(o.pages);
+  if (!level) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
+  if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad)
+    return fail("--profile, --trace, --dirty and --no-ad apply to --backend sim only");
+  // The device first: without KVM this one line is all the user needs to see.
+  if (auto why = hw::kvm_unavailable_reason()) return fail(*why);
+  auto g = guests::get_builtin(o.guest);
+  if (!g) return fail(g.error().message);
+  auto ps = guests::resolve_params(**g, o.params);
+  if (!ps) return fail(ps.error().message);
+  guests::GuestConfig gc;
+  gc.mem_size = *mem;
+  gc.page_size = *level == 1 ? guests::PageSize::k4K : *level == 2 ? guests::PageSize::k2M : guests::PageSize::k1G;
+  gc.params = *ps;
+  auto image = guests::load_builtin(o.guest, gc);
+  if (!image) return fail(image.error().message);
+  auto m = hw::KvmMachine::try_create(*image);
+  if (!m) return fail(m.error().message);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = (*m)->run(o.budget);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!r) return fail(r.error().message);
+  const guests::GuestRun& out = (*m)->ports();
+  auto expected = guests::expected_result(o.guest, image->params);
+  const bool match = expected && out.exited && out.checksum == *expected;
+  if (o.json_out) {
+    json j;
+    j["guest"] = o.guest;
+    j["backend"] = "kvm";
+    j["outcome"] = hw::to_string(r->stop);
+    j["detail"] = r->detail;
+    j["exit_code"] = out.exited ? json(out.exit_code) : json(nullptr);
+    j["console"] = out.console;
+    j["checksum"] = out.exited ? json(hex(out.checksum)) : json(nullptr);
+    j["expected_checksum"] = expected ? json(hex(*expected)) : json(nullptr);
+    j["checksum_matches"] = match;
+    j["stages"] = out.stages;
+    j["exits"] = r->exits;
+    j["wall_s"] = wall;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("guest        %s on kvm (%s pages, mem %s)\n", o.guest.c_str(), o.pages.c_str(), o.mem.c_str());
+    std::printf("outcome      %s%s%s\n", hw::to_string(r->stop), r->detail.empty() ? "" : ": ", r->detail.c_str());
+    std::printf("exit code    %s\n", out.exited ? std::to_string(out.exit_code).c_str() : "-");
+    std::printf("console      %s", out.console.empty() ? "(empty)\n" : "\n");
+    if (!out.console.empty()) std::printf("%s%s", out.console.c_str(), out.console.back() == '\n' ? "" : "\n");
+    std::printf("checksum     %s (expected %s: %s)\n", out.exited ? hex(out.checksum).c_str() : "-",
+                expected ? hex(*expected).c_str() : "-", match ? "match" : "MISMATCH");
+    std::printf("exits        %llu to user space\n", static_cast<unsigned long long>(r->exits));
+    std::printf("wall         %.3f s\n", wall);
+  }
+  if (r->stop != hw::KvmStop::kExited) exit_code() = kExitError;
+  else if (!match) exit_code() = kExitRefuted;
+}
+
 // Runs one guest on the simulator and prints the report.
 void run_guest(const RunOptions& o) {
-  if (o.backend != "sim") return fail("--backend '" + o.backend + "' is not available; only 'sim' is (kvm comes later)");
+  if (o.backend == "kvm") return run_guest_kvm(o);
+  if (o.backend != "sim") return fail("--backend '" + o.backend + "' is not one of sim, kvm");
   auto mem = parse_size(o.mem);
   if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
   auto level = parse_page_level(o.pages);
@@ -164,7 +225,7 @@ void run_guest(const RunOptions& o) {
 
 void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
-  CLI::App* c = app.add_subcommand("run", "Run a built-in guest on the simulator and report exits, EPT and cycles");
+  CLI::App* c = app.add_subcommand("run", "Run a built-in guest on the simulator (or /dev/kvm) and report exits, EPT and cycles");
   c->add_option("guest", o->guest, "Built-in guest (see `baton guests list`)")->required();
   c->add_option("--param", o->params, "Guest parameter key=value (repeatable)");
   c->add_option("--mem", o->mem, "Guest memory size")->capture_default_str();
@@ -172,7 +233,8 @@ void register_run(CLI::App& app) {
   c->add_option("--profile", o->profile, "Cost profile (JSON, see docs/cost-model.md)");
   c->add_option("--trace", o->trace, "Write a trace (format v1) to this file");
   c->add_option("--budget", o->budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
-  c->add_option("--backend", o->backend, "Backend: sim")->capture_default_str();
+  c->add_option("--backend", o->backend, "Backend: sim, or kvm (needs /dev/kvm; --budget counts exits there)")
+      ->capture_default_str();
   c->add_option("--dirty", o->dirty, "Dirty tracking: off, wp, pml")->capture_default_str();
   c->add_flag("--no-ad", o->no_ad, "Disable EPT accessed/dirty flags");
   c->add_flag("--json", o->json_out, "Print JSON");

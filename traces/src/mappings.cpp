@@ -1,5 +1,7 @@
 // Reconstruction of a VM's gfn->pfn leaves from the kEptSet / kEptClear events of a trace.
+#include <cstdio>
 #include <set>
+#include <string>
 
 #include "baton/traces/ftrace.hpp"
 
@@ -10,6 +12,12 @@ using LeafMap = std::map<std::uint64_t, Mapping>;
 std::uint64_t frames_per_leaf(unsigned level) { return level <= 1 ? 1 : std::uint64_t{1} << (9 * (level - 1)); }
 
 namespace {
+std::string hex_u64(std::uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
 // Removes every leaf that overlaps [base, base + frames).
 void remove_overlapping(LeafMap& m, std::uint64_t base, std::uint64_t frames) {
   auto it = m.lower_bound(base);
@@ -64,6 +72,25 @@ std::optional<std::uint64_t> lookup_pfn(const LeafMap& m, std::uint64_t gfn) {
   const std::uint64_t off = gfn - it->first;
   if (off >= frames_per_leaf(it->second.level)) return std::nullopt;
   return it->second.pfn + off;
+}
+
+Result<model::MappingSet> to_mapping_set(const LeafMap& m) {
+  constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 40;  // 52-bit physical addresses
+  model::MappingSet out;
+  for (const auto& [gfn, l] : m) {
+    const std::uint64_t n = frames_per_leaf(l.level);
+    if (gfn >= kMaxFrame || n > kMaxFrame - gfn || l.pfn >= kMaxFrame || n > kMaxFrame - l.pfn)
+      return make_error("leaf gfn 0x" + hex_u64(gfn) + " -> pfn 0x" + hex_u64(l.pfn) +
+                        " lies beyond 52-bit physical addresses");
+    model::MappingRun r;
+    r.gpa = model::Gpa{gfn << 12};
+    r.size = n << 12;
+    r.kind = model::RunKind::kMapped;
+    r.hpa = model::Hpa{l.pfn << 12};
+    r.perms = model::Perms::from_bits(l.perms_known ? l.perms : 7u);
+    out.append(r);  // keys ascend and leaves never overlap, so appending keeps the order
+  }
+  return out;
 }
 
 std::vector<std::uint32_t> trace_vms(const Trace& t) {

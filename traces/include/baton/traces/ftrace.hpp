@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "baton/model/mapping_set.hpp"
 #include "baton/model/result.hpp"
 #include "baton/traces/trace.hpp"
 
@@ -85,6 +86,10 @@ Result<std::map<std::uint64_t, Mapping>> mappings(const Trace& t, std::uint32_t 
                                                   std::optional<std::size_t> upto = std::nullopt);
 // Returns the pfn a gfn maps to in a reconstructed map (looking inside large leaves), if any.
 std::optional<std::uint64_t> lookup_pfn(const std::map<std::uint64_t, Mapping>& m, std::uint64_t gfn);
+// Converts a reconstructed map into the model's normal form (one kMapped run per leaf,
+// coalesced where gfns and pfns are both contiguous with equal permissions; unknown
+// permissions become rwx). Errors when a gfn or pfn lies beyond 52 bits of physical address.
+Result<model::MappingSet> to_mapping_set(const std::map<std::uint64_t, Mapping>& m);
 // Lists the VM ids that appear in a trace, ascending.
 std::vector<std::uint32_t> trace_vms(const Trace& t);
 

@@ -1,0 +1,67 @@
+// baton vmm-worker: the second VMM process of a local migration (docs/kvm-backend.md).
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "baton/hw/worker.hpp"
+#include "commands.hpp"
+
+namespace baton::cli {
+
+namespace {
+
+struct WorkerCliOptions {
+  std::string socket;
+  int fd = -1;
+  int timeout_ms = 60'000;
+};
+
+// Connects to a UNIX stream socket; errors name the path.
+Result<hw::Fd> connect_unix(const std::string& path) {
+  sockaddr_un a{};
+  if (path.size() >= sizeof a.sun_path) return make_error("--socket '" + path + "' is longer than a UNIX socket path may be");
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  hw::Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s.valid()) return make_error(std::string("socket(AF_UNIX) failed: ") + std::strerror(errno));
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+    return make_error("cannot connect to " + path + ": " + std::strerror(errno));
+  return s;
+}
+
+void run_worker(const WorkerCliOptions& o) {
+  if (o.socket.empty() == (o.fd < 0)) return fail("give exactly one of --socket PATH or --fd N");
+  hw::Fd owned;
+  int sock = o.fd;
+  if (!o.socket.empty()) {
+    auto s = connect_unix(o.socket);
+    if (!s) return fail(s.error().message);
+    owned = std::move(*s);
+    sock = owned.get();
+  }
+  hw::WorkerOptions wo;
+  wo.timeout_ms = o.timeout_ms;
+  auto r = hw::serve_worker(sock, wo);
+  if (!r) return fail(r.error().message);
+  std::printf("worker %d: guest exited with code %u, checksum 0x%llx, resumed at %llu ns (CLOCK_MONOTONIC)\n",
+              static_cast<int>(::getpid()), r->ports.exit_code, static_cast<unsigned long long>(r->ports.checksum),
+              static_cast<unsigned long long>(r->resumed_ns));
+}
+
+}  // namespace
+
+void register_vmm_worker(CLI::App& app) {
+  auto o = std::make_shared<WorkerCliOptions>();
+  CLI::App* c = app.add_subcommand(
+      "vmm-worker", "The receiving VMM of a local migration: adopts the guest memfd and vCPU state over a UNIX socket");
+  c->add_option("--socket", o->socket, "Connect to the source VMM at this UNIX socket path");
+  c->add_option("--fd", o->fd, "Use this inherited, connected socket fd instead");
+  c->add_option("--timeout-ms", o->timeout_ms, "Milliseconds to wait for each message")->capture_default_str();
+  c->callback([o] { run_worker(*o); });
+}
+
+}  // namespace baton::cli

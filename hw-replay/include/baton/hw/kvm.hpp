@@ -1,0 +1,179 @@
+// Thin wrappers over /dev/kvm: the system, VM and vCPU file descriptors.
+//
+// Every ioctl comes twice: `try_x(...)` returns a Result whose error names the ioctl, its
+// arguments and errno; `x(...)` does the same call and throws KvmError with that message
+// (the CLI's main prints it as one `baton:` line). No <linux/kvm.h> type appears here: the
+// structures stay in hw-replay/src. docs/kvm-backend.md describes the backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "baton/model/result.hpp"
+#include "baton/model/vcpu_state.hpp"
+
+namespace baton::hw {
+
+// Thrown by the plain (non-try_) calls.
+class KvmError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Returns the value of a Result or throws KvmError with its message.
+template <typename T>
+T or_throw(Result<T> r) {
+  if (!r) throw KvmError(r.error().message);
+  return std::move(r).value();
+}
+inline void or_throw(Result<void> r) {
+  if (!r) throw KvmError(r.error().message);
+}
+
+// An owned file descriptor, closed on destruction.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd();
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+inline constexpr const char* kKvmDevice = "/dev/kvm";
+
+// Why the KVM device at `path` cannot be used here (one line, naming the path, errno and what
+// to do), or nullopt when it opens and speaks KVM API version 12.
+std::optional<std::string> kvm_unavailable_reason(const std::string& path = kKvmDevice);
+
+class KvmVm;
+class KvmVcpu;
+
+// The KVM system fd (/dev/kvm).
+class KvmSystem {
+ public:
+  // Opens the device and checks KVM_GET_API_VERSION == 12. The error is one line such as
+  // "/dev/kvm: No such file or directory — this host has no KVM ...".
+  static Result<KvmSystem> try_open(const std::string& path = kKvmDevice);
+  static KvmSystem open(const std::string& path = kKvmDevice) { return or_throw(try_open(path)); }
+
+  int fd() const { return fd_.get(); }
+  const std::string& path() const { return path_; }
+
+  // KVM_CHECK_EXTENSION on the system fd: 0 when the capability is absent.
+  Result<int> try_check_extension(unsigned cap) const;
+  int check_extension(unsigned cap) const { return or_throw(try_check_extension(cap)); }
+  // KVM_GET_VCPU_MMAP_SIZE.
+  Result<std::size_t> try_vcpu_mmap_size() const;
+  // KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU.
+  Result<std::vector<std::uint32_t>> try_msr_index_list() const;
+  std::vector<std::uint32_t> msr_index_list() const { return or_throw(try_msr_index_list()); }
+  // KVM_GET_SUPPORTED_CPUID, as the raw bytes of a struct kvm_cpuid2 (for KvmVcpu::try_set_cpuid).
+  Result<std::vector<std::uint8_t>> try_supported_cpuid() const;
+  // KVM_CREATE_VM (default machine type).
+  Result<KvmVm> try_create_vm() const;
+  KvmVm create_vm() const;
+
+ private:
+  KvmSystem(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  Fd fd_;
+  std::string path_;
+};
+
+// A VM fd.
+class KvmVm {
+ public:
+  int fd() const { return fd_.get(); }
+
+  // KVM_CHECK_EXTENSION on the VM fd (e.g. KVM_CAP_XSAVE2 gives the XSAVE buffer size).
+  Result<int> try_check_extension(unsigned cap) const;
+  // KVM_SET_USER_MEMORY_REGION: slot `slot` maps [gpa, gpa + size) to host memory at `hva`.
+  Result<void> try_set_user_memory_region(std::uint32_t slot, std::uint32_t flags, std::uint64_t gpa,
+                                          std::uint64_t size, void* hva);
+  void set_user_memory_region(std::uint32_t slot, std::uint32_t flags, std::uint64_t gpa, std::uint64_t size,
+                              void* hva) {
+    or_throw(try_set_user_memory_region(slot, flags, gpa, size, hva));
+  }
+  // KVM_SET_TSS_ADDR (three pages KVM uses for real-mode emulation on VMX).
+  Result<void> try_set_tss_addr(std::uint64_t gpa);
+  // KVM_CREATE_IRQCHIP (in-kernel LAPIC/IOAPIC/PIC; needed for KVM_GET_LAPIC).
+  Result<void> try_create_irqchip();
+  // KVM_GET_DIRTY_LOG for a slot of `pages` pages: one bit per page, and the log is reset.
+  Result<std::vector<std::uint64_t>> try_get_dirty_log(std::uint32_t slot, std::uint64_t pages);
+  // KVM_CREATE_VCPU with id `id`, and the mmap of its kvm_run area.
+  Result<KvmVcpu> try_create_vcpu(unsigned id, std::size_t mmap_size);
+  KvmVcpu create_vcpu(unsigned id, std::size_t mmap_size);
+
+  bool has_irqchip() const { return irqchip_; }
+
+ private:
+  friend class KvmSystem;
+  explicit KvmVm(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+  bool irqchip_ = false;
+};
+
+// Options of a state capture or restore.
+struct StateOptions {
+  std::vector<std::uint32_t> msr_indices;  // from KvmSystem::try_msr_index_list(); IA32_TSC is handled apart
+  std::size_t xsave_size = 0;              // KVM_CAP_XSAVE2 on the VM fd, or 0 for the 4 KiB KVM_GET_XSAVE
+  bool lapic = false;                      // the VM has an in-kernel irqchip
+};
+
+// A vCPU fd and its mapped kvm_run area.
+class KvmVcpu {
+ public:
+  KvmVcpu(KvmVcpu&& o) noexcept;
+  KvmVcpu& operator=(KvmVcpu&& o) noexcept;
+  KvmVcpu(const KvmVcpu&) = delete;
+  KvmVcpu& operator=(const KvmVcpu&) = delete;
+  ~KvmVcpu();
+
+  int fd() const { return fd_.get(); }
+  unsigned id() const { return id_; }
+  // The struct kvm_run area (cast in hw-replay/src only).
+  void* run_area() const { return run_; }
+
+  // KVM_RUN once. EINTR is not an error: it returns false (the run was interrupted).
+  Result<bool> try_run();
+  // KVM_SET_CPUID2 with the bytes of a struct kvm_cpuid2 (KvmSystem::try_supported_cpuid()).
+  Result<void> try_set_cpuid(const std::vector<std::uint8_t>& cpuid2);
+
+  // Captures the whole state: regs, sregs, XSAVE and XCRs, the MSRs of the list, the LAPIC,
+  // vCPU events, debug registers, MP state and the TSC (guest = host + offset).
+  Result<model::VcpuState> try_get_state(const StateOptions& opt);
+  model::VcpuState get_state(const StateOptions& opt) { return or_throw(try_get_state(opt)); }
+  // Restores a captured state (XSAVE, XCRs, sregs, MSRs, TSC, LAPIC, events, MP state, debug
+  // registers, regs; sregs before the MSRs and the LAPIC, regs last). The guest TSC
+  // keeps its offset to the host TSC, so it stays monotonic and continuous.
+  Result<void> try_set_state(const model::VcpuState& s, const StateOptions& opt);
+  void set_state(const model::VcpuState& s, const StateOptions& opt) { or_throw(try_set_state(s, opt)); }
+  // Sets only what a freshly loaded guest needs: segments, control registers, EFER, GPRs, RIP, RFLAGS.
+  Result<void> try_set_boot_state(const model::VcpuState& s);
+
+ private:
+  friend class KvmVm;
+  KvmVcpu(Fd fd, unsigned id, void* run, std::size_t run_size) : fd_(std::move(fd)), id_(id), run_(run), run_size_(run_size) {}
+  Fd fd_;
+  unsigned id_ = 0;
+  void* run_ = nullptr;
+  std::size_t run_size_ = 0;
+};
+
+}  // namespace baton::hw

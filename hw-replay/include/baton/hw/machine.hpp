@@ -1,0 +1,117 @@
+// A guest on /dev/kvm: guest memory in a memfd (MAP_SHARED, so a second VMM process can map
+// the same pages), the same GuestImage the simulator loads, and a run loop with one switch on
+// the exit reason that speaks the guests' port-I/O ABI through guests::PortRecorder.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "baton/guests/loader.hpp"
+#include "baton/guests/ports.hpp"
+#include "baton/hw/kvm.hpp"
+#include "baton/model/result.hpp"
+#include "baton/model/vcpu_state.hpp"
+
+namespace baton::hw {
+
+// Guest-physical memory as one memfd mapped MAP_SHARED.
+class GuestMemory {
+ public:
+  // A new memfd of `size` bytes (zero-filled), mapped read-write.
+  static Result<GuestMemory> try_create(std::uint64_t size, const std::string& name = "baton-guest");
+  // Maps an existing memfd (e.g. one received over a UNIX socket); its size must be `size`.
+  // Takes ownership of `fd`.
+  static Result<GuestMemory> try_adopt(int fd, std::uint64_t size);
+  GuestMemory(GuestMemory&& o) noexcept;
+  GuestMemory& operator=(GuestMemory&& o) noexcept;
+  GuestMemory(const GuestMemory&) = delete;
+  GuestMemory& operator=(const GuestMemory&) = delete;
+  ~GuestMemory();
+
+  int fd() const { return fd_.get(); }
+  std::uint8_t* data() const { return data_; }
+  std::uint64_t size() const { return size_; }
+  // Writes the image's chunks (memory outside them stays zero).
+  Result<void> load(const guests::GuestImage& image);
+
+ private:
+  GuestMemory(Fd fd, std::uint8_t* data, std::uint64_t size) : fd_(std::move(fd)), data_(data), size_(size) {}
+  Fd fd_;
+  std::uint8_t* data_ = nullptr;
+  std::uint64_t size_ = 0;
+};
+
+// Why a run stopped.
+enum class KvmStop : std::uint8_t {
+  kExited,         // the guest wrote the exit port
+  kSync,           // the guest announced a sync point (only when run() was asked to stop there)
+  kInterrupted,    // KVM_RUN returned EINTR (a signal, e.g. to pause for migration)
+  kBudget,         // the exit budget ran out
+  kShutdown,       // KVM_EXIT_SHUTDOWN: a triple fault
+  kHalted,         // KVM_EXIT_HLT without an in-kernel LAPIC
+  kFailEntry,      // KVM_EXIT_FAIL_ENTRY
+  kInternalError,  // KVM_EXIT_INTERNAL_ERROR
+  kUnexpected,     // any other exit reason (MMIO, debug, ...)
+};
+const char* to_string(KvmStop s);
+
+struct KvmRunResult {
+  KvmStop stop = KvmStop::kBudget;
+  std::string detail;  // for faults: the exit's data and a dump of the vCPU state
+  std::uint64_t exits = 0;
+};
+
+struct KvmMachineOptions {
+  std::string device = kKvmDevice;
+  bool irqchip = true;  // create an in-kernel irqchip (LAPIC state capture needs it)
+};
+
+// One VM with one vCPU running a GuestImage.
+class KvmMachine {
+ public:
+  // Opens the device, creates the VM, the memfd memslot and the vCPU, loads the image and
+  // sets the boot state. The first error is returned as one line.
+  static Result<std::unique_ptr<KvmMachine>> try_create(const guests::GuestImage& image,
+                                                        const KvmMachineOptions& opt = {});
+  // Creates the VM and vCPU around memory that already holds a running guest (e.g. a memfd
+  // received from another VMM process), without loading anything. The vCPU state comes
+  // from restore().
+  static Result<std::unique_ptr<KvmMachine>> try_create_on(GuestMemory memory, const guests::GuestImage& image,
+                                                           const KvmMachineOptions& opt = {});
+
+  // Runs until the guest exits, a fault, an interruption, `max_exits` exits, or (when
+  // `stop_at_sync`) right after the guest announces a sync point.
+  Result<KvmRunResult> run(std::uint64_t max_exits = ~std::uint64_t{0}, bool stop_at_sync = false);
+  Result<model::VcpuState> capture() { return vcpu_.try_get_state(state_opt_); }
+  Result<void> restore(const model::VcpuState& s) { return vcpu_.try_set_state(s, state_opt_); }
+
+  // Dirty logging on guest RAM (memslot 0) for precopy: enable it, then fetch and reset the
+  // bitmap of pages written since the last fetch (KVM_GET_DIRTY_LOG).
+  Result<void> enable_dirty_log();
+  Result<std::vector<std::uint64_t>> dirty_bitmap();
+
+  const guests::GuestRun& ports() const { return ports_.run(); }
+  guests::PortRecorder& recorder() { return ports_; }
+  std::uint64_t input_seed() const { return input_seed_; }
+  GuestMemory& memory() { return mem_; }
+  KvmVm& vm() { return vm_; }
+  KvmVcpu& vcpu() { return vcpu_; }
+
+ private:
+  KvmMachine(KvmSystem sys, KvmVm vm, GuestMemory mem, KvmVcpu vcpu, guests::PortRecorder ports)
+      : sys_(std::move(sys)), vm_(std::move(vm)), mem_(std::move(mem)), vcpu_(std::move(vcpu)), ports_(std::move(ports)) {}
+  static Result<std::unique_ptr<KvmMachine>> build(GuestMemory mem, const guests::GuestImage& image,
+                                                   const KvmMachineOptions& opt, bool boot);
+  std::string dump_state();
+
+  KvmSystem sys_;
+  KvmVm vm_;
+  GuestMemory mem_;
+  KvmVcpu vcpu_;
+  guests::PortRecorder ports_;
+  StateOptions state_opt_;
+  std::uint64_t input_seed_ = 0;
+};
+
+}  // namespace baton::hw

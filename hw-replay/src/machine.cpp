@@ -1,0 +1,236 @@
+// A guest on /dev/kvm (include/baton/hw/machine.hpp).
+#include "baton/hw/machine.hpp"
+
+#include <errno.h>
+#include <linux/kvm.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <cstring>
+
+namespace baton::hw {
+
+namespace {
+std::string hex(std::uint64_t v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+// Where KVM may put the three pages of its real-mode TSS on VMX (the usual spot below 4 GiB).
+constexpr std::uint64_t kTssAddr = 0xfffbd000;
+}  // namespace
+
+const char* to_string(KvmStop s) {
+  switch (s) {
+    case KvmStop::kExited: return "exited";
+    case KvmStop::kSync: return "sync point";
+    case KvmStop::kInterrupted: return "interrupted";
+    case KvmStop::kBudget: return "budget";
+    case KvmStop::kShutdown: return "shutdown (triple fault)";
+    case KvmStop::kHalted: return "halted";
+    case KvmStop::kFailEntry: return "VM-entry failure";
+    case KvmStop::kInternalError: return "KVM internal error";
+    case KvmStop::kUnexpected: return "unexpected exit";
+  }
+  return "?";
+}
+
+Result<GuestMemory> GuestMemory::try_create(std::uint64_t size, const std::string& name) {
+  const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) return make_error(std::string("memfd_create(") + name + ") failed: " + std::strerror(errno));
+  Fd owned(fd);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0)
+    return make_error("ftruncate(memfd, " + hex(size) + ") failed: " + std::strerror(errno));
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return make_error("mmap(memfd, " + hex(size) + ", MAP_SHARED) failed: " + std::strerror(errno));
+  return GuestMemory(std::move(owned), static_cast<std::uint8_t*>(p), size);
+}
+
+Result<GuestMemory> GuestMemory::try_adopt(int fd, std::uint64_t size) {
+  Fd owned(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return make_error(std::string("fstat(guest memfd) failed: ") + std::strerror(errno));
+  if (static_cast<std::uint64_t>(st.st_size) != size)
+    return make_error("the guest memfd holds " + hex(static_cast<std::uint64_t>(st.st_size)) + " bytes, not the " +
+                      hex(size) + " announced");
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED)
+    return make_error("mmap(guest memfd, " + hex(size) + ", MAP_SHARED) failed: " + std::strerror(errno));
+  return GuestMemory(std::move(owned), static_cast<std::uint8_t*>(p), size);
+}
+
+GuestMemory::GuestMemory(GuestMemory&& o) noexcept
+    : fd_(std::move(o.fd_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+GuestMemory& GuestMemory::operator=(GuestMemory&& o) noexcept {
+  if (this != &o) {
+    if (data_) ::munmap(data_, size_);
+    fd_ = std::move(o.fd_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+GuestMemory::~GuestMemory() {
+  if (data_) ::munmap(data_, size_);
+}
+
+Result<void> GuestMemory::load(const guests::GuestImage& image) {
+  for (const guests::MemoryChunk& c : image.chunks) {
+    if (c.gpa.value > size_ || c.bytes.size() > size_ - c.gpa.value)
+      return make_error("chunk " + c.name + " at gpa " + hex(c.gpa.value) + " lies outside guest memory");
+    std::memcpy(data_ + c.gpa.value, c.bytes.data(), c.bytes.size());
+  }
+  return ok_result();
+}
+
+Result<std::unique_ptr<KvmMachine>> KvmMachine::try_create(const guests::GuestImage& image,
+                                                           const KvmMachineOptions& opt) {
+  // The device first: on a host without KVM this is the one error the user sees.
+  if (auto why = kvm_unavailable_reason(opt.device)) return make_error(*why);
+  auto mem = GuestMemory::try_create(image.mem_size);
+  if (!mem) return mem.error();
+  BATON_TRY_VOID(mem->load(image));
+  return build(std::move(*mem), image, opt, true);
+}
+
+Result<std::unique_ptr<KvmMachine>> KvmMachine::try_create_on(GuestMemory memory, const guests::GuestImage& image,
+                                                              const KvmMachineOptions& opt) {
+  if (auto why = kvm_unavailable_reason(opt.device)) return make_error(*why);
+  if (memory.size() != image.mem_size)
+    return make_error("guest memory holds " + hex(memory.size()) + " bytes, the image needs " + hex(image.mem_size));
+  return build(std::move(memory), image, opt, false);
+}
+
+Result<std::unique_ptr<KvmMachine>> KvmMachine::build(GuestMemory mem, const guests::GuestImage& image,
+                                                      const KvmMachineOptions& opt, bool boot) {
+  auto sys = KvmSystem::try_open(opt.device);
+  if (!sys) return sys.error();
+  auto vm = sys->try_create_vm();
+  if (!vm) return vm.error();
+  if (image.mem_size <= kTssAddr) {
+    auto tss = sys->try_check_extension(KVM_CAP_SET_TSS_ADDR);
+    if (tss && *tss > 0) BATON_TRY_VOID(vm->try_set_tss_addr(kTssAddr));
+  }
+  if (opt.irqchip) {
+    auto irq = sys->try_check_extension(KVM_CAP_IRQCHIP);
+    if (irq && *irq > 0) BATON_TRY_VOID(vm->try_create_irqchip());
+  }
+  BATON_TRY_VOID(vm->try_set_user_memory_region(0, 0, 0, mem.size(), mem.data()));
+  auto mmap_size = sys->try_vcpu_mmap_size();
+  if (!mmap_size) return mmap_size.error();
+  auto vcpu = vm->try_create_vcpu(0, *mmap_size);
+  if (!vcpu) return vcpu.error();
+  auto cpuid = sys->try_supported_cpuid();
+  if (!cpuid) return cpuid.error();
+  BATON_TRY_VOID(vcpu->try_set_cpuid(*cpuid));
+
+  StateOptions so;
+  auto msrs = sys->try_msr_index_list();
+  if (!msrs) return msrs.error();
+  so.msr_indices = std::move(*msrs);
+  auto xs2 = vm->try_check_extension(KVM_CAP_XSAVE2);
+  so.xsave_size = xs2 && *xs2 > 0 ? static_cast<std::size_t>(*xs2) : 0;
+  so.lapic = vm->has_irqchip();
+
+  if (boot) BATON_TRY_VOID(vcpu->try_set_boot_state(image.vcpu));
+  std::unique_ptr<KvmMachine> m(new KvmMachine(std::move(*sys), std::move(*vm), std::move(mem), std::move(*vcpu),
+                                               guests::PortRecorder(image)));
+  m->state_opt_ = std::move(so);
+  m->input_seed_ = guests::input_seed_of(image);
+  return m;
+}
+
+Result<void> KvmMachine::enable_dirty_log() {
+  return vm_.try_set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, mem_.size(), mem_.data());
+}
+
+Result<std::vector<std::uint64_t>> KvmMachine::dirty_bitmap() { return vm_.try_get_dirty_log(0, mem_.size() / 4096); }
+
+std::string KvmMachine::dump_state() {
+  auto s = vcpu_.try_get_state(state_opt_);
+  if (!s) return "(state unavailable: " + s.error().message + ")";
+  char b[512];
+  std::snprintf(b, sizeof b,
+                "rip %s rsp %s rflags %s cs %#x ss %#x cr0 %s cr2 %s cr3 %s cr4 %s efer %s rax %s rdi %s",
+                hex(s->rip).c_str(), hex(s->gpr[model::VcpuState::kRsp]).c_str(), hex(s->rflags).c_str(),
+                s->cs.selector, s->ss.selector, hex(s->cr0).c_str(), hex(s->cr2).c_str(), hex(s->cr3).c_str(),
+                hex(s->cr4).c_str(), hex(s->efer).c_str(), hex(s->gpr[model::VcpuState::kRax]).c_str(),
+                hex(s->gpr[model::VcpuState::kRdi]).c_str());
+  return b;
+}
+
+Result<KvmRunResult> KvmMachine::run(std::uint64_t max_exits, bool stop_at_sync) {
+  auto* run = static_cast<kvm_run*>(vcpu_.run_area());
+  KvmRunResult res;
+  while (res.exits < max_exits) {
+    auto r = vcpu_.try_run();
+    if (!r) return r.error();
+    if (!*r) {
+      res.stop = KvmStop::kInterrupted;
+      return res;
+    }
+    ++res.exits;
+    switch (run->exit_reason) {
+      case KVM_EXIT_IO: {
+        auto* data = reinterpret_cast<std::uint8_t*>(run) + run->io.data_offset;
+        const unsigned size = run->io.size;
+        bool exited = false, sync = false;
+        for (std::uint32_t i = 0; i < run->io.count; ++i, data += size) {
+          if (run->io.direction == KVM_EXIT_IO_OUT) {
+            std::uint32_t v = 0;
+            std::memcpy(&v, data, std::min<unsigned>(size, 4));
+            const guests::PortEventKind k = ports_.out(run->io.port, size, v).kind;
+            exited |= k == guests::PortEventKind::kExit;
+            sync |= k == guests::PortEventKind::kSync;
+          } else {
+            const std::uint32_t v = ports_.in(run->io.port, size).value;
+            std::memcpy(data, &v, std::min<unsigned>(size, 4));
+          }
+        }
+        if (exited || (sync && stop_at_sync)) {
+          res.stop = exited ? KvmStop::kExited : KvmStop::kSync;
+          return res;
+        }
+        break;
+      }
+      case KVM_EXIT_INTR:
+        res.stop = KvmStop::kInterrupted;
+        return res;
+      case KVM_EXIT_HLT:
+        res.stop = KvmStop::kHalted;
+        res.detail = dump_state();
+        return res;
+      case KVM_EXIT_SHUTDOWN:
+        res.stop = KvmStop::kShutdown;
+        res.detail = "the guest triple-faulted; " + dump_state();
+        return res;
+      case KVM_EXIT_FAIL_ENTRY:
+        res.stop = KvmStop::kFailEntry;
+        res.detail = "hardware entry failure reason " + hex(run->fail_entry.hardware_entry_failure_reason) + "; " +
+                     dump_state();
+        return res;
+      case KVM_EXIT_INTERNAL_ERROR:
+        res.stop = KvmStop::kInternalError;
+        res.detail = "suberror " + std::to_string(run->internal.suberror) + "; " + dump_state();
+        return res;
+      case KVM_EXIT_MMIO:
+        res.stop = KvmStop::kUnexpected;
+        res.detail = std::string("MMIO ") + (run->mmio.is_write ? "write" : "read") + " at gpa " +
+                     hex(run->mmio.phys_addr) + " (outside guest RAM); " + dump_state();
+        return res;
+      default:
+        res.stop = KvmStop::kUnexpected;
+        res.detail = "exit reason " + std::to_string(run->exit_reason) + "; " + dump_state();
+        return res;
+    }
+  }
+  res.stop = KvmStop::kBudget;
+  return res;
+}
+
+}  // namespace baton::hw

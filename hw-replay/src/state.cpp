@@ -1,0 +1,322 @@
+// vCPU state capture and restore between KVM and model::VcpuState (include/baton/hw/kvm.hpp).
+#include <errno.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "baton/hw/kvm.hpp"
+
+namespace baton::hw {
+
+namespace {
+
+Result<void> xio(int fd, unsigned long req, const char* name, unsigned vcpu, void* arg) {
+  for (;;) {
+    if (::ioctl(fd, req, arg) >= 0) return ok_result();
+    if (errno == EINTR) continue;
+    return make_error(std::string(name) + "(vcpu=" + std::to_string(vcpu) + ") failed: " + std::strerror(errno));
+  }
+}
+
+model::Segment from_kvm(const kvm_segment& k) {
+  model::Segment s;
+  s.base = k.base;
+  s.limit = k.limit;
+  s.selector = k.selector;
+  s.type = k.type;
+  s.present = k.present;
+  s.dpl = k.dpl;
+  s.db = k.db;
+  s.s = k.s;
+  s.l = k.l;
+  s.g = k.g;
+  s.avl = k.avl;
+  s.unusable = k.unusable;
+  return s;
+}
+
+kvm_segment to_kvm(const model::Segment& s) {
+  kvm_segment k{};
+  k.base = s.base;
+  k.limit = s.limit;
+  k.selector = s.selector;
+  k.type = s.type;
+  k.present = s.present;
+  k.dpl = s.dpl;
+  k.db = s.db;
+  k.s = s.s;
+  k.l = s.l;
+  k.g = s.g;
+  k.avl = s.avl;
+  k.unusable = s.unusable;
+  return k;
+}
+
+// A struct kvm_msrs with room for n entries.
+struct MsrBuffer {
+  std::vector<std::uint64_t> words;
+  explicit MsrBuffer(std::size_t n) : words((sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry)) / 8 + 1) {}
+  kvm_msrs* get() { return reinterpret_cast<kvm_msrs*>(words.data()); }
+};
+
+void fill_sregs(kvm_sregs& k, const model::VcpuState& s) {
+  k.cs = to_kvm(s.cs);
+  k.ds = to_kvm(s.ds);
+  k.es = to_kvm(s.es);
+  k.fs = to_kvm(s.fs);
+  k.gs = to_kvm(s.gs);
+  k.ss = to_kvm(s.ss);
+  k.tr = to_kvm(s.tr);
+  k.ldt = to_kvm(s.ldt);
+  k.gdt.base = s.gdtr.base;
+  k.gdt.limit = s.gdtr.limit;
+  k.idt.base = s.idtr.base;
+  k.idt.limit = s.idtr.limit;
+  k.cr0 = s.cr0;
+  k.cr2 = s.cr2;
+  k.cr3 = s.cr3;
+  k.cr4 = s.cr4;
+  k.cr8 = s.cr8;
+  k.efer = s.efer;
+  std::memset(k.interrupt_bitmap, 0, sizeof k.interrupt_bitmap);  // pending interrupts travel in the events
+}
+
+void fill_regs(kvm_regs& r, const model::VcpuState& s) {
+  // struct kvm_regs lists rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8..r15: the model's order.
+  __u64* g[] = {&r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rsp, &r.rbp,
+                        &r.r8,  &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15};
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i) *g[i] = s.gpr[i];
+  r.rip = s.rip;
+  r.rflags = s.rflags;
+}
+
+}  // namespace
+
+Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
+  model::VcpuState s;
+  const int fd = this->fd();
+
+  kvm_regs regs{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_REGS, "KVM_GET_REGS", id_, &regs));
+  const std::uint64_t g[] = {regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rsp, regs.rbp,
+                             regs.r8,  regs.r9,  regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15};
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i) s.gpr[i] = g[i];
+  s.rip = regs.rip;
+  s.rflags = regs.rflags;
+
+  kvm_sregs sr{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));
+  s.cs = from_kvm(sr.cs);
+  s.ds = from_kvm(sr.ds);
+  s.es = from_kvm(sr.es);
+  s.fs = from_kvm(sr.fs);
+  s.gs = from_kvm(sr.gs);
+  s.ss = from_kvm(sr.ss);
+  s.tr = from_kvm(sr.tr);
+  s.ldt = from_kvm(sr.ldt);
+  s.gdtr = {sr.gdt.base, sr.gdt.limit};
+  s.idtr = {sr.idt.base, sr.idt.limit};
+  s.cr0 = sr.cr0;
+  s.cr2 = sr.cr2;
+  s.cr3 = sr.cr3;
+  s.cr4 = sr.cr4;
+  s.cr8 = sr.cr8;
+  s.efer = sr.efer;
+
+  // XSAVE: KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 gave (AMX and friends), else 4 KiB.
+  const std::size_t xs = std::max<std::size_t>(opt.xsave_size, sizeof(kvm_xsave));
+  std::vector<std::uint64_t> xbuf((xs + 7) / 8);
+  if (opt.xsave_size > sizeof(kvm_xsave))
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE2, "KVM_GET_XSAVE2", id_, xbuf.data()));
+  else
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE, "KVM_GET_XSAVE", id_, xbuf.data()));
+  s.xsave.assign(reinterpret_cast<std::uint8_t*>(xbuf.data()), reinterpret_cast<std::uint8_t*>(xbuf.data()) + xs);
+
+  kvm_xcrs xcrs{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_XCRS, "KVM_GET_XCRS", id_, &xcrs));
+  for (std::uint32_t i = 0; i < xcrs.nr_xcrs && i < KVM_MAX_XCRS; ++i)
+    if (xcrs.xcrs[i].xcr == 0) s.xcr0 = xcrs.xcrs[i].value;
+
+  // MSRs: KVM_GET_MSRS stops at the first MSR it cannot read and returns how many it read;
+  // skip that one and go on, so one unreadable MSR does not hide the rest.
+  std::vector<std::uint32_t> idx;
+  for (std::uint32_t m : opt.msr_indices)
+    if (m != model::kMsrTsc) idx.push_back(m);
+  std::size_t from = 0;
+  while (from < idx.size()) {
+    const std::size_t n = idx.size() - from;
+    MsrBuffer b(n);
+    b.get()->nmsrs = static_cast<std::uint32_t>(n);
+    for (std::size_t i = 0; i < n; ++i) b.get()->entries[i].index = idx[from + i];
+    const int got = ::ioctl(fd, KVM_GET_MSRS, b.get());
+    if (got < 0)
+      return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(id_) + ", nmsrs=" + std::to_string(n) +
+                        ") failed: " + std::strerror(errno));
+    for (int i = 0; i < got; ++i) s.msrs[b.get()->entries[i].index] = b.get()->entries[i].data;
+    from += static_cast<std::size_t>(got) + 1;  // the MSR at `got` could not be read
+  }
+
+  // The TSC: the guest value through IA32_TSC, bracketed by host RDTSCs.
+  {
+    MsrBuffer b(1);
+    b.get()->nmsrs = 1;
+    b.get()->entries[0].index = model::kMsrTsc;
+    const std::uint64_t h0 = __rdtsc();
+    const int got = ::ioctl(fd, KVM_GET_MSRS, b.get());
+    const std::uint64_t h1 = __rdtsc();
+    if (got != 1) return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(id_) + ", IA32_TSC) failed");
+    s.host_tsc_at_capture = h0 + (h1 - h0) / 2;
+    s.tsc_offset = b.get()->entries[0].data - s.host_tsc_at_capture;
+  }
+
+  if (opt.lapic) {
+    kvm_lapic_state l{};
+    BATON_TRY_VOID(xio(fd, KVM_GET_LAPIC, "KVM_GET_LAPIC", id_, &l));
+    s.lapic.assign(reinterpret_cast<std::uint8_t*>(l.regs), reinterpret_cast<std::uint8_t*>(l.regs) + sizeof l.regs);
+  }
+
+  kvm_vcpu_events ev{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", id_, &ev));
+  s.events.exception_pending = ev.exception.injected || ev.exception.pending;
+  s.events.exception_nr = ev.exception.nr;
+  s.events.exception_has_error_code = ev.exception.has_error_code;
+  s.events.exception_error_code = ev.exception.error_code;
+  s.events.interrupt_pending = ev.interrupt.injected;
+  s.events.interrupt_nr = ev.interrupt.nr;
+  s.events.interrupt_shadow = ev.interrupt.shadow;
+  s.events.nmi_pending = ev.nmi.injected || ev.nmi.pending;
+  s.events.nmi_masked = ev.nmi.masked;
+
+  kvm_debugregs dr{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", id_, &dr));
+  for (int i = 0; i < 4; ++i) s.dr[i] = dr.db[i];
+  s.dr[6] = dr.dr6;
+  s.dr[7] = dr.dr7;
+
+  kvm_mp_state mp{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_MP_STATE, "KVM_GET_MP_STATE", id_, &mp));
+  switch (mp.mp_state) {
+    case KVM_MP_STATE_HALTED: s.activity = model::ActivityState::kHlt; break;
+    case KVM_MP_STATE_INIT_RECEIVED:
+    case KVM_MP_STATE_SIPI_RECEIVED:
+    case KVM_MP_STATE_UNINITIALIZED: s.activity = model::ActivityState::kWaitForSipi; break;
+    default: s.activity = model::ActivityState::kActive; break;
+  }
+  return s;
+}
+
+Result<void> KvmVcpu::try_set_boot_state(const model::VcpuState& s) {
+  kvm_sregs sr{};
+  BATON_TRY_VOID(xio(fd(), KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));  // keeps apic_base
+  fill_sregs(sr, s);
+  BATON_TRY_VOID(xio(fd(), KVM_SET_SREGS, "KVM_SET_SREGS", id_, &sr));
+  kvm_regs regs{};
+  fill_regs(regs, s);
+  BATON_TRY_VOID(xio(fd(), KVM_SET_REGS, "KVM_SET_REGS", id_, &regs));
+  return ok_result();
+}
+
+Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOptions& opt) {
+  const int fd = this->fd();
+  // XSAVE and XCRs first; the sregs (with the APIC base) before the MSRs and the LAPIC; the
+  // regs last. KVM checks XSAVE against what it supports, not against the current XCR0.
+  if (!s.xsave.empty()) {
+    const std::size_t xs = std::max<std::size_t>({opt.xsave_size, sizeof(kvm_xsave), s.xsave.size()});
+    std::vector<std::uint64_t> xbuf((xs + 7) / 8);
+    std::memcpy(xbuf.data(), s.xsave.data(), s.xsave.size());
+    BATON_TRY_VOID(xio(fd, KVM_SET_XSAVE, "KVM_SET_XSAVE", id_, xbuf.data()));
+  }
+  kvm_xcrs xcrs{};
+  xcrs.nr_xcrs = 1;
+  xcrs.xcrs[0].xcr = 0;
+  xcrs.xcrs[0].value = s.xcr0;
+  BATON_TRY_VOID(xio(fd, KVM_SET_XCRS, "KVM_SET_XCRS", id_, &xcrs));
+
+  kvm_sregs sr{};
+  BATON_TRY_VOID(xio(fd, KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));
+  fill_sregs(sr, s);
+  if (auto it = s.msrs.find(0x1b); it != s.msrs.end()) sr.apic_base = it->second;  // IA32_APIC_BASE
+  BATON_TRY_VOID(xio(fd, KVM_SET_SREGS, "KVM_SET_SREGS", id_, &sr));
+
+  if (!s.msrs.empty()) {
+    MsrBuffer b(s.msrs.size());
+    std::size_t n = 0;
+    for (const auto& [index, value] : s.msrs) {
+      b.get()->entries[n].index = index;
+      b.get()->entries[n].data = value;
+      ++n;
+    }
+    b.get()->nmsrs = static_cast<std::uint32_t>(n);
+    const int set = ::ioctl(fd, KVM_SET_MSRS, b.get());
+    if (set < 0)
+      return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(id_) + ", nmsrs=" + std::to_string(n) +
+                        ") failed: " + std::strerror(errno));
+    if (static_cast<std::size_t>(set) != n) {
+      char m[160];
+      std::snprintf(m, sizeof m, "KVM_SET_MSRS(vcpu=%u, nmsrs=%zu) stopped at MSR 0x%x (value 0x%llx)", id_, n,
+                    b.get()->entries[set].index, static_cast<unsigned long long>(b.get()->entries[set].data));
+      return make_error(m);
+    }
+  }
+
+  // The TSC keeps its offset: the vCPU attribute where the kernel has it (exact), else a write
+  // of IA32_TSC computed from the host TSC now.
+  {
+    std::uint64_t offset = s.tsc_offset;
+    kvm_device_attr attr{};
+    attr.group = KVM_VCPU_TSC_CTRL;
+    attr.attr = KVM_VCPU_TSC_OFFSET;
+    attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+    if (::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0) {
+      BATON_TRY_VOID(xio(fd, KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", id_, &attr));
+    } else {
+      MsrBuffer b(1);
+      b.get()->nmsrs = 1;
+      b.get()->entries[0].index = model::kMsrTsc;
+      b.get()->entries[0].data = __rdtsc() + s.tsc_offset;
+      if (::ioctl(fd, KVM_SET_MSRS, b.get()) != 1)
+        return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(id_) + ", IA32_TSC) failed");
+    }
+  }
+
+  if (opt.lapic && !s.lapic.empty()) {
+    kvm_lapic_state l{};
+    std::memcpy(l.regs, s.lapic.data(), std::min(sizeof l.regs, s.lapic.size()));
+    BATON_TRY_VOID(xio(fd, KVM_SET_LAPIC, "KVM_SET_LAPIC", id_, &l));
+  }
+
+  kvm_vcpu_events ev{};
+  ev.exception.injected = s.events.exception_pending;
+  ev.exception.nr = s.events.exception_nr;
+  ev.exception.has_error_code = s.events.exception_has_error_code;
+  ev.exception.error_code = s.events.exception_error_code;
+  ev.interrupt.injected = s.events.interrupt_pending;
+  ev.interrupt.nr = s.events.interrupt_nr;
+  ev.interrupt.shadow = s.events.interrupt_shadow;
+  ev.nmi.injected = s.events.nmi_pending;
+  ev.nmi.masked = s.events.nmi_masked;
+  ev.flags = KVM_VCPUEVENT_VALID_SHADOW;
+  BATON_TRY_VOID(xio(fd, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", id_, &ev));
+
+  kvm_mp_state mp{};
+  mp.mp_state = s.activity == model::ActivityState::kHlt           ? KVM_MP_STATE_HALTED
+                : s.activity == model::ActivityState::kWaitForSipi ? KVM_MP_STATE_INIT_RECEIVED
+                                                                   : KVM_MP_STATE_RUNNABLE;
+  BATON_TRY_VOID(xio(fd, KVM_SET_MP_STATE, "KVM_SET_MP_STATE", id_, &mp));
+
+  kvm_debugregs dr{};
+  for (int i = 0; i < 4; ++i) dr.db[i] = s.dr[i];
+  dr.dr6 = s.dr[6] ? s.dr[6] : 0xffff0ff0;
+  dr.dr7 = s.dr[7] ? s.dr[7] : 0x400;
+  BATON_TRY_VOID(xio(fd, KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", id_, &dr));
+
+  kvm_regs regs{};
+  fill_regs(regs, s);
+  BATON_TRY_VOID(xio(fd, KVM_SET_REGS, "KVM_SET_REGS", id_, &regs));
+  return ok_result();
+}
+
+}  // namespace baton::hw

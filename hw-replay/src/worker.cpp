@@ -1,0 +1,184 @@
+// The worker side of a local migration (include/baton/hw/worker.hpp).
+#include "baton/hw/worker.hpp"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "baton/guests/abi.hpp"
+#include "baton/hw/handover.hpp"
+#include "baton/hw/machine.hpp"
+
+namespace baton::hw {
+
+namespace {
+void put64(std::vector<std::uint8_t>& o, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) o.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+}
+std::uint64_t get64(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= std::uint64_t{p[i]} << (8 * i);
+  return v;
+}
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Receives one message of the expected type; an error message from the peer becomes ours.
+Result<Message> expect(int sock, MsgType type, int timeout_ms) {
+  auto m = recv_message(sock, timeout_ms);
+  if (!m) return m.error();
+  if (m->type == MsgType::kError)
+    return make_error("the source reported: " + std::string(m->payload.begin(), m->payload.end()));
+  if (m->type != type) return make_error("expected a " + to_string(type) + " message, got " + to_string(m->type));
+  return m;
+}
+}  // namespace
+
+std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s) {
+  std::vector<std::uint8_t> o;
+  put64(o, info.input_seed);
+  put64(o, info.inputs_consumed);
+  const auto st = encode_vcpu_state(s);
+  o.insert(o.end(), st.begin(), st.end());
+  return o;
+}
+
+Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
+  if (p.size() < 16) return make_error("vcpu-state message: " + std::to_string(p.size()) + " bytes, too short");
+  ResumeInfo info{get64(p.data()), get64(p.data() + 8)};
+  auto s = decode_vcpu_state(p.subspan(16));
+  if (!s) return s.error();
+  return std::make_pair(info, std::move(*s));
+}
+
+Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
+  // Reports a failure to the source (best effort) and returns it.
+  auto failed = [&](const Error& e) -> Result<WorkerReport> {
+    (void)send_message(sock, MsgType::kError, e.message);
+    return e;
+  };
+  if (auto why = kvm_unavailable_reason(opt.device)) return failed(make_error(*why));
+  const std::uint32_t pid = static_cast<std::uint32_t>(::getpid());
+  const std::uint8_t hello[4] = {static_cast<std::uint8_t>(pid), static_cast<std::uint8_t>(pid >> 8),
+                                 static_cast<std::uint8_t>(pid >> 16), static_cast<std::uint8_t>(pid >> 24)};
+  BATON_TRY_VOID(send_message(sock, MsgType::kHello, hello));
+
+  // Before the pause: adopt the memfd and build the VM around the same pages.
+  auto mm = expect(sock, MsgType::kMemory, opt.timeout_ms);
+  if (!mm) return failed(mm.error());
+  auto ann = decode_memory_announce(mm->payload);
+  if (!ann) return failed(ann.error());
+  if (ann->gpa != 0 || ann->slot != 0) return failed(make_error("only one memslot at gpa 0 is supported"));
+  WorkerReport rep;
+  rep.shared_memory = mm->fd.valid();
+  // Local: the source's own pages. Precopy: private memory that the pages messages fill.
+  auto mem = rep.shared_memory ? GuestMemory::try_adopt(mm->fd.release(), ann->size)
+                               : GuestMemory::try_create(ann->size, "baton-worker-private");
+  if (!mem) return failed(mem.error());
+  guests::GuestImage shell;  // no image to load: the memory already holds the running guest
+  shell.mem_size = ann->size;
+  KvmMachineOptions mo;
+  mo.device = opt.device;
+  auto machine = KvmMachine::try_create_on(std::move(*mem), shell, mo);
+  if (!machine) return failed(machine.error());
+  BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("vm ready")));
+
+  // Precopy pages until the vCPU state; then the pause is on: restore and resume at once.
+  Result<Message> sm = make_error("no message");
+  for (;;) {
+    sm = recv_message(sock, opt.timeout_ms);
+    if (!sm) return failed(sm.error());
+    if (sm->type != MsgType::kPages) break;
+    if (rep.shared_memory) return failed(make_error("pages message in a local migration (memory is shared)"));
+    auto n = apply_pages(sm->payload, (*machine)->memory().data(), (*machine)->memory().size());
+    if (!n) return failed(n.error());
+    rep.bytes_received += *n * 4096;
+  }
+  if (sm->type == MsgType::kError)
+    return failed(make_error("the source reported: " + std::string(sm->payload.begin(), sm->payload.end())));
+  if (sm->type != MsgType::kVcpuState)
+    return failed(make_error("expected a vcpu-state message, got " + to_string(sm->type)));
+  auto resume = decode_resume(sm->payload);
+  if (!resume) return failed(resume.error());
+  if (auto r = (*machine)->restore(resume->second); !r) return failed(r.error());
+  const ResumeInfo info = resume->first;
+  (*machine)->recorder().set_input_source(
+      [info](std::uint64_t n) { return guests::input_value(info.input_seed, info.inputs_consumed + n); });
+  rep.resumed_ns = monotonic_ns();
+  std::vector<std::uint8_t> ns;
+  put64(ns, rep.resumed_ns);
+  BATON_TRY_VOID(send_message(sock, MsgType::kResumed, ns));
+  auto run = (*machine)->run();
+  if (!run) return failed(run.error());
+  rep.ports = (*machine)->ports();
+  if (run->stop != KvmStop::kExited)
+    return failed(make_error(std::string("the guest stopped on the worker: ") + to_string(run->stop) + ": " + run->detail));
+  char done[96];
+  std::snprintf(done, sizeof done, "exit %u checksum 0x%llx", rep.ports.exit_code,
+                static_cast<unsigned long long>(rep.ports.checksum));
+  BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string(done)));
+  return rep;
+}
+
+Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  t.start_ns = monotonic_ns();
+  auto hello = expect(sock, MsgType::kHello, timeout_ms);
+  if (!hello) return make_error("worker: " + hello.error().message);
+  if (hello->payload.size() == 4)
+    t.worker_pid = static_cast<std::uint32_t>(hello->payload[0] | hello->payload[1] << 8 | hello->payload[2] << 16 |
+                                              hello->payload[3] << 24);
+  const MemoryAnnounce ann{m.memory().size(), 0, 0};
+  BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), t.precopy ? -1 : m.memory().fd()));
+  auto ack = expect(sock, MsgType::kAck, timeout_ms);
+  if (!ack) return make_error("worker: " + ack.error().message);
+  if (!t.precopy) return ok_result();
+  // Round 1: log from now on, then send everything.
+  BATON_TRY_VOID(m.enable_dirty_log());
+  auto reset = m.dirty_bitmap();
+  if (!reset) return reset.error();
+  std::vector<std::uint64_t> all((m.memory().size() / 4096 + 63) / 64, ~std::uint64_t{0});
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), all);
+  if (!sent) return make_error("worker: " + sent.error().message);
+  t.bytes_copied += *sent;
+  t.rounds = 1;
+  return ok_result();
+}
+
+Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) {
+  auto dirty = m.dirty_bitmap();
+  if (!dirty) return dirty.error();
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), *dirty);
+  if (!sent) return make_error("worker: " + sent.error().message);
+  t.bytes_copied += *sent;
+  ++t.rounds;
+  return *sent;
+}
+
+Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  t.pause_ns = monotonic_ns();
+  if (t.precopy) {  // stop-and-copy: the pages dirtied since the last round, inside the downtime
+    auto last = precopy_round(m, sock, t);
+    if (!last) return last.error();
+  }
+  auto state = m.capture();
+  if (!state) return state.error();
+  const ResumeInfo info{m.input_seed(), m.ports().inputs};
+  BATON_TRY_VOID(send_message(sock, MsgType::kVcpuState, encode_resume(info, *state)));
+  auto resumed = expect(sock, MsgType::kResumed, timeout_ms);
+  if (!resumed) return make_error("worker: " + resumed.error().message);
+  if (resumed->payload.size() != 8) return make_error("worker: a resumed message of " + std::to_string(resumed->payload.size()) + " bytes");
+  t.resumed_ns = get64(resumed->payload.data());
+  return ok_result();
+}
+
+Result<std::string> wait_worker_result(int sock, int timeout_ms) {
+  auto done = expect(sock, MsgType::kAck, timeout_ms);
+  if (!done) return make_error("worker: " + done.error().message);
+  return std::string(done->payload.begin(), done->payload.end());
+}
+
+}  // namespace baton::hw
