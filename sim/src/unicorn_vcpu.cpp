@@ -13,6 +13,7 @@ namespace baton::sim {
 namespace {
 
 constexpr std::size_t kBlockCacheSize = std::size_t{1} << 16;
+static_assert(kBlockCacheSize == (std::size_t{1} << 16), "block_index() masks with 16 bits");
 // Executions of a load-only block (translated with the memory hooks) before it is retranslated
 // without them.
 constexpr std::uint32_t kPromoteAfter = 8;
@@ -390,12 +391,17 @@ void UnicornVcpu::uncount_tail(std::uint64_t rip) {
 }
 
 UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
-  const std::size_t idx = (addr ^ (addr >> 13) ^ size) & (kBlockCacheSize - 1);
-  Block& b = blocks_[idx];
+  Block& b = blocks_[block_index(addr, size)];
   if (b.addr == addr && b.size == size) return b;
+  return decode(b, addr, size);
+}
+
+UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint32_t size) {
   b.addr = addr;
   b.size = size;
   b.count = 0;
+  code_lo_ = std::min(code_lo_, addr);  // every block is decoded before it first runs
+  code_hi_ = std::max(code_hi_, addr + size);
   b.load_only = false;
   b.fast = false;
   b.hot = 0;
@@ -446,12 +452,12 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
     stop_before(addr);
     return;
   }
-  Block& b = block(addr, size);
-  code_lo_ = std::min(code_lo_, addr);
-  code_hi_ = std::max(code_hi_, addr + size);
+  Block* bp = &blocks_[block_index(addr, size)];
+  if (bp->addr != addr || bp->size != size) bp = &decode(*bp, addr, size);
+  Block& b = *bp;
   // RDTSC found for the first time: hook the next instruction, retranslate, restart here.
   bool fresh = false;
-  for (std::uint16_t off : b.after_rdtsc) {
+  if (!b.after_rdtsc.empty()) for (std::uint16_t off : b.after_rdtsc) {
     const std::uint64_t next = addr + off;
     if (std::find(rdtsc_hooked_.begin(), rdtsc_hooked_.end(), next) != rdtsc_hooked_.end()) continue;
     uc_hook h = 0;
@@ -466,14 +472,16 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
     stop_before(addr);
     return;
   }
-  // Fetch check of the block's pages.
+  // Fetch check of the block's pages (one page, executable: the common case).
   const std::uint64_t g0 = addr >> model::kPageShift, g1 = (addr + size - 1) >> model::kPageShift;
-  for (std::uint64_t g = g0; g <= g1; ++g) {
-    if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
-    if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
-      want_stop_ = true;
-      uc_emu_stop(uc_);
-      return;
+  if (g0 != g1 || g0 >= flags_.size() || (flags_[g0] & pageflag::kFetch) == 0) {
+    for (std::uint64_t g = g0; g <= g1; ++g) {
+      if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
+      if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
+        want_stop_ = true;
+        uc_emu_stop(uc_);
+        return;
+      }
     }
   }
   // A hot load-only block is retranslated without the memory hooks; the hook is deleted now so
@@ -492,15 +500,11 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   }
   if (tlb_ && g0 < flags_.size()) tlb_access(g0, flags_[g0]);
   // The previous block fell through from an RDTSC into this one?
-  prev_block_rdtsc_end_ = 0;
-  if (in_block_ && cur_block_addr_ + cur_block_size_ == addr) {
-    const Block& prev = blocks_[cur_block_];
-    if (prev.addr == cur_block_addr_ && !prev.after_rdtsc.empty() && prev.after_rdtsc.back() == cur_block_size_)
-      prev_block_rdtsc_end_ = addr;
-  }
+  prev_block_rdtsc_end_ = in_block_ && cur_ends_rdtsc_ && cur_block_addr_ + cur_block_size_ == addr ? addr : 0;
   cur_block_ = idx;
   cur_block_addr_ = addr;
   cur_block_size_ = size;
+  cur_ends_rdtsc_ = !b.after_rdtsc.empty() && b.after_rdtsc.back() == size;
   in_block_ = true;
   insns_ += b.count;
 }

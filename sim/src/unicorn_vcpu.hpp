@@ -136,6 +136,12 @@ class UnicornVcpu {
   };
   // Decodes a block once; returns its cache entry.
   Block& block(std::uint64_t addr, std::uint32_t size);
+  // Decodes a block into cache entry `b`.
+  Block& decode(Block& b, std::uint64_t addr, std::uint32_t size);
+  // The decode cache slot of a block.
+  static std::size_t block_index(std::uint64_t addr, std::uint32_t size) {
+    return (addr ^ (addr >> 13) ^ size) & ((std::size_t{1} << 16) - 1);
+  }
   // Counts the TLB lookup of one access.
   void tlb_access(std::uint64_t gfn, std::uint8_t f);
   // Adds or removes the memory hooks so that they are on exactly when needed.
@@ -157,6 +163,7 @@ class UnicornVcpu {
   std::uint64_t prev_block_rdtsc_end_ = 0;  // the previous block ended with RDTSC and falls through here
   std::size_t cur_block_ = 0;
   bool in_block_ = false;
+  bool cur_ends_rdtsc_ = false;  // the current block's last instruction is RDTSC/RDTSCP
   std::uint64_t mem_hook_ = 0;
   std::uint64_t code_lo_ = ~std::uint64_t{0}, code_hi_ = 0;  // range of translated blocks seen
   // Drops the translations of every block seen (a full tb_flush memsets Unicorn's 1 GiB code buffer).
