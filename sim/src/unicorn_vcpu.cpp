@@ -230,6 +230,7 @@ model::VcpuState UnicornVcpu::get_state(const model::VcpuState& base) const {
 
 void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t f) {
   const std::uint64_t end = std::min<std::uint64_t>(gfn + count, flags_.size());
+  last_fetch_gfn_ = ~std::uint64_t{0};  // the page geometry (and so the TLB class) may change
   auto exec_only = [](std::uint8_t x) { return (x & pageflag::kFetch) != 0 && (x & pageflag::kRead) == 0; };
   for (std::uint64_t g = gfn; g < end; ++g) {
     const std::uint8_t old = flags_[g];
@@ -257,6 +258,7 @@ void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::ui
     return p;
   };
   tlb_ = on;
+  last_fetch_gfn_ = ~std::uint64_t{0};
   tlb4k_.assign(pow2(e4k), 0);
   tlb2m_.assign(pow2(e2m), 0);
   tlb1g_.assign(pow2(e1g), 0);
@@ -271,6 +273,7 @@ void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
   std::uint64_t& slot = t[tag & (t.size() - 1)];
   if (slot == tag) return;
   slot = tag;
+  last_fetch_gfn_ = ~std::uint64_t{0};  // a miss may have evicted the last fetched page
   ++tlb_misses_;
   tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
 }
@@ -498,7 +501,12 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
     stop_before(addr);
     return;
   }
-  if (tlb_ && g0 < flags_.size()) tlb_access(g0, flags_[g0]);
+  // A fetch from the page of the previous fetch, with no TLB miss and no flags change since,
+  // hits the entry that fetch left: the lookup would change nothing, so it is skipped.
+  if (tlb_ && g0 < flags_.size() && g0 != last_fetch_gfn_) {
+    tlb_access(g0, flags_[g0]);
+    last_fetch_gfn_ = g0;
+  }
   // The previous block fell through from an RDTSC into this one?
   prev_block_rdtsc_end_ = in_block_ && cur_ends_rdtsc_ && cur_block_addr_ + cur_block_size_ == addr ? addr : 0;
   cur_block_ = idx;

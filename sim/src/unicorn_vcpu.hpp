@@ -195,6 +195,7 @@ class UnicornVcpu {
   bool tlb_ = false;
   std::vector<std::uint64_t> tlb4k_, tlb2m_, tlb1g_;
   std::uint64_t tlb_misses_ = 0, tlb_refs_ = 0;
+  std::uint64_t last_fetch_gfn_ = ~std::uint64_t{0};  // page of the last fetch lookup, while it surely hits
   bool record_writes_ = false;
   std::vector<std::uint64_t> written_;
   std::uint64_t decoded_ = 0, rdtsc_fixed_ = 0, hook_toggles_ = 0;
