@@ -13,6 +13,34 @@ namespace baton::sim {
 namespace {
 
 constexpr std::size_t kBlockCacheSize = std::size_t{1} << 16;
+static_assert(kBlockCacheSize == (std::size_t{1} << 16), "block_index() masks with 16 bits");
+// Executions of a load-only block (translated with the memory hooks) before it is retranslated
+// without them.
+constexpr std::uint32_t kPromoteAfter = 8;
+
+// Returns whether an instruction may write memory. Conservative: any memory operand that is
+// the destination (operand 0) or that capstone marks as written, and every instruction that
+// stores implicitly (stack, exchange, masked stores), count as writes.
+bool may_store(const cs_insn& insn) {
+  switch (insn.id) {
+    case X86_INS_NOP: return false;  // multi-byte NOPs name a memory operand but do not access it
+    case X86_INS_PUSH: case X86_INS_PUSHF: case X86_INS_PUSHFD: case X86_INS_PUSHFQ: case X86_INS_PUSHAW:
+    case X86_INS_PUSHAL: case X86_INS_CALL: case X86_INS_LCALL: case X86_INS_ENTER: case X86_INS_XCHG:
+    case X86_INS_XADD: case X86_INS_CMPXCHG: case X86_INS_CMPXCHG8B: case X86_INS_CMPXCHG16B:
+    case X86_INS_MASKMOVQ: case X86_INS_MASKMOVDQU: case X86_INS_VMASKMOVDQU: case X86_INS_INT:
+    case X86_INS_INT1: case X86_INS_INT3: case X86_INS_INTO: case X86_INS_SYSCALL: case X86_INS_SYSENTER:
+      return true;
+    default: break;
+  }
+  if (insn.detail == nullptr) return true;
+  const cs_x86& x = insn.detail->x86;
+  for (std::uint8_t i = 0; i < x.op_count; ++i) {
+    const cs_x86_op& op = x.operands[i];
+    if (op.type != X86_OP_MEM) continue;
+    if (i == 0 || (op.access & CS_AC_WRITE) != 0) return true;
+  }
+  return false;
+}
 
 // C trampolines into the vCPU.
 void tramp_block(uc_engine*, std::uint64_t addr, std::uint32_t size, void* user) {
@@ -70,6 +98,7 @@ Result<void> UnicornVcpu::open() {
   csh h = 0;
   if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return make_error("capstone: cs_open failed");
   cs_ = reinterpret_cast<void*>(h);
+  cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);  // operand access, for load-only blocks
   uc_hook hh;
   auto add = [&](uc_err e, const char* what) -> Result<void> {
     if (e != UC_ERR_OK) return make_error(std::string("uc_hook_add ") + what + ": " + uc_strerror(e));
@@ -202,7 +231,13 @@ model::VcpuState UnicornVcpu::get_state(const model::VcpuState& base) const {
 
 void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t f) {
   const std::uint64_t end = std::min<std::uint64_t>(gfn + count, flags_.size());
+  last_fetch_gfn_ = ~std::uint64_t{0};  // the page geometry (and so the TLB class) may change
+  auto exec_only = [](std::uint8_t x) { return (x & pageflag::kFetch) != 0 && (x & pageflag::kRead) == 0; };
   for (std::uint64_t g = gfn; g < end; ++g) {
+    const std::uint8_t old = flags_[g];
+    if ((old & pageflag::kRead) != 0 && (f & pageflag::kRead) == 0) read_lost_ = true;
+    if (exec_only(old) && !exec_only(f)) --xo_pages_;
+    if (!exec_only(old) && exec_only(f)) ++xo_pages_;
     if (is_ram_[g]) {
       const bool was_fast = (flags_[g] & pageflag::kAll) == pageflag::kAll;
       const bool is_fast = (f & pageflag::kAll) == pageflag::kAll;
@@ -224,6 +259,7 @@ void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::ui
     return p;
   };
   tlb_ = on;
+  last_fetch_gfn_ = ~std::uint64_t{0};
   tlb4k_.assign(pow2(e4k), 0);
   tlb2m_.assign(pow2(e2m), 0);
   tlb1g_.assign(pow2(e1g), 0);
@@ -238,6 +274,7 @@ void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
   std::uint64_t& slot = t[tag & (t.size() - 1)];
   if (slot == tag) return;
   slot = tag;
+  last_fetch_gfn_ = ~std::uint64_t{0};  // a miss may have evicted the last fetched page
   ++tlb_misses_;
   tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
 }
@@ -248,18 +285,64 @@ void UnicornVcpu::update_watch() {
     uc_hook h = 0;
     uc_hook_add(uc_, &h, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, reinterpret_cast<void*>(tramp_mem), this, 1, 0);
     mem_hook_ = h;
-    drop_translations();  // translations made without the hook use the inline fast path
-    ++hook_toggles_;
+    if (readd_after_promote_) {
+      readd_after_promote_ = false;  // the hook was only off to retranslate load-only blocks
+    } else {
+      if (unhooked_run_) drop_translations();  // translations made without the hook use the inline fast path
+      ++hook_toggles_;
+    }
+    unhooked_run_ = false;
   } else if (!need && mem_hook_ != 0) {
     uc_hook_del(uc_, mem_hook_);
     mem_hook_ = 0;
     drop_translations();  // regenerate translations with Unicorn's inline fast path
+    unhooked_run_ = true;
     ++hook_toggles_;
   }
 }
 
 void UnicornVcpu::drop_translations() {
   if (code_hi_ > code_lo_) uc_ctl_remove_cache(uc_, code_lo_, code_hi_);
+  unfast_all();
+}
+
+void UnicornVcpu::unfast_all() {
+  if (fast_count_ == 0) return;
+  for (Block& b : blocks_) {
+    b.fast = false;
+    b.hot = 0;
+  }
+  fast_count_ = 0;
+  ++fast_drops_;
+}
+
+void UnicornVcpu::retranslate_fast() {
+  // The memory hook was deleted inside the last emulation, so Unicorn has dropped it from its
+  // hook lists by now: what is translated here uses the inline softmmu fast path.
+  for (std::size_t idx : promote_) {
+    Block& b = blocks_[idx];
+    if (!b.load_only || b.fast) continue;
+    uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
+    uc_tb tb{};
+    if (uc_ctl_request_cache(uc_, b.addr, &tb) == UC_ERR_OK && tb.pc == b.addr && tb.size == b.size) {
+      b.fast = true;
+      ++fast_count_;
+    } else {
+      // Not the same block (or no block): drop it and leave this address hooked.
+      uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
+      b.load_only = false;
+    }
+  }
+  promote_.clear();
+}
+
+void UnicornVcpu::flush_softmmu() {
+  // uc_mem_map_ptr flushes the whole softmmu TLB; the page lies beyond every memslot and MMIO range.
+  constexpr std::uint64_t k2m = std::uint64_t{1} << 21;
+  const std::uint64_t at = ((static_cast<std::uint64_t>(flags_.size()) << model::kPageShift) + 2 * k2m) & ~(k2m - 1);
+  if (uc_mem_map_ptr(uc_, at, model::kPageSize, UC_PROT_READ, ff_page_.data()) == UC_ERR_OK)
+    uc_mem_unmap(uc_, at, model::kPageSize);
+  ++softmmu_flushes_;
 }
 
 void UnicornVcpu::request_stop() {
@@ -269,15 +352,29 @@ void UnicornVcpu::request_stop() {
 
 VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
   update_watch();
-  for (const auto& [b, e] : flush_) uc_ctl_remove_cache(uc_, b, e);
-  flush_.clear();
+  if (!flush_.empty()) {
+    for (const auto& [b, e] : flush_) uc_ctl_remove_cache(uc_, b, e);
+    flush_.clear();
+    unfast_all();
+  }
+  // Fast (hook-less) loads rely on Unicorn's softmmu TLB holding no page without kRead: an
+  // executable-only page would get a readable entry from its code fetch, and a page that lost
+  // kRead may still have one.
+  if (xo_pages_ > 0 && fast_count_ > 0) drop_translations();
+  if (read_lost_) {
+    flush_softmmu();
+    read_lost_ = false;
+  }
   limit_ = insn_limit;
   want_stop_ = budget_stop_ = maintenance_ = false;
   in_block_ = false;
   prev_block_rdtsc_end_ = 0;
   const std::uint64_t rip = reg(UC_X86_REG_RIP);
   VcpuStop s;
+  has_stopped_before_ = false;
   s.uc_error = uc_emu_start(uc_, rip, ~std::uint64_t{0}, 0, 0);
+  if (has_stopped_before_ && s.uc_error == UC_ERR_OK) set_reg(UC_X86_REG_RIP, stopped_before_);
+  if (!promote_.empty()) retranslate_fast();
   s.rip = reg(UC_X86_REG_RIP);
   // An error or a stop requested from an I/O hook can leave the block early: the
   // instructions from RIP on were counted at block entry but did not run.
@@ -298,12 +395,20 @@ void UnicornVcpu::uncount_tail(std::uint64_t rip) {
 }
 
 UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
-  const std::size_t idx = (addr ^ (addr >> 13) ^ size) & (kBlockCacheSize - 1);
-  Block& b = blocks_[idx];
+  Block& b = blocks_[block_index(addr, size)];
   if (b.addr == addr && b.size == size) return b;
+  return decode(b, addr, size);
+}
+
+UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint32_t size) {
   b.addr = addr;
   b.size = size;
   b.count = 0;
+  code_lo_ = std::min(code_lo_, addr);  // every block is decoded before it first runs
+  code_hi_ = std::max(code_hi_, addr + size);
+  b.load_only = false;
+  b.fast = false;
+  b.hot = 0;
   b.offsets.clear();
   b.after_rdtsc.clear();
   std::vector<std::uint8_t> bytes(size);
@@ -318,15 +423,28 @@ UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
   std::size_t left = size;
   std::uint64_t pc = addr;
   cs_insn* insn = cs_malloc(h);
+  bool stores = false;
   while (left > 0 && cs_disasm_iter(h, &code, &left, &pc, insn)) {
     b.offsets.push_back(static_cast<std::uint16_t>(insn->address - addr));
+    stores = stores || may_store(*insn);
     if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP)
       b.after_rdtsc.push_back(static_cast<std::uint16_t>(insn->address + insn->size - addr));
   }
   cs_free(insn, 1);
   if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
   b.count = static_cast<std::uint32_t>(b.offsets.size());
+  b.load_only = !stores && left == 0;
   return b;
+}
+
+void UnicornVcpu::stop_before(std::uint64_t addr) {
+  // The block has not started. RIP is written once the emulation has returned: Unicorn
+  // re-derives it from the block at the exit only when no UC_HOOK_CODE is installed (the RDTSC
+  // hooks are), and EIP can be stale after chained blocks. (Writing RIP here would not stop:
+  // Unicorn treats it as "continue at the new RIP".)
+  stopped_before_ = addr;
+  has_stopped_before_ = true;
+  uc_emu_stop(uc_);
 }
 
 void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
@@ -335,15 +453,15 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   if (want_stop_ || maintenance_ || budget_stop_) return;
   if (insns_ >= limit_) {
     budget_stop_ = true;
-    uc_emu_stop(uc_);  // the block has not started: stop before it
+    stop_before(addr);
     return;
   }
-  Block& b = block(addr, size);
-  code_lo_ = std::min(code_lo_, addr);
-  code_hi_ = std::max(code_hi_, addr + size);
+  Block* bp = &blocks_[block_index(addr, size)];
+  if (bp->addr != addr || bp->size != size) bp = &decode(*bp, addr, size);
+  Block& b = *bp;
   // RDTSC found for the first time: hook the next instruction, retranslate, restart here.
   bool fresh = false;
-  for (std::uint16_t off : b.after_rdtsc) {
+  if (!b.after_rdtsc.empty()) for (std::uint16_t off : b.after_rdtsc) {
     const std::uint64_t next = addr + off;
     if (std::find(rdtsc_hooked_.begin(), rdtsc_hooked_.end(), next) != rdtsc_hooked_.end()) continue;
     uc_hook h = 0;
@@ -355,30 +473,47 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   }
   if (fresh) {
     maintenance_ = true;
-    uc_emu_stop(uc_);
+    stop_before(addr);
     return;
   }
-  // Fetch check of the block's pages.
+  // Fetch check of the block's pages (one page, executable: the common case).
   const std::uint64_t g0 = addr >> model::kPageShift, g1 = (addr + size - 1) >> model::kPageShift;
-  for (std::uint64_t g = g0; g <= g1; ++g) {
-    if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
-    if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
-      want_stop_ = true;
-      uc_emu_stop(uc_);
-      return;
+  if (g0 != g1 || g0 >= flags_.size() || (flags_[g0] & pageflag::kFetch) == 0) {
+    for (std::uint64_t g = g0; g <= g1; ++g) {
+      if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
+      if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
+        want_stop_ = true;
+        uc_emu_stop(uc_);
+        return;
+      }
     }
   }
-  if (tlb_ && g0 < flags_.size()) tlb_access(g0, flags_[g0]);
-  // The previous block fell through from an RDTSC into this one?
-  prev_block_rdtsc_end_ = 0;
-  if (in_block_ && cur_block_addr_ + cur_block_size_ == addr) {
-    const Block& prev = blocks_[cur_block_];
-    if (prev.addr == cur_block_addr_ && !prev.after_rdtsc.empty() && prev.after_rdtsc.back() == cur_block_size_)
-      prev_block_rdtsc_end_ = addr;
+  // A hot load-only block is retranslated without the memory hooks; the hook is deleted now so
+  // that Unicorn drops it when this emulation ends. Stop before the block (it is not counted).
+  const std::size_t idx = static_cast<std::size_t>(&b - blocks_.data());
+  if (mem_hook_ != 0 && b.load_only && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
+  if (!promote_.empty() || read_lost_ || (xo_pages_ > 0 && fast_count_ > 0)) {
+    if (!promote_.empty() && mem_hook_ != 0) {
+      uc_hook_del(uc_, mem_hook_);
+      mem_hook_ = 0;
+      readd_after_promote_ = true;
+    }
+    maintenance_ = true;
+    stop_before(addr);
+    return;
   }
-  cur_block_ = static_cast<std::size_t>(&b - blocks_.data());
+  // A fetch from the page of the previous fetch, with no TLB miss and no flags change since,
+  // hits the entry that fetch left: the lookup would change nothing, so it is skipped.
+  if (tlb_ && g0 < flags_.size() && g0 != last_fetch_gfn_) {
+    tlb_access(g0, flags_[g0]);
+    last_fetch_gfn_ = g0;
+  }
+  // The previous block fell through from an RDTSC into this one?
+  prev_block_rdtsc_end_ = in_block_ && cur_ends_rdtsc_ && cur_block_addr_ + cur_block_size_ == addr ? addr : 0;
+  cur_block_ = idx;
   cur_block_addr_ = addr;
   cur_block_size_ = size;
+  cur_ends_rdtsc_ = !b.after_rdtsc.empty() && b.after_rdtsc.back() == size;
   in_block_ = true;
   insns_ += b.count;
 }

@@ -108,6 +108,11 @@ class UnicornVcpu {
   std::uint64_t rdtsc_fixed() const { return rdtsc_fixed_; }
   std::uint64_t hook_toggles() const { return hook_toggles_; }
   bool watching() const { return mem_hook_ != 0; }
+  // Load-only blocks retranslated without the memory hooks (and times they were dropped again).
+  std::uint64_t fast_blocks() const { return fast_count_; }
+  std::uint64_t fast_drops() const { return fast_drops_; }
+  // Softmmu flushes done because a page lost its read permission.
+  std::uint64_t softmmu_flushes() const { return softmmu_flushes_; }
   // Number of Unicorn memory regions.
   std::uint64_t regions() const;
   // Returns the length of the instruction at `rip` and its capstone mnemonic ("" if unknown).
@@ -123,15 +128,26 @@ class UnicornVcpu {
     std::uint64_t addr = ~std::uint64_t{0};
     std::uint32_t size = 0;
     std::uint32_t count = 0;
+    bool load_only = false;  // no instruction of the block can write memory (capstone, conservative)
+    bool fast = false;       // retranslated without the memory hooks (loads take Unicorn's inline path)
+    std::uint32_t hot = 0;   // executions while translated with the hooks
     std::vector<std::uint16_t> offsets;  // instruction offsets inside the block
     std::vector<std::uint16_t> after_rdtsc;  // offsets of instructions right after RDTSC/RDTSCP
   };
   // Decodes a block once; returns its cache entry.
   Block& block(std::uint64_t addr, std::uint32_t size);
+  // Decodes a block into cache entry `b`.
+  Block& decode(Block& b, std::uint64_t addr, std::uint32_t size);
+  // The decode cache slot of a block.
+  static std::size_t block_index(std::uint64_t addr, std::uint32_t size) {
+    return (addr ^ (addr >> 13) ^ size) & ((std::size_t{1} << 16) - 1);
+  }
   // Counts the TLB lookup of one access.
   void tlb_access(std::uint64_t gfn, std::uint8_t f);
   // Adds or removes the memory hooks so that they are on exactly when needed.
   void update_watch();
+  // Stops the emulation before the block at `addr` runs (from the block hook).
+  void stop_before(std::uint64_t addr);
   // Undoes the count of the instructions of the current block at or after `rip`.
   void uncount_tail(std::uint64_t rip);
 
@@ -147,10 +163,25 @@ class UnicornVcpu {
   std::uint64_t prev_block_rdtsc_end_ = 0;  // the previous block ended with RDTSC and falls through here
   std::size_t cur_block_ = 0;
   bool in_block_ = false;
+  bool cur_ends_rdtsc_ = false;  // the current block's last instruction is RDTSC/RDTSCP
   std::uint64_t mem_hook_ = 0;
   std::uint64_t code_lo_ = ~std::uint64_t{0}, code_hi_ = 0;  // range of translated blocks seen
   // Drops the translations of every block seen (a full tb_flush memsets Unicorn's 1 GiB code buffer).
   void drop_translations();
+  // Retranslates the blocks in promote_ without the memory hooks (outside emulation, hook removed).
+  void retranslate_fast();
+  // Forgets which blocks are fast (their translations were dropped).
+  void unfast_all();
+  // Empties Unicorn's softmmu TLB (a dummy mapping beyond guest memory).
+  void flush_softmmu();
+  std::vector<std::size_t> promote_;    // blocks to retranslate without the hooks
+  std::uint64_t fast_count_ = 0, fast_drops_ = 0, softmmu_flushes_ = 0;
+  std::uint64_t xo_pages_ = 0;          // pages executable but not readable (fast blocks are unsafe then)
+  bool read_lost_ = false;              // some page lost kRead: flush the softmmu TLB before running
+  bool unhooked_run_ = false;           // a run went without memory hooks: any translation may be fast
+  bool readd_after_promote_ = false;
+  std::uint64_t stopped_before_ = 0;     // the block stop_before() stopped in front of
+  bool has_stopped_before_ = false;    // the hook is off only for retranslate_fast()
   bool always_watch_ = false;
   bool want_stop_ = false, budget_stop_ = false, maintenance_ = false;
   std::vector<std::uint64_t> rdtsc_hooked_;              // addresses after an RDTSC with a hook
@@ -164,6 +195,7 @@ class UnicornVcpu {
   bool tlb_ = false;
   std::vector<std::uint64_t> tlb4k_, tlb2m_, tlb1g_;
   std::uint64_t tlb_misses_ = 0, tlb_refs_ = 0;
+  std::uint64_t last_fetch_gfn_ = ~std::uint64_t{0};  // page of the last fetch lookup, while it surely hits
   bool record_writes_ = false;
   std::vector<std::uint64_t> written_;
   std::uint64_t decoded_ = 0, rdtsc_fixed_ = 0, hook_toggles_ = 0;
