@@ -377,6 +377,21 @@ struct SimMachine::Impl final : VcpuExits {
     return ok_result();
   }
 
+  // Checks that what Unicorn reads while it takes a state (the page tables at CR3, the GDT,
+  // the TSS, the code at RIP) lies in RAM: Unicorn cannot report a fault there, it crashes.
+  Result<void> check_state_in_ram(const model::VcpuState& v) const {
+    auto in_ram = [&](const char* what, std::uint64_t a, std::uint64_t len) -> Result<void> {
+      for (std::uint64_t p = a & ~model::kPageMask; p < a + std::max<std::uint64_t>(len, 1); p += model::kPageSize)
+        if (model::find_memslot(hv->memslots(), Gpa{p}) == nullptr)
+          return make_error(std::string("the vCPU's ") + what + " at GPA " + hexs(a) + " lies outside every memslot");
+      return ok_result();
+    };
+    BATON_TRY_VOID(in_ram("page tables (CR3)", v.cr3 & ~std::uint64_t{0xFFF}, model::kPageSize));
+    BATON_TRY_VOID(in_ram("GDT", v.gdtr.base, std::uint64_t{v.gdtr.limit} + 1));
+    if (!v.tr.unusable) BATON_TRY_VOID(in_ram("TSS", v.tr.base, std::uint64_t{v.tr.limit} + 1));
+    return in_ram("code (RIP)", v.rip, 1);
+  }
+
   // Checks that guest paging is the identity wherever memslots are (Unicorn's address
   // space is guest-physical); the error names the first GVA that is not.
   Result<void> check_identity(const model::VcpuState& v) {
@@ -470,6 +485,7 @@ Result<void> SimMachine::load(const guests::GuestImage& image) {
   for (const guests::Param& p : image.params)
     if (p.key == guests::kParamInputSeed) m.input_seed = p.value;
   m.base = image.vcpu;
+  BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
   BATON_TRY_VOID(m.open_vcpu());
   BATON_TRY_VOID(m.vcpu->set_state(m.base));
@@ -504,6 +520,7 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   m.tag = static_cast<std::uint32_t>(meta("abi.tag"));
   m.lo = static_cast<std::uint32_t>(meta("abi.lo"));
   m.stage = static_cast<std::uint32_t>(meta("abi.stage"));
+  BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
   BATON_TRY_VOID(m.open_vcpu());
   BATON_TRY_VOID(m.vcpu->set_state(m.base));

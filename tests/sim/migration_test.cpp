@@ -275,6 +275,42 @@ TEST_CASE("fault story: a corrupted memslot table is refused by every method", "
   }
 }
 
+TEST_CASE("a memslot moved away from the guest's tables is refused before Unicorn sees it", "[migration][fault]") {
+  auto f = parse_fault("memslot:0:gpa:27");
+  REQUIRE(f);
+  MigrationOptions o;
+  o.fault = *f;
+  o.reference = false;
+  for (Method m : kAllMethods) {
+    CAPTURE(to_string(m));
+    o.method = m;
+    const MigrationResult r = migrate_ok("memtouch", o, 256 * kMiB);
+    CHECK(r.rejected);
+    REQUIRE_FALSE(r.checks.empty());
+    CHECK_THAT(r.checks.front().summary, Catch::Contains("outside every memslot"));
+    CHECK(r.checksum_ok());
+  }
+}
+
+TEST_CASE("restoring a snapshot whose vCPU points outside its memslots is an error", "[migration][negative]") {
+  const guests::GuestImage im = image("memtouch", 64 * kMiB, guests::PageSize::k4K);
+  auto m = test::machine(im);
+  RunLimits l;
+  l.sync = 1;
+  REQUIRE(m->run(l).reason == StopReason::kSyncPoint);
+  auto s = m->snapshot();
+  REQUIRE(s);
+  for (int which = 0; which < 3; ++which) {
+    model::HandoverSnapshot bad = *s;
+    if (which == 0) bad.vcpus[0].cr3 = 0x7FF000000;
+    if (which == 1) bad.vcpus[0].gdtr.base = 0x7FF000000;
+    if (which == 2) bad.vcpus[0].rip = 0x7FF000000;
+    auto r = SimMachine::restore(bad, m->host(), SimConfig{}, false);
+    REQUIRE_FALSE(r);
+    CHECK_THAT(r.error().message, Catch::Contains("outside every memslot"));
+  }
+}
+
 TEST_CASE("a co-located VM keeps its translations and its result", "[migration]") {
   const guests::GuestImage im = image("memtouch", 64 * kMiB, guests::PageSize::k4K);
   NeighbourOptions nb;
