@@ -12,6 +12,7 @@
 #include "baton/sim/sim_machine.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
+#include "sim_setup.hpp"
 
 namespace baton::cli {
 
@@ -33,25 +34,27 @@ struct RunOptions {
   bool json_out = false;
 };
 
+// The simulator options within the run options.
+SimOptions sim_options(const RunOptions& o) {
+  SimOptions s;
+  s.guest = o.guest;
+  s.params = o.params;
+  s.mem = o.mem;
+  s.pages = o.pages;
+  s.profile = o.profile;
+  s.no_ad = o.no_ad;
+  return s;
+}
+
 // Runs one guest on /dev/kvm and prints the report (docs/kvm-backend.md).
 void run_guest_kvm(const RunOptions& o) {
-  auto mem = parse_size(o.mem);
-  if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
-  auto level = parse_page_level(o.pages);
-  if (!level) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
+  if (!parse_size(o.mem)) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
+  if (!parse_page_level(o.pages)) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
   if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad)
     return fail("--profile, --trace, --dirty and --no-ad apply to --backend sim only");
   // The device first: without KVM this one line is all the user needs to see.
   if (auto why = hw::kvm_unavailable_reason()) return fail(*why);
-  auto g = guests::get_builtin(o.guest);
-  if (!g) return fail(g.error().message);
-  auto ps = guests::resolve_params(**g, o.params);
-  if (!ps) return fail(ps.error().message);
-  guests::GuestConfig gc;
-  gc.mem_size = *mem;
-  gc.page_size = *level == 1 ? guests::PageSize::k4K : *level == 2 ? guests::PageSize::k2M : guests::PageSize::k1G;
-  gc.params = *ps;
-  auto image = guests::load_builtin(o.guest, gc);
+  auto image = make_guest_image(sim_options(o));
   if (!image) return fail(image.error().message);
   auto m = hw::KvmMachine::try_create(*image);
   if (!m) return fail(m.error().message);
@@ -96,32 +99,15 @@ void run_guest_kvm(const RunOptions& o) {
 void run_guest(const RunOptions& o) {
   if (o.backend == "kvm") return run_guest_kvm(o);
   if (o.backend != "sim") return fail("--backend '" + o.backend + "' is not one of sim, kvm");
-  auto mem = parse_size(o.mem);
-  if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
-  auto level = parse_page_level(o.pages);
-  if (!level) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
-  sim::SimConfig cfg;
-  cfg.hv.max_leaf_level = *level;
-  cfg.hv.ad = !o.no_ad;
-  if (o.dirty == "off") cfg.hv.dirty = sim::DirtyMode::kOff;
-  else if (o.dirty == "wp") cfg.hv.dirty = sim::DirtyMode::kWriteProtect;
-  else if (o.dirty == "pml") cfg.hv.dirty = sim::DirtyMode::kPml;
-  else return fail("--dirty '" + o.dirty + "' is not one of off, wp, pml");
-  if (!o.profile.empty()) {
-    auto p = sim::load_profile(o.profile);
-    if (!p) return fail(p.error().message);
-    cfg.profile = *p;
-  }
-  auto g = guests::get_builtin(o.guest);
-  if (!g) return fail(g.error().message);
-  auto ps = guests::resolve_params(**g, o.params);
-  if (!ps) return fail(ps.error().message);
-  guests::GuestConfig gc;
-  gc.mem_size = *mem;
-  gc.page_size = *level == 1 ? guests::PageSize::k4K : *level == 2 ? guests::PageSize::k2M : guests::PageSize::k1G;
-  gc.params = *ps;
-  auto image = guests::load_builtin(o.guest, gc);
-  if (!image) return fail(image.error().message);
+  sim::DirtyMode dirty = sim::DirtyMode::kOff;
+  if (o.dirty == "wp") dirty = sim::DirtyMode::kWriteProtect;
+  else if (o.dirty == "pml") dirty = sim::DirtyMode::kPml;
+  else if (o.dirty != "off") return fail("--dirty '" + o.dirty + "' is not one of off, wp, pml");
+  auto setup = make_sim_setup(sim_options(o));
+  if (!setup) return fail(setup.error().message);
+  const guests::GuestImage* image = &setup->image;
+  sim::SimConfig& cfg = setup->cfg;
+  cfg.hv.dirty = dirty;
   cfg.trace_path = o.trace;
   cfg.guest_name = o.guest;
   cfg.trace_params = {{"mem", o.mem}, {"pages", o.pages}, {"dirty", o.dirty}};

@@ -6,19 +6,11 @@
 
 namespace baton::cli {
 
-Result<SimSetup> make_sim_setup(const SimOptions& o) {
+Result<guests::GuestImage> make_guest_image(const SimOptions& o) {
   auto mem = parse_size(o.mem);
   if (!mem) return make_error("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
   auto level = parse_page_level(o.pages);
   if (!level) return make_error("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
-  SimSetup s;
-  s.cfg.hv.max_leaf_level = *level;
-  s.cfg.hv.ad = !o.no_ad;
-  if (!o.profile.empty()) {
-    auto p = sim::load_profile(o.profile);
-    if (!p) return p.error();
-    s.cfg.profile = *p;
-  }
   auto g = guests::get_builtin(o.guest);
   if (!g) return g.error();
   auto ps = guests::resolve_params(**g, o.params);
@@ -27,8 +19,20 @@ Result<SimSetup> make_sim_setup(const SimOptions& o) {
   gc.mem_size = *mem;
   gc.page_size = *level == 1 ? guests::PageSize::k4K : *level == 2 ? guests::PageSize::k2M : guests::PageSize::k1G;
   gc.params = *ps;
-  auto image = guests::load_builtin(o.guest, gc);
+  return guests::load_builtin(o.guest, gc);
+}
+
+Result<SimSetup> make_sim_setup(const SimOptions& o) {
+  auto image = make_guest_image(o);
   if (!image) return image.error();
+  SimSetup s;
+  s.cfg.hv.max_leaf_level = *parse_page_level(o.pages);
+  s.cfg.hv.ad = !o.no_ad;
+  if (!o.profile.empty()) {
+    auto p = sim::load_profile(o.profile);
+    if (!p) return p.error();
+    s.cfg.profile = *p;
+  }
   s.image = std::move(*image);
   s.cfg.guest_name = o.guest;
   s.cfg.trace_params = {{"mem", o.mem}, {"pages", o.pages}};

@@ -27,6 +27,8 @@ struct SimSetup {
   sim::SimConfig cfg;
 };
 
+// Builds the guest image alone (any backend); errors name the option at fault.
+Result<guests::GuestImage> make_guest_image(const SimOptions& o);
 // Builds the image and configuration; errors name the option at fault.
 Result<SimSetup> make_sim_setup(const SimOptions& o);
 
