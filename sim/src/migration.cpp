@@ -367,7 +367,7 @@ Result<void> Engine::precopy_rounds(SimMachine& src) {
   auto changed = src.start_dirty_log(opt_.dirty);
   if (!changed) return changed.error();
   phase("dirty-log-start", static_cast<double>(*changed * prof_.dirty_clear_per_page), false,
-        tracer_ != nullptr ? static_cast<std::uint32_t>(6) : 0);
+        0);
   std::vector<Gfn> todo;
   for (std::uint64_t g = 0; g < (old_ram_->size >> model::kPageShift); ++g) todo.push_back(Gfn{g});
   for (unsigned r = 1; r <= opt_.max_rounds; ++r) {
@@ -756,14 +756,12 @@ Result<MigrationResult> Engine::run() {
     if (dest) (void)(*dest)->teardown(m == Method::kAdopt);
     phase("resume (old instance)", static_cast<double>(prof_.exit_round_trip), true, 5);
     progress("handover rejected: the old instance resumes the VM");
-    GuestOutput before_out = src->output();
     if (!res_.finished_before_switch) BATON_TRY_VOID(finish(*src, rest));
     else res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
     res_.source = src->stats();
     const GuestOutput& o = src->output();
     res_.console = o.console;
     res_.checksum = o.checksum();
-    (void)before_out;
   } else {
     std::unique_ptr<SimMachine> d = std::move(*dest);
     phase("state-load", static_cast<double>(prof_.vcpu_state_load), true, 3);
