@@ -24,7 +24,7 @@ namespace {
 struct CompareCmd {
   SimOptions sim;
   MigrateOptions mig;
-  std::string mems = "64M,256M,1G";
+  std::string mems = "64M,256M,1G,4G,16G";
   std::string methods = "local-adopt,local-rebuild,local-lazy,precopy";
   std::string plot;
   bool force = false;

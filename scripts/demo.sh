@@ -28,8 +28,8 @@ expect() {
 # pre-copy rounds at every size.
 guest=(memtouch --param size=8M --param passes=3000)
 
-step "Local migration of a running guest: every method, at 64 MiB, 256 MiB and 1 GiB (simulated time)"
-expect 0 "$baton" compare "${guest[@]}" --mem 64M,256M,1G --plot "$out/compare.svg" --force
+step "Local migration of a running guest: every method, from 64 MiB to 16 GiB (simulated time)"
+expect 0 "$baton" compare "${guest[@]}" --mem 64M,256M,1G,4G,16G --plot "$out/compare.svg" --force
 
 step "One handover in detail: local-adopt at 1 GiB (timeline, checker verdicts, checksum)"
 expect 0 "$baton" migrate "${guest[@]}" --mem 1G --method local-adopt --save "$work/adopt" --force
