@@ -219,7 +219,7 @@ void run_show(const TraceOptions& o) {
 
 void register_trace(CLI::App& app) {
   auto o = std::make_shared<TraceOptions>();
-  CLI::App* tr = app.add_subcommand("trace", "Import ftrace captures, show traces, rebuild gfn->pfn maps");
+  CLI::App* tr = app.add_subcommand("trace", "Capture and import ftrace KVM events, show traces, rebuild gfn->pfn maps");
   tr->require_subcommand(1);
 
   CLI::App* i = tr->add_subcommand("import", "Convert ftrace/trace-cmd text of KVM events into a trace (v1)");
@@ -243,6 +243,8 @@ void register_trace(CLI::App& app) {
   s->add_option("--limit", o->limit, "Events to print (0 = all)")->capture_default_str();
   s->add_flag("--json", o->json, "Print JSON");
   s->callback([o] { run_show(*o); });
+
+  register_trace_capture(*tr);
 }
 
 }  // namespace baton::cli

@@ -529,12 +529,12 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
   }
   imp.finish();
   FtraceImportStats& st = r.stats;
-  if (st.event_lines + st.other_event_lines == 0) {
+  if (st.event_lines + st.other_event_lines == 0 && !options.allow_empty) {
     std::string msg = "no ftrace event lines found in " + std::to_string(st.lines) + " lines";
     if (!st.samples.empty()) msg += " (" + st.samples.front() + ")";
     return make_error(msg);
   }
-  if (options.pid && st.event_lines == st.filtered_lines)
+  if (options.pid && st.event_lines == st.filtered_lines && !(options.allow_empty && st.event_lines == 0))
     return make_error("no KVM events from pid " + std::to_string(*options.pid) + " (VMM pids in the capture: " +
                       (imp.all_vms().empty() ? std::string("none") : join_ids(imp.all_vms())) + ")");
   TraceHeader& hd = r.trace.header;

@@ -25,6 +25,9 @@ struct FtraceImportOptions {
   // Thread id -> process id, for captures without a TGID column (`trace-cmd report`): without
   // it each vCPU thread of such a capture counts as its own VM. See parse_saved_tgids().
   std::map<std::uint32_t, std::uint32_t> tgids = {};
+  // Accept a capture without a single event line (e.g. `baton trace capture` of a process that
+  // made no KVM call) as an empty trace instead of failing.
+  bool allow_empty = false;
 };
 
 // Counts of what the importer saw; nothing here makes an import fail.
@@ -52,8 +55,8 @@ struct FtraceImport {
   FtraceImportStats stats;
 };
 
-// Parses ftrace text. Fails only when the text holds no trace line at all, or the pid filter
-// matches none of the handled events.
+// Parses ftrace text. Fails only when the text holds no trace line at all (unless
+// allow_empty), or the pid filter matches none of the handled events.
 Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptions& options = {});
 // Reads and parses an ftrace text file; errors name the file.
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options = {});
