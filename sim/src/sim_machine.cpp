@@ -311,13 +311,13 @@ struct SimMachine::Impl final : VcpuExits {
 
   std::uint64_t mmio_read(std::uint64_t gpa, unsigned size) override {
     take_exit(ExitReason::kEptMisconfig, 0, gpa);
-    ++const_cast<EptStats&>(hv->stats()).misconfigs;
+    hv->count_mmio_exit();
     return device.read(Gpa{gpa}, size);
   }
 
   void mmio_write(std::uint64_t gpa, unsigned size, std::uint64_t value) override {
     take_exit(ExitReason::kEptMisconfig, 0, gpa);
-    ++const_cast<EptStats&>(hv->stats()).misconfigs;
+    hv->count_mmio_exit();
     device.write(Gpa{gpa}, size, value);
   }
 

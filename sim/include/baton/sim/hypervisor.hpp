@@ -93,6 +93,8 @@ class Hypervisor {
   const model::Vmcs& vmcs() const { return vmcs_; }
   HostMemory& host() { return host_; }
   const EptStats& stats() const { return stats_; }
+  // Counts one EPT-misconfiguration exit of an MMIO access (the executor emulates the access).
+  void count_mmio_exit() { ++stats_.misconfigs; }
 
   // Walks a GPA through this instance's EPT in host memory.
   model::WalkResult walk(model::Gpa gpa, model::Access access) const;
