@@ -66,7 +66,10 @@ PortEvent PortRecorder::out(std::uint16_t port, unsigned size, std::uint32_t val
       tag_ = 0;
       return PortEvent{PortEventKind::kResult, 0, r};
     }
-    case kPortSync: run_.stages.push_back(value); return PortEvent{PortEventKind::kSync, value, {}};
+    case kPortSync:
+      stage_ = value;
+      run_.stages.push_back(value);
+      return PortEvent{PortEventKind::kSync, value, {}};
     case kPortExit:
       if (!run_.exited) {
         run_.exited = true;
@@ -75,6 +78,13 @@ PortEvent PortRecorder::out(std::uint16_t port, unsigned size, std::uint32_t val
       return PortEvent{PortEventKind::kExit, value, {}};
     default: run_.stray.push_back(stray_text("out", port, size)); return PortEvent{PortEventKind::kStray, value, {}};
   }
+}
+
+void PortRecorder::resume(const State& s) {
+  tag_ = s.tag;
+  lo_ = s.lo;
+  stage_ = s.stage;
+  run_.inputs = s.inputs;
 }
 
 PortEvent PortRecorder::in(std::uint16_t port, unsigned size) {

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "baton/guests/abi.hpp"
+#include "baton/guests/ports.hpp"
 #include "baton/model/guest_walk.hpp"
 #include "unicorn_vcpu.hpp"
 #ifdef BATON_SIM_HAVE_TRACES
@@ -90,10 +91,9 @@ struct SimMachine::Impl final : VcpuExits {
   std::unique_ptr<Hypervisor> hv;
   std::unique_ptr<UnicornVcpu> vcpu;
   model::VcpuState base;  // fields Unicorn does not hold (segment attributes, ...)
+  guests::PortRecorder ports;  // the port ABI (shared with every backend); `out` mirrors what it records
   GuestOutput out;
-  std::uint32_t tag = 0, lo = 0;
   std::uint64_t input_seed = 0;
-  std::uint32_t stage = 0;
   std::optional<RunEvent> pending;
   RunLimits limits;
   std::map<ExitReason, std::uint64_t> exits;
@@ -109,6 +109,9 @@ struct SimMachine::Impl final : VcpuExits {
   std::unique_ptr<traces::TraceWriter> trace;
 #endif
 
+  // The last sync point the guest announced (0 before the first).
+  std::uint32_t stage() const { return ports.state().stage; }
+
   // Local simulated cycles after `insns` instructions.
   double local_cycles(std::uint64_t insns) const {
     return charged.total() + static_cast<double>(insns - insn_base) * cfg.profile.base_cpi +
@@ -123,7 +126,7 @@ struct SimMachine::Impl final : VcpuExits {
     host_synced = now;
   }
   std::uint64_t guest_tsc(std::uint64_t insns) override {
-    return host_tsc(insns) + hv->vmcs().get_or_zero(model::vmcs::kTscOffset);
+    return host_tsc(insns) + hv->vmcs_unsynced().get_or_zero(model::vmcs::kTscOffset);
   }
 
   // Returns the handler cost of an exit reason.
@@ -145,24 +148,34 @@ struct SimMachine::Impl final : VcpuExits {
     }
   }
 
-  // Records one VM exit: counts, charges, syncs the VMCS exit fields, traces.
+  // Records one VM exit: counts, charges, writes the VMCS exit-information fields, traces.
+  //
+  // The guest-state area is not written here: a full sync (UnicornVcpu::get_state and ~50
+  // Vmcs::set) cost ~14,700 host instructions per exit against ~1,700 for the whole exit,
+  // doubling the host cost of `baton run io`. The exit marks it stale instead and
+  // Hypervisor::vmcs() syncs it from the vCPU at the first read, so every reader (tests,
+  // snapshot, the migration engine) sees the guest state of the last exit or stop. Nothing in
+  // the sim reads the guest-state area while the vCPU runs (vmcs_unsynced() is for the exit
+  // and control fields only).
   void take_exit(ExitReason r, std::uint64_t qual, std::uint64_t gpa) {
     ++exits[r];
     charged.charge(CostCategory::kExitRoundTrip, static_cast<double>(cfg.profile.exit_round_trip));
     charged.charge(CostCategory::kExitHandler, static_cast<double>(handler_cost(r)));
-    model::Vmcs& v = hv->vmcs();
+    model::Vmcs& v = hv->vmcs_unsynced();
     v.set(model::vmcs::kExitReason, static_cast<std::uint64_t>(r));
     v.set(model::vmcs::kExitQualification, qual);
     v.set(model::vmcs::kGuestPhysicalAddress, gpa);
-    const std::uint64_t rip = vcpu->reg(UC_X86_REG_RIP);
-    v.set(model::vmcs::kGuestRip, rip);
-    v.set(model::vmcs::kGuestRsp, vcpu->reg(UC_X86_REG_RSP));
-    v.set(model::vmcs::kGuestRflags, vcpu->reg(UC_X86_REG_RFLAGS));
+    hv->mark_guest_state_stale();
 #ifdef BATON_SIM_HAVE_TRACES
     if (trace)
       trace->write(traces::exit_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(),
-                                      static_cast<std::uint32_t>(r), qual, gpa, rip));
+                                      static_cast<std::uint32_t>(r), qual, gpa, vcpu->reg(UC_X86_REG_RIP)));
 #endif
+  }
+
+  // Makes the hypervisor's VMCS guest-state area follow this vCPU (see take_exit).
+  void attach_guest_state() {
+    hv->set_guest_state_source([this] { return vcpu ? vcpu->get_state(base) : base; });
   }
 
   // Recomputes the executor's flags for the leaf that maps `gpa`; returns the pages covered.
@@ -213,7 +226,7 @@ struct SimMachine::Impl final : VcpuExits {
           const FaultResult fr = hv->handle_violation(gpa, a);
           if (fr.fix == FaultFix::kNoSlot || fr.fix == FaultFix::kReadOnlySlot) {
             pending = RunEvent{StopReason::kError, std::string("EPT violation at GPA ") + hexs(gpa.value) + " (" +
-                                                       model::to_string(a) + "): " + to_string(fr.fix), stage};
+                                                       model::to_string(a) + "): " + to_string(fr.fix), stage()};
             return false;
           }
           if (fr.fix == FaultFix::kInstalled) {
@@ -230,15 +243,15 @@ struct SimMachine::Impl final : VcpuExits {
         case model::WalkKind::kMisconfig:
           take_exit(ExitReason::kEptMisconfig, 0, gpa.value);
           pending = RunEvent{StopReason::kError, "EPT misconfiguration at GPA " + hexs(gpa.value) + " outside MMIO: " +
-                                                     model::to_string(w.reason), stage};
+                                                     model::to_string(w.reason), stage()};
           return false;
         case model::WalkKind::kAbsentFrame:
           pending = RunEvent{StopReason::kError, "EPT walk of GPA " + hexs(gpa.value) + " reached a host frame that does not exist",
-                             stage};
+                             stage()};
           return false;
       }
     }
-    pending = RunEvent{StopReason::kError, "EPT violation at GPA " + hexs(gpa.value) + " keeps recurring", stage};
+    pending = RunEvent{StopReason::kError, "EPT violation at GPA " + hexs(gpa.value) + " keeps recurring", stage()};
     return false;
   }
 
@@ -249,38 +262,37 @@ struct SimMachine::Impl final : VcpuExits {
       trace->write(traces::io_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(), port, false,
                                     size, value));
 #endif
-    switch (port) {
-      case guests::kPortConsole: out.console.push_back(static_cast<char>(value & 0xFF)); break;
-      case guests::kPortResultTag: tag = value; break;
-      case guests::kPortResultLo: lo = value; break;
-      case guests::kPortResultHi:
-        out.results.push_back(guests::ResultRecord{tag, (std::uint64_t{value} << 32) | lo});
-        tag = 0;
-        break;
-      case guests::kPortSync:
-        stage = value;
-        out.stages.push_back(value);
+    const guests::PortEvent ev = ports.out(port, size, value);
+    switch (ev.kind) {
+      case guests::PortEventKind::kConsole: out.console.push_back(static_cast<char>(ev.value)); break;
+      case guests::PortEventKind::kResult: out.results.push_back(ev.result); break;
+      case guests::PortEventKind::kSync:
+        out.stages.push_back(ev.value);
 #ifdef BATON_SIM_HAVE_TRACES
-        if (trace) trace->write(traces::sync_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(), value));
+        if (trace) trace->write(traces::sync_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(), ev.value));
 #endif
-        if (limits.sync && *limits.sync == value) {
-          pending = RunEvent{StopReason::kSyncPoint, "stage " + std::to_string(value), value};
+        if (limits.sync && *limits.sync == ev.value) {
+          pending = RunEvent{StopReason::kSyncPoint, "stage " + std::to_string(ev.value), ev.value};
           vcpu->request_stop();
         }
         break;
-      case guests::kPortExit:
-        out.exit_code = value;
-        pending = RunEvent{StopReason::kExited, "exit code " + std::to_string(value), stage};
+      case guests::PortEventKind::kExit:
+        out.exit_code = ports.run().exit_code;  // the first exit code counts
+        pending = RunEvent{StopReason::kExited, "exit code " + std::to_string(*out.exit_code), stage()};
         vcpu->request_stop();
         break;
-      default: break;  // writes to ports outside the ABI are dropped, as with no device behind them
+      default: break;  // a latched tag or low half; writes outside the ABI are dropped, as with no device behind them
     }
   }
 
   std::uint32_t port_in(std::uint16_t port, unsigned size) override {
     take_exit(ExitReason::kIo, io_qualification(port, size, true), 0);
+    const guests::PortEvent ev = ports.in(port, size);
     std::uint32_t v = 0xFFFFFFFFu;  // no device: the bus floats high
-    if (port == guests::kPortInput) v = guests::input_value(input_seed, out.inputs++);
+    if (ev.kind == guests::PortEventKind::kInput) {
+      v = ev.value;
+      out.inputs = ports.run().inputs;
+    }
 #ifdef BATON_SIM_HAVE_TRACES
     if (trace)
       trace->write(traces::io_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(), port, true,
@@ -311,13 +323,13 @@ struct SimMachine::Impl final : VcpuExits {
 
   std::uint64_t mmio_read(std::uint64_t gpa, unsigned size) override {
     take_exit(ExitReason::kEptMisconfig, 0, gpa);
-    ++const_cast<EptStats&>(hv->stats()).misconfigs;
+    hv->count_mmio_exit();
     return device.read(Gpa{gpa}, size);
   }
 
   void mmio_write(std::uint64_t gpa, unsigned size, std::uint64_t value) override {
     take_exit(ExitReason::kEptMisconfig, 0, gpa);
-    ++const_cast<EptStats&>(hv->stats()).misconfigs;
+    hv->count_mmio_exit();
     device.write(Gpa{gpa}, size, value);
   }
 
@@ -327,7 +339,7 @@ struct SimMachine::Impl final : VcpuExits {
     take_exit(ExitReason::kTripleFault, 0, 0);
     pending = RunEvent{StopReason::kTripleFault,
                        "exception vector " + std::to_string(vector) + " at RIP " + hexs(vcpu->reg(UC_X86_REG_RIP)) +
-                           " with no usable IDT: triple fault", stage};
+                           " with no usable IDT: triple fault", stage()};
   }
 
   // Installs the default MMIO device: an echoing register file, offset 0 reads a magic value.
@@ -452,6 +464,7 @@ Result<std::unique_ptr<SimMachine>> SimMachine::create(SimConfig cfg, std::share
   impl->cfg = std::move(cfg);
   impl->host = host ? std::move(host) : std::make_shared<HostMemory>();
   impl->hv = std::make_unique<Hypervisor>(*impl->host, impl->cfg.hv);
+  impl->attach_guest_state();
   impl->host_tsc_start = impl->host->tsc();
   return std::unique_ptr<SimMachine>(new SimMachine(std::move(impl)));
 }
@@ -482,14 +495,15 @@ Result<void> SimMachine::load(const guests::GuestImage& image) {
       if (c.gpa < h.end() && h.gpa < c.end()) return make_error("MMIO range overlaps the guest's " + c.name);
     std::memcpy(ram->data + c.gpa.value, c.bytes.data(), c.bytes.size());
   }
-  for (const guests::Param& p : image.params)
-    if (p.key == guests::kParamInputSeed) m.input_seed = p.value;
+  m.input_seed = guests::input_seed_of(image);
+  m.ports = guests::PortRecorder(m.input_seed);
   m.base = image.vcpu;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
   BATON_TRY_VOID(m.open_vcpu());
   BATON_TRY_VOID(m.vcpu->set_state(m.base));
   model::sync_vmcs_guest_state(m.base, m.hv->vmcs());
+  m.hv->mark_guest_state_stale();  // readers get the state as the vCPU holds it (Unicorn normalises some bits)
   return m.open_trace(&image);
 }
 
@@ -516,10 +530,11 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
     return it == s.meta.end() ? 0 : std::stoull(it->second);
   };
   m.input_seed = meta("abi.input_seed");
-  m.out.inputs = meta("abi.inputs");
-  m.tag = static_cast<std::uint32_t>(meta("abi.tag"));
-  m.lo = static_cast<std::uint32_t>(meta("abi.lo"));
-  m.stage = static_cast<std::uint32_t>(meta("abi.stage"));
+  m.ports = guests::PortRecorder(m.input_seed);
+  m.ports.resume(guests::PortRecorder::State{static_cast<std::uint32_t>(meta("abi.tag")),
+                                             static_cast<std::uint32_t>(meta("abi.lo")),
+                                             static_cast<std::uint32_t>(meta("abi.stage")), meta("abi.inputs")});
+  m.out.inputs = m.ports.state().inputs;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
   BATON_TRY_VOID(m.open_vcpu());
@@ -527,6 +542,8 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   m.insn_base = meta("instructions");  // the count continues across the handover
   m.vcpu->set_instructions(m.insn_base);
   if (adopt_tree) BATON_TRY_VOID(m.invept());
+  m.attach_guest_state();
+  m.hv->mark_guest_state_stale();  // the snapshot's guest-state area, re-derived from the restored vCPU
   BATON_TRY_VOID(m.open_trace(nullptr));
   return std::unique_ptr<SimMachine>(new SimMachine(std::move(impl)));
 }
@@ -534,16 +551,19 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
 RunEvent SimMachine::run(const RunLimits& limits) {
   Impl& m = *impl_;
   if (!m.vcpu) return RunEvent{StopReason::kError, "no guest loaded", 0};
-  if (m.out.exit_code) return RunEvent{StopReason::kExited, "exit code " + std::to_string(*m.out.exit_code), m.stage};
+  if (m.out.exit_code) return RunEvent{StopReason::kExited, "exit code " + std::to_string(*m.out.exit_code), m.stage()};
   m.limits = limits;
   // VM entry: the guest-state checks first.
   const model::VcpuState st = m.vcpu->get_state(m.base);
   if (std::string why = m.hv->check_vm_entry(st); !why.empty()) {
     m.take_exit(ExitReason::kEntryFailGuestState, 0, 0);
-    return RunEvent{StopReason::kEntryFailure, "VM entry failed: " + why, m.stage};
+    return RunEvent{StopReason::kEntryFailure, "VM entry failed: " + why, m.stage()};
   }
   if (m.hv->take_tree_changed())
-    if (auto r = m.invept(); !r) return RunEvent{StopReason::kError, r.error().message, m.stage};
+    if (auto r = m.invept(); !r) return RunEvent{StopReason::kError, r.error().message, m.stage()};
+  // The guest runs from here: whatever stops it (an exit, or an instruction limit or budget
+  // with no exit), the next reader of the VMCS gets the guest state at that stop.
+  m.hv->mark_guest_state_stale();
   std::uint64_t limit = ~std::uint64_t{0};
   if (limits.budget) limit = std::min(limit, limits.budget);
   if (limits.until_insn) limit = std::min(limit, limits.until_insn);
@@ -559,8 +579,8 @@ RunEvent SimMachine::run(const RunLimits& limits) {
     if (s.uc_error == UC_ERR_OK && s.maintenance && !s.budget) continue;
     if (s.budget) {
       if (limits.until_insn && m.vcpu->instructions() >= limits.until_insn)
-        return RunEvent{StopReason::kInsnLimit, std::to_string(m.vcpu->instructions()) + " instructions", m.stage};
-      return RunEvent{StopReason::kHang, "no exit within " + std::to_string(limits.budget) + " instructions", m.stage};
+        return RunEvent{StopReason::kInsnLimit, std::to_string(m.vcpu->instructions()) + " instructions", m.stage()};
+      return RunEvent{StopReason::kHang, "no exit within " + std::to_string(limits.budget) + " instructions", m.stage()};
     }
     switch (s.uc_error) {
       case UC_ERR_OK: {
@@ -570,7 +590,7 @@ RunEvent SimMachine::run(const RunLimits& limits) {
         if (slot != nullptr) byte = *m.host->ram_ptr(slot->hpa_at(Gpa{s.rip - 1}));
         if (byte == 0xF4) {
           m.take_exit(ExitReason::kHlt, 0, 0);
-          return RunEvent{StopReason::kHlt, "HLT at " + hexs(s.rip - 1) + " with interrupts that never come", m.stage};
+          return RunEvent{StopReason::kHlt, "HLT at " + hexs(s.rip - 1) + " with interrupts that never come", m.stage()};
         }
         continue;
       }
@@ -588,19 +608,19 @@ RunEvent SimMachine::run(const RunLimits& limits) {
           m.take_exit(r, 0, 0);  // no nested VMX: the hypervisor injects #UD
           m.take_exit(ExitReason::kTripleFault, 0, 0);
           return RunEvent{StopReason::kTripleFault, mnemonic + " at " + hexs(s.rip) + ": #UD injected (no nested VMX), no IDT",
-                          m.stage};
+                          m.stage()};
         }
         m.exception(6);
         return RunEvent{StopReason::kTripleFault, "invalid opcode" + (mnemonic.empty() ? "" : " (" + mnemonic + ")") +
-                                                      " at " + hexs(s.rip) + " with no IDT: triple fault", m.stage};
+                                                      " at " + hexs(s.rip) + " with no IDT: triple fault", m.stage()};
       }
       case UC_ERR_READ_UNMAPPED: case UC_ERR_WRITE_UNMAPPED: case UC_ERR_FETCH_UNMAPPED:
         m.take_exit(ExitReason::kEptViolation, 0, 0);
         return RunEvent{StopReason::kError, std::string("access outside every memslot near RIP ") + hexs(s.rip) + " (" +
-                                                uc_strerror(static_cast<uc_err>(s.uc_error)) + ")", m.stage};
+                                                uc_strerror(static_cast<uc_err>(s.uc_error)) + ")", m.stage()};
       default:
         return RunEvent{StopReason::kError, std::string("Unicorn: ") + uc_strerror(static_cast<uc_err>(s.uc_error)) +
-                                                " at RIP " + hexs(s.rip), m.stage};
+                                                " at RIP " + hexs(s.rip), m.stage()};
     }
   }
 }
@@ -612,14 +632,14 @@ Result<model::HandoverSnapshot> SimMachine::snapshot() {
   model::VcpuState v = vcpu_state();
   v.tsc_offset = m.hv->vmcs().get_or_zero(model::vmcs::kTscOffset);
   v.host_tsc_at_capture = m.host->tsc();
-  model::sync_vmcs_guest_state(v, m.hv->vmcs());
-  model::HandoverSnapshot s = m.hv->snapshot(v);
+  model::HandoverSnapshot s = m.hv->snapshot(v);  // the VMCS was synced from the vCPU by vmcs() above
   s.meta["guest"] = m.cfg.guest_name;
   s.meta["abi.input_seed"] = std::to_string(m.input_seed);
-  s.meta["abi.inputs"] = std::to_string(m.out.inputs);
-  s.meta["abi.tag"] = std::to_string(m.tag);
-  s.meta["abi.lo"] = std::to_string(m.lo);
-  s.meta["abi.stage"] = std::to_string(m.stage);
+  const guests::PortRecorder::State abi = m.ports.state();
+  s.meta["abi.inputs"] = std::to_string(abi.inputs);
+  s.meta["abi.tag"] = std::to_string(abi.tag);
+  s.meta["abi.lo"] = std::to_string(abi.lo);
+  s.meta["abi.stage"] = std::to_string(abi.stage);
   s.meta["instructions"] = std::to_string(m.vcpu->instructions());
   return s;
 }
@@ -702,6 +722,7 @@ Result<Hypervisor::PopulateStats> SimMachine::populate() {
 std::uint64_t SimMachine::teardown(bool hand_over_tables) {
   Impl& m = *impl_;
   (void)close_trace();
+  (void)m.hv->vmcs();  // sync the guest-state area while the vCPU still exists
   m.vcpu.reset();
   return m.hv->release(hand_over_tables);
 }

@@ -233,3 +233,24 @@ TEST_CASE("the port recorder decodes the ABI and reports differences from the re
   CHECK_THAT(diffs[1], Catch::Contains("sync points"));
   CHECK_THAT(diffs[2], Catch::Contains("console output differs from byte"));
 }
+
+TEST_CASE("the port recorder's ABI state carries a half-reported result and the input count to another recorder", "[ports]") {
+  PortRecorder a(3);
+  a.out(kPortSync, 4, 5);
+  (void)a.in(kPortInput, 4);
+  (void)a.in(kPortInput, 4);
+  a.out(kPortResultTag, 4, 0x101);
+  a.out(kPortResultLo, 4, 0xDEADBEEF);  // the handover falls between the low and the high half
+  const PortRecorder::State st = a.state();
+  CHECK(st == PortRecorder::State{0x101, 0xDEADBEEF, 5, 2});
+
+  PortRecorder b(3);
+  b.resume(st);
+  CHECK(b.state() == st);
+  CHECK(b.run().stages.empty());  // what was recorded before stays with the first recorder
+  const PortEvent r = b.out(kPortResultHi, 4, 1);
+  CHECK(r.result == ResultRecord{0x101, 0x1DEADBEEFull});
+  CHECK(b.in(kPortInput, 4).value == input_value(3, 2));
+  CHECK(b.out(kPortSync, 4, 6).kind == PortEventKind::kSync);
+  CHECK(b.state() == PortRecorder::State{0, 0xDEADBEEF, 6, 3});
+}

@@ -61,11 +61,27 @@ class PortRecorder {
 
   const GuestRun& run() const { return run_; }
 
+  // The ABI state that outlives a handover: the tag and low half latched for the next
+  // result, the last sync point announced, and the input reads so far (the next input is
+  // value number `inputs`).
+  struct State {
+    std::uint32_t tag = 0;
+    std::uint32_t lo = 0;
+    std::uint32_t stage = 0;
+    std::uint64_t inputs = 0;
+    friend bool operator==(const State&, const State&) = default;
+  };
+  State state() const { return State{tag_, lo_, stage_, run_.inputs}; }
+  // Continues from a state captured by state() on another recorder (a restored VM); what
+  // was recorded before stays with that recorder.
+  void resume(const State& s);
+
  private:
   GuestRun run_;
   InputSource input_;
   std::uint32_t tag_ = 0;
   std::uint32_t lo_ = 0;
+  std::uint32_t stage_ = 0;
 };
 
 // Returns the input-seed parameter of an image (0 if absent).

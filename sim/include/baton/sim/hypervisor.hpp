@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -89,10 +90,29 @@ class Hypervisor {
   const std::vector<model::GpaRange>& mmio() const { return mmio_; }
   bool is_mmio(model::Gpa a) const;
   model::Eptp eptp() const { return builder_.eptp(cfg_.ad); }
-  model::Vmcs& vmcs() { return vmcs_; }
-  const model::Vmcs& vmcs() const { return vmcs_; }
+  // The VMCS. When the vCPU ran since the guest-state area was last written, it is brought up
+  // to date first (model::sync_vmcs_guest_state of the source's current state), so every
+  // reader sees the guest state of the last VM exit or stop. See set_guest_state_source().
+  model::Vmcs& vmcs() {
+    sync_guest_state();
+    return vmcs_;
+  }
+  const model::Vmcs& vmcs() const {
+    sync_guest_state();
+    return vmcs_;
+  }
+  // The VMCS without that sync: for the executor's own accesses while the vCPU runs (exit
+  // information, TSC offset — fields the sync never writes).
+  model::Vmcs& vmcs_unsynced() { return vmcs_; }
+  // Registers where the guest state comes from (the executor's vCPU registers).
+  void set_guest_state_source(std::function<model::VcpuState()> source) { guest_state_ = std::move(source); }
+  // Records that the vCPU ran (a VM entry or exit): the guest-state area is synced from the
+  // source at the next vmcs() call. Costs nothing per exit.
+  void mark_guest_state_stale() { guest_state_stale_ = guest_state_ != nullptr; }
   HostMemory& host() { return host_; }
   const EptStats& stats() const { return stats_; }
+  // Counts one EPT-misconfiguration exit of an MMIO access (the executor emulates the access).
+  void count_mmio_exit() { ++stats_.misconfigs; }
 
   // Walks a GPA through this instance's EPT in host memory.
   model::WalkResult walk(model::Gpa gpa, model::Access access) const;
@@ -152,6 +172,12 @@ class Hypervisor {
  private:
   Hypervisor(HostMemory& host, HypervisorConfig cfg, model::Hfn root);
   void init_vmcs();
+  // Writes the guest-state area from the source when it is stale.
+  void sync_guest_state() const {
+    if (!guest_state_stale_) return;
+    guest_state_stale_ = false;
+    model::sync_vmcs_guest_state(guest_state_(), vmcs_);
+  }
   // Returns the memslot covering a GPA, or nullptr.
   const model::Memslot* slot_of(model::Gpa a) const;
   // Chooses the largest leaf level that maps `gpa` inside one slot with aligned backing.
@@ -165,7 +191,9 @@ class Hypervisor {
   HypervisorConfig cfg_;
   std::vector<model::Hfn> table_frames_;  // every table frame this instance owns (before builder_: it allocates the root)
   model::EptBuilder builder_;
-  model::Vmcs vmcs_;
+  mutable model::Vmcs vmcs_;  // mutable: its guest-state area is a cache of the vCPU (sync_guest_state)
+  std::function<model::VcpuState()> guest_state_;
+  mutable bool guest_state_stale_ = false;
   model::Hfn vmcs_frame_;
   model::Hfn pml_frame_;
   bool released_ = false;
