@@ -196,7 +196,6 @@ void register_compare(CLI::App& app) {
   auto o = std::make_shared<CompareCmd>();
   CLI::App* c = app.add_subcommand("compare", "Run every migration method side by side, with checker verdicts and a plot");
   add_sim_options(*c, o->sim);
-  c->get_option("--mem")->description("Comma-separated guest memory sizes (e.g. 64M,256M,1G,4G,16G)");
   c->remove_option(c->get_option("--mem"));
   c->add_option("--mem", o->mems, "Comma-separated guest memory sizes (e.g. 64M,256M,1G,4G,16G)")->capture_default_str();
   c->add_option("--methods", o->methods, "Comma-separated methods to compare")->capture_default_str();

@@ -12,6 +12,7 @@
 #include "baton/guests/registry.hpp"
 #include "baton/model/mapping_set.hpp"
 #include "baton/model/spec_tree.hpp"
+#include "hex.hpp"
 #ifdef BATON_SIM_HAVE_TRACES
 #include "baton/traces/trace.hpp"
 #endif
@@ -83,17 +84,21 @@ std::optional<std::uint64_t> number(const std::string& s) {
   }
 }
 
-std::string hexs(std::uint64_t v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
 
 // Which pages of a RAM range the host has backed (mincore): a page never backed reads as zero.
 std::vector<unsigned char> residency(const RamRange& r) {
   std::vector<unsigned char> v(r.size >> model::kPageShift, 1);
   if (mincore(r.data, r.size, v.data()) != 0) std::fill(v.begin(), v.end(), 1);  // unknown: read everything
   return v;
+}
+
+// Flips one bit of a VMCS field; returns the fault's description.
+std::string flip_vmcs_bit(model::Vmcs& vmcs, std::uint32_t field, unsigned bit) {
+  const std::uint64_t v = vmcs.get_or_zero(field);
+  vmcs.set(field, v ^ (std::uint64_t{1} << bit));
+  const model::VmcsField* fld = model::find_vmcs_field(field);
+  return "VMCS " + std::string(fld != nullptr ? fld->name : hexs(field)) + " bit " + std::to_string(bit) + ": " +
+         hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
 }
 
 double since(std::chrono::steady_clock::time_point t0) {
@@ -207,6 +212,19 @@ class Engine {
   void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after);
   void add_report(const Result<checker::Report>& r, const std::string& suffix = "");
   void add_line(CheckLine l) { res_.checks.push_back(std::move(l)); }
+  // Adds the line of one checker property run (unknown, with the reason, when it could not run).
+  void add_result(const std::string& name, const Result<checker::PropertyResult>& r,
+                  std::chrono::steady_clock::time_point t0, const std::string& proven_summary = "") {
+    if (!r) return add_line(CheckLine{name, checker::Verdict::kUnknown, r.error().message, since(t0), std::nullopt});
+    add_line(CheckLine{name, r->verdict,
+                       r->verdict == checker::Verdict::kProven && !proven_summary.empty() ? proven_summary : r->summary,
+                       since(t0), r->counterexample});
+  }
+  // The tree the new memslots prescribe, built into `out`.
+  Result<model::Eptp> spec_tree_of(const model::HandoverSnapshot& after, model::FrameStore& out) const {
+    return model::build_spec_tree(after.memslots, after.mmio, base_.hv.max_leaf_level, base_.hv.ad, after.ept_config,
+                                  out);
+  }
   void check_contents(const model::HandoverSnapshot& before);
   void check_relation(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after);
   void check_final_conformance(SimMachine& dest);
@@ -259,12 +277,7 @@ Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
     return ok_result();  // the guest state is captured from the VMCS at the pause: planted there
   if (f.kind == FaultKind::kVmcsBit) {
-    const std::uint64_t v = hv.vmcs().get_or_zero(f.vmcs_field);
-    const unsigned bit = f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0);
-    hv.vmcs().set(f.vmcs_field, v ^ (std::uint64_t{1} << bit));
-    const model::VmcsField* fld = model::find_vmcs_field(f.vmcs_field);
-    res_.fault = "VMCS " + std::string(fld != nullptr ? fld->name : hexs(f.vmcs_field)) + " bit " + std::to_string(bit) +
-                 ": " + hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
+    res_.fault = flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
     return ok_result();
   }
   if (f.kind != FaultKind::kEptBit) return ok_result();
@@ -306,12 +319,7 @@ Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
 void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
   const Fault& f = opt_.fault;
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState) {
-    const std::uint64_t v = pkg.vmcs.get_or_zero(f.vmcs_field);
-    const unsigned bit = f.bit.value_or(0);
-    pkg.vmcs.set(f.vmcs_field, v ^ (std::uint64_t{1} << bit));
-    const model::VmcsField* fld = model::find_vmcs_field(f.vmcs_field);
-    res_.fault = "VMCS " + std::string(fld != nullptr ? fld->name : hexs(f.vmcs_field)) + " bit " + std::to_string(bit) +
-                 ": " + hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
+    res_.fault = flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0));
     return;
   }
   if (f.kind != FaultKind::kMemslotBit) return;
@@ -490,36 +498,19 @@ void Engine::check_relation(const model::HandoverSnapshot& before, const model::
         if (wp && slot != nullptr && !slot->read_only) out = out.with_bit(model::EptEntry::kBitWrite, true);
         return out;
       });
-  if (!rl) {
-    add_line(CheckLine{"translations", checker::Verdict::kUnknown, rl.error().message, since(t0), std::nullopt});
-    return;
-  }
+  if (!rl) return add_result("translations", rl.error(), t0);
   model::FrameStore spec;
-  auto ep = model::build_spec_tree(after.memslots, after.mmio, base_.hv.max_leaf_level, base_.hv.ad, after.ept_config,
-                                   spec);
-  if (!ep) {
-    add_line(CheckLine{"translations", checker::Verdict::kUnknown, ep.error().message, since(t0), std::nullopt});
-    return;
-  }
+  auto ep = spec_tree_of(after, spec);
+  if (!ep) return add_result("translations", ep.error(), t0);
   const checker::TreeRef spec_ref{"new-spec", *ep, &spec, after.ept_config};
   const checker::TreeRef old_ref{"old-moved", before.eptp, &moved, before.ept_config};
-  auto r = checker::check_refinement(spec_ref, old_ref, after.memslots, opt_.check);
-  if (!r) {
-    add_line(CheckLine{"translations", checker::Verdict::kUnknown, r.error().message, since(t0), std::nullopt});
-    return;
-  }
-  add_line(CheckLine{"translations", r->verdict,
-                     r->verdict == checker::Verdict::kProven
-                         ? "every old translation, moved to the new frames, is the new VM's translation (" +
-                               std::to_string(*rl) + " leaves)"
-                         : r->summary,
-                     since(t0), r->counterexample});
+  add_result("translations", checker::check_refinement(spec_ref, old_ref, after.memslots, opt_.check), t0,
+             "every old translation, moved to the new frames, is the new VM's translation (" + std::to_string(*rl) +
+                 " leaves)");
 }
 
 void Engine::verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   using checker::Property;
-  // The tree verdict that licenses a new EPTP root for the vCPU property.
-  checker::Verdict trees = checker::Verdict::kUnknown;
   const std::size_t from = res_.checks.size();
   switch (m) {
     case Method::kAdopt:
@@ -540,18 +531,13 @@ void Engine::verify(Method m, const model::HandoverSnapshot& before, const model
       // Equivalence to the spec: the rebuilt tree translates exactly as the memslots say.
       const auto t0 = std::chrono::steady_clock::now();
       model::FrameStore spec;
-      auto ep = model::build_spec_tree(after.memslots, after.mmio, base_.hv.max_leaf_level, base_.hv.ad,
-                                       after.ept_config, spec);
-      if (!ep) {
-        add_line(CheckLine{"equivalence to spec", checker::Verdict::kUnknown, ep.error().message, 0, std::nullopt});
-      } else {
-        auto r = checker::check_equivalence(checker::TreeRef{"spec", *ep, &spec, after.ept_config},
-                                            checker::tree_of(after, "after"), opt_.check);
-        if (!r)
-          add_line(CheckLine{"equivalence to spec", checker::Verdict::kUnknown, r.error().message, since(t0), std::nullopt});
-        else
-          add_line(CheckLine{"equivalence to spec", r->verdict, r->summary, since(t0), r->counterexample});
-      }
+      auto ep = spec_tree_of(after, spec);
+      if (!ep) add_result("equivalence to spec", ep.error(), t0);
+      else
+        add_result("equivalence to spec",
+                   checker::check_equivalence(checker::TreeRef{"spec", *ep, &spec, after.ept_config},
+                                              checker::tree_of(after, "after"), opt_.check),
+                   t0);
       break;
     }
     case Method::kPrecopy:
@@ -561,10 +547,8 @@ void Engine::verify(Method m, const model::HandoverSnapshot& before, const model
   }
   // The new root is licensed by the tree checks above (conformance and spec equivalence, or
   // contents and the moved translations).
-  trees = overall(res_.checks, from);
-  auto v = checker::check_vcpu(before, after, trees, opt_.check);
-  if (!v) add_line(CheckLine{"vcpu", checker::Verdict::kUnknown, v.error().message, 0, std::nullopt});
-  else add_line(CheckLine{"vcpu", v->verdict, v->summary, v->seconds, v->counterexample});
+  const auto t0 = std::chrono::steady_clock::now();
+  add_result("vcpu", checker::check_vcpu(before, after, overall(res_.checks, from), opt_.check), t0);
 }
 
 void Engine::check_final_conformance(SimMachine& dest) {

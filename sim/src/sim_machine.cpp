@@ -9,6 +9,7 @@
 #include <set>
 
 #include "baton/guests/abi.hpp"
+#include "hex.hpp"
 #include "baton/guests/ports.hpp"
 #include "baton/model/guest_walk.hpp"
 #include "unicorn_vcpu.hpp"
@@ -76,12 +77,6 @@ bool vmx_exit_reason(const std::string& m, ExitReason* r) {
   return false;
 }
 
-// Returns a hex rendering of a number.
-std::string hexs(std::uint64_t v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
-  return b;
-}
 
 }  // namespace
 
