@@ -4,13 +4,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/kvm.h>
+#include "kvm_uapi.hpp"
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <x86intrin.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -57,6 +58,25 @@ std::optional<std::string> kvm_unavailable_reason(const std::string& path) {
   auto s = KvmSystem::try_open(path);
   if (s) return std::nullopt;
   return s.error().message;
+}
+
+std::string host_flavour() {
+  if (const char* f = std::getenv("BATON_KVM_FLAVOUR"); f != nullptr && *f != '\0') return f;
+  auto loaded = [](const char* m) { return ::access((std::string("/sys/module/") + m).c_str(), F_OK) == 0; };
+  auto under_hypervisor = [] {
+    std::FILE* f = std::fopen("/proc/cpuinfo", "r");
+    if (f == nullptr) return false;
+    char line[4096];
+    bool hv = false;
+    while (!hv && std::fgets(line, sizeof line, f) != nullptr)
+      if (std::strncmp(line, "flags", 5) == 0) hv = std::strstr(line, " hypervisor") != nullptr;
+    std::fclose(f);
+    return hv;
+  };
+  if (loaded("kvm_pvm")) return "pvm";
+  const char* base = loaded("kvm_intel") ? "vmx" : loaded("kvm_amd") ? "svm" : nullptr;
+  if (base == nullptr) return "none";
+  return under_hypervisor() ? std::string("nested-") + base : std::string(base);
 }
 
 Result<KvmSystem> KvmSystem::try_open(const std::string& path) {

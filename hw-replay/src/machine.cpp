@@ -2,7 +2,7 @@
 #include "baton/hw/machine.hpp"
 
 #include <errno.h>
-#include <linux/kvm.h>
+#include "kvm_uapi.hpp"
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>

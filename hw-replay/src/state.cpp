@@ -1,6 +1,6 @@
 // vCPU state capture and restore between KVM and model::VcpuState (include/baton/hw/kvm.hpp).
 #include <errno.h>
-#include <linux/kvm.h>
+#include "kvm_uapi.hpp"
 #include <sys/ioctl.h>
 #include <x86intrin.h>
 

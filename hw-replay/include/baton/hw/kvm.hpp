@@ -62,6 +62,18 @@ inline constexpr const char* kKvmDevice = "/dev/kvm";
 // to do), or nullopt when it opens and speaks KVM API version 12.
 std::optional<std::string> kvm_unavailable_reason(const std::string& path = kKvmDevice);
 
+// Which KVM serves this host, as figures and test logs name it:
+//   "vmx"        kvm_intel on bare metal;
+//   "svm"        kvm_amd on bare metal;
+//   "nested-vmx" / "nested-svm"  kvm_intel / kvm_amd inside a VM (CPUID's hypervisor bit),
+//                e.g. scripts/nested-kvm.sh's QEMU TCG host: correctness only, not speed;
+//   "pvm"        the software KVM of PVM hosts (kvm_pvm: ring 0 emulated, ring 3 native);
+//   "none"       no KVM module is loaded.
+// It reads /sys/module and /proc/cpuinfo only; whether the device opens is
+// kvm_unavailable_reason()'s question. BATON_KVM_FLAVOUR overrides it (for a host the
+// rules above misname).
+std::string host_flavour();
+
 class KvmVm;
 class KvmVcpu;
 
