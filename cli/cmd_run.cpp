@@ -53,10 +53,13 @@ void run_guest_kvm(const RunOptions& o) {
   if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad)
     return fail("--profile, --trace, --dirty and --no-ad apply to --backend sim only");
   // The device first: without KVM this one line is all the user needs to see.
-  if (auto why = hw::kvm_unavailable_reason()) return fail(*why);
+  const std::string device = hw::kvm_device();
+  if (auto why = hw::kvm_unavailable_reason(device)) return fail(*why);
   auto image = make_guest_image(sim_options(o));
   if (!image) return fail(image.error().message);
-  auto m = hw::KvmMachine::try_create(*image);
+  hw::KvmMachineOptions mo;
+  mo.device = device;
+  auto m = hw::KvmMachine::try_create(*image, mo);
   if (!m) return fail(m.error().message);
   const auto t0 = std::chrono::steady_clock::now();
   auto r = (*m)->run(o.budget);
@@ -69,6 +72,7 @@ void run_guest_kvm(const RunOptions& o) {
     json j;
     j["guest"] = o.guest;
     j["backend"] = "kvm";
+    j["host_flavour"] = hw::host_flavour();
     j["outcome"] = hw::to_string(r->stop);
     j["detail"] = r->detail;
     j["exit_code"] = out.exited ? json(out.exit_code) : json(nullptr);
@@ -81,7 +85,8 @@ void run_guest_kvm(const RunOptions& o) {
     j["wall_s"] = wall;
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("guest        %s on kvm (%s pages, mem %s)\n", o.guest.c_str(), o.pages.c_str(), o.mem.c_str());
+    std::printf("guest        %s on kvm (%s, %s pages, mem %s)\n", o.guest.c_str(), hw::host_flavour().c_str(),
+                o.pages.c_str(), o.mem.c_str());
     std::printf("outcome      %s%s%s\n", hw::to_string(r->stop), r->detail.empty() ? "" : ": ", r->detail.c_str());
     std::printf("exit code    %s\n", out.exited ? std::to_string(out.exit_code).c_str() : "-");
     std::printf("console      %s", out.console.empty() ? "(empty)\n" : "\n");

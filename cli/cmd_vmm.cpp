@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -45,6 +46,8 @@ void run_worker(const WorkerCliOptions& o) {
   }
   hw::WorkerOptions wo;
   wo.timeout_ms = o.timeout_ms;
+  wo.device = hw::kvm_device();
+  if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
   auto r = hw::serve_worker(sock, wo);
   if (!r) return fail(r.error().message);
   std::printf("worker %d: guest exited with code %u, checksum 0x%llx, resumed at %llu ns (CLOCK_MONOTONIC)\n",

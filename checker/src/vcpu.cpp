@@ -110,7 +110,14 @@ struct Item {
 Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after,
                                   Verdict trees, const CheckOptions& opt) {
   const auto t0 = Clock::now();
-  if (before.eptp.raw() == 0 || after.eptp.raw() == 0) return make_error("a snapshot has no EPTP (it is 0)");
+  // A KVM handover has no EPTP to compare: KVM builds and owns the tree on both sides.
+  const auto kvm_owned = [](const model::HandoverSnapshot& s) {
+    const auto it = s.meta.find("ept");
+    return s.eptp.raw() == 0 && it != s.meta.end() && it->second == kEptOwnedByKvm;
+  };
+  const bool no_eptp = kvm_owned(before) && kvm_owned(after);
+  if (!no_eptp && (before.eptp.raw() == 0 || after.eptp.raw() == 0))
+    return make_error("a snapshot has no EPTP (it is 0)");
   PropertyResult res;
   res.property = Property::kVcpu;
   z3::context c;
@@ -201,15 +208,18 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
 
   // EPTP: memory type, walk length and A/D enable must match; the root may differ only with proof.
   const std::uint64_t kRootMask = model::EptEntry::kAddrBitsMax;
-  equal("eptp.flags", before.eptp.raw() & ~kRootMask, after.eptp.raw() & ~kRootMask,
-        "the EPTP's memory type, walk length or A/D enable changed");
-  auto [rb, ra] = scalar("eptp.root", before.eptp.root().value, after.eptp.root().value);
-  const z3::expr proven = c.bool_const("trees_proven_equivalent");
-  s.add(proven == c.bool_val(trees == Verdict::kProven));
-  const std::size_t root_item = items.size();
-  items.push_back(Item{"eptp.root", hex(before.eptp.root().value), hex(after.eptp.root().value),
-                       std::string("the EPTP root changed and the tree comparison was ") + to_string(trees),
-                       rb == ra || proven, before.eptp.root() == after.eptp.root() || trees == Verdict::kProven});
+  std::size_t root_item = SIZE_MAX;  // the index of the EPTP-root item, if there is one
+  if (!no_eptp) {
+    equal("eptp.flags", before.eptp.raw() & ~kRootMask, after.eptp.raw() & ~kRootMask,
+          "the EPTP's memory type, walk length or A/D enable changed");
+    auto [rb, ra] = scalar("eptp.root", before.eptp.root().value, after.eptp.root().value);
+    const z3::expr proven = c.bool_const("trees_proven_equivalent");
+    s.add(proven == c.bool_val(trees == Verdict::kProven));
+    root_item = items.size();
+    items.push_back(Item{"eptp.root", hex(before.eptp.root().value), hex(after.eptp.root().value),
+                         std::string("the EPTP root changed and the tree comparison was ") + to_string(trees),
+                         rb == ra || proven, before.eptp.root() == after.eptp.root() || trees == Verdict::kProven});
+  }
 
   z3::expr_vector all(c);
   for (const Item& it : items) all.push_back(it.holds);
@@ -218,8 +228,11 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
   const z3::check_result r = s.check();
   if (r == z3::unsat) {
     res.verdict = Verdict::kProven;
-    res.summary = std::to_string(items.size()) + " fields and relations hold (guest TSC continuous, EPTP root " +
-                  (before.eptp.root() == after.eptp.root() ? "unchanged" : "changed with proven equivalent trees") +
+    res.summary = std::to_string(items.size()) + " fields and relations hold (guest TSC continuous, " +
+                  (no_eptp ? std::string("no EPTP: KVM owns the EPT")
+                           : std::string("EPTP root ") + (before.eptp.root() == after.eptp.root()
+                                                              ? "unchanged"
+                                                              : "changed with proven equivalent trees")) +
                   ")";
   } else if (r == z3::unknown) {
     res.verdict = Verdict::kUnknown;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 
@@ -58,6 +59,11 @@ std::optional<std::string> kvm_unavailable_reason(const std::string& path) {
   auto s = KvmSystem::try_open(path);
   if (s) return std::nullopt;
   return s.error().message;
+}
+
+std::string kvm_device() {
+  const char* d = std::getenv("BATON_KVM_DEVICE");
+  return d != nullptr && *d != '\0' ? std::string(d) : std::string(kKvmDevice);
 }
 
 std::string host_flavour() {
@@ -218,6 +224,10 @@ KvmVcpu& KvmVcpu::operator=(KvmVcpu&& o) noexcept {
 
 KvmVcpu::~KvmVcpu() {
   if (run_) ::munmap(run_, run_size_);
+}
+
+void KvmVcpu::set_immediate_exit(bool on) {
+  std::atomic_ref<std::uint8_t>(static_cast<kvm_run*>(run_)->immediate_exit).store(on ? 1 : 0);
 }
 
 Result<bool> KvmVcpu::try_run() {

@@ -1,8 +1,10 @@
 // The worker side of a local migration (include/baton/hw/worker.hpp).
 #include "baton/hw/worker.hpp"
 
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include <cstdio>
 
@@ -42,20 +44,97 @@ std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::Vcp
   std::vector<std::uint8_t> o;
   put64(o, info.input_seed);
   put64(o, info.inputs_consumed);
+  put64(o, info.ports.tag | std::uint64_t{info.ports.lo} << 32);
+  put64(o, info.ports.stage);
   const auto st = encode_vcpu_state(s);
   o.insert(o.end(), st.begin(), st.end());
   return o;
 }
 
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
-  if (p.size() < 16) return make_error("vcpu-state message: " + std::to_string(p.size()) + " bytes, too short");
-  ResumeInfo info{get64(p.data()), get64(p.data() + 8)};
-  auto s = decode_vcpu_state(p.subspan(16));
+  if (p.size() < 32) return make_error("vcpu-state message: " + std::to_string(p.size()) + " bytes, too short");
+  ResumeInfo info{get64(p.data()), get64(p.data() + 8), {}};
+  const std::uint64_t latch = get64(p.data() + 16), stage = get64(p.data() + 24);
+  if (stage > 0xffffffffu) return make_error("vcpu-state message: stage " + std::to_string(stage) + " is not 32-bit");
+  info.ports = guests::PortRecorder::State{static_cast<std::uint32_t>(latch), static_cast<std::uint32_t>(latch >> 32),
+                                           static_cast<std::uint32_t>(stage), info.inputs_consumed};
+  auto s = decode_vcpu_state(p.subspan(32));
   if (!s) return s.error();
   return std::make_pair(info, std::move(*s));
 }
 
+std::vector<std::uint8_t> encode_guest_run(const guests::GuestRun& r) {
+  std::vector<std::uint8_t> o;
+  put64(o, r.exited ? 1 : 0);
+  put64(o, r.exit_code);
+  put64(o, r.checksum);
+  put64(o, r.inputs);
+  put64(o, r.results.size());
+  for (const guests::ResultRecord& x : r.results) {
+    put64(o, x.tag);
+    put64(o, x.value);
+  }
+  put64(o, r.stages.size());
+  for (std::uint32_t st : r.stages) put64(o, st);
+  put64(o, r.console.size());
+  o.insert(o.end(), r.console.begin(), r.console.end());
+  put64(o, r.stray.size());
+  for (const std::string& x : r.stray) {
+    put64(o, x.size());
+    o.insert(o.end(), x.begin(), x.end());
+  }
+  return o;
+}
+
+Result<guests::GuestRun> decode_guest_run(std::span<const std::uint8_t> p) {
+  std::size_t at = 0;
+  bool bad = false;
+  auto u = [&]() -> std::uint64_t {
+    if (bad || p.size() - at < 8) {
+      bad = true;
+      return 0;
+    }
+    const std::uint64_t v = get64(p.data() + at);
+    at += 8;
+    return v;
+  };
+  auto text = [&](std::uint64_t n) -> std::string {
+    if (bad || n > p.size() - at) {
+      bad = true;
+      return {};
+    }
+    std::string s(p.begin() + static_cast<long>(at), p.begin() + static_cast<long>(at + n));
+    at += n;
+    return s;
+  };
+  guests::GuestRun r;
+  r.exited = u() != 0;
+  r.exit_code = static_cast<std::uint32_t>(u());
+  r.checksum = u();
+  r.inputs = u();
+  const std::uint64_t nres = u();
+  if (nres > p.size() / 16) return make_error("result message: " + std::to_string(nres) + " results exceed the payload");
+  for (std::uint64_t i = 0; i < nres && !bad; ++i) {
+    const auto tag = static_cast<std::uint32_t>(u());
+    r.results.push_back(guests::ResultRecord{tag, u()});
+  }
+  const std::uint64_t nst = u();
+  if (nst > p.size() / 8) return make_error("result message: " + std::to_string(nst) + " stages exceed the payload");
+  for (std::uint64_t i = 0; i < nst && !bad; ++i) r.stages.push_back(static_cast<std::uint32_t>(u()));
+  r.console = text(u());
+  const std::uint64_t nstray = u();
+  if (nstray > p.size() / 8) return make_error("result message: " + std::to_string(nstray) + " stray accesses exceed the payload");
+  for (std::uint64_t i = 0; i < nstray && !bad; ++i) r.stray.push_back(text(u()));
+  if (bad) return make_error("result message: truncated after " + std::to_string(at) + " of " + std::to_string(p.size()) + " bytes");
+  if (at != p.size()) return make_error("result message: " + std::to_string(p.size() - at) + " bytes follow the last field");
+  return r;
+}
+
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
+  // Test fault injection: a real SIGKILL at the named point.
+  auto maybe_die = [&](const char* point) {
+    if (opt.die_at == point) ::kill(::getpid(), SIGKILL);
+  };
   // Reports a failure to the source (best effort) and returns it.
   auto failed = [&](const Error& e) -> Result<WorkerReport> {
     (void)send_message(sock, MsgType::kError, e.message);
@@ -66,6 +145,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const std::uint8_t hello[4] = {static_cast<std::uint8_t>(pid), static_cast<std::uint8_t>(pid >> 8),
                                  static_cast<std::uint8_t>(pid >> 16), static_cast<std::uint8_t>(pid >> 24)};
   BATON_TRY_VOID(send_message(sock, MsgType::kHello, hello));
+  maybe_die("hello");
 
   // Before the pause: adopt the memfd and build the VM around the same pages.
   auto mm = expect(sock, MsgType::kMemory, opt.timeout_ms);
@@ -86,6 +166,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   auto machine = KvmMachine::try_create_on(std::move(*mem), shell, mo);
   if (!machine) return failed(machine.error());
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("vm ready")));
+  maybe_die("vm");
 
   // Precopy pages until the vCPU state; then the pause is on: restore and resume at once.
   Result<Message> sm = make_error("no message");
@@ -104,23 +185,31 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
     return failed(make_error("expected a vcpu-state message, got " + to_string(sm->type)));
   auto resume = decode_resume(sm->payload);
   if (!resume) return failed(resume.error());
-  if (auto r = (*machine)->restore(resume->second); !r) return failed(r.error());
+  maybe_die("state");
+  // The guest TSC continues from its value at the capture: the downtime is not seen by the
+  // guest (the TSC relation of the vCPU property, docs/checker.md).
+  model::VcpuState state = resume->second;
+  const std::uint64_t guest_tsc = state.guest_tsc();
+  state.host_tsc_at_capture = __rdtsc();
+  state.tsc_offset = guest_tsc - state.host_tsc_at_capture;
+  if (auto r = (*machine)->restore(state); !r) return failed(r.error());
   const ResumeInfo info = resume->first;
+  (*machine)->recorder().resume(info.ports);  // inputs continue at value number info.inputs_consumed
   (*machine)->recorder().set_input_source(
-      [info](std::uint64_t n) { return guests::input_value(info.input_seed, info.inputs_consumed + n); });
+      [seed = info.input_seed](std::uint64_t n) { return guests::input_value(seed, n); });
   rep.resumed_ns = monotonic_ns();
-  std::vector<std::uint8_t> ns;
-  put64(ns, rep.resumed_ns);
-  BATON_TRY_VOID(send_message(sock, MsgType::kResumed, ns));
+  std::vector<std::uint8_t> resumed;
+  put64(resumed, rep.resumed_ns);
+  const auto restored = encode_vcpu_state(state);
+  resumed.insert(resumed.end(), restored.begin(), restored.end());
+  BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
+  maybe_die("resumed");
   auto run = (*machine)->run();
   if (!run) return failed(run.error());
   rep.ports = (*machine)->ports();
   if (run->stop != KvmStop::kExited)
     return failed(make_error(std::string("the guest stopped on the worker: ") + to_string(run->stop) + ": " + run->detail));
-  char done[96];
-  std::snprintf(done, sizeof done, "exit %u checksum 0x%llx", rep.ports.exit_code,
-                static_cast<unsigned long long>(rep.ports.checksum));
-  BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string(done)));
+  BATON_TRY_VOID(send_message(sock, MsgType::kResult, encode_guest_run(rep.ports)));
   return rep;
 }
 
@@ -158,6 +247,22 @@ Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) 
   return *sent;
 }
 
+Result<void> send_state(KvmMachine& m, int sock, const model::VcpuState& state) {
+  const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
+  return send_message(sock, MsgType::kVcpuState, encode_resume(info, state));
+}
+
+Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms) {
+  auto resumed = expect(sock, MsgType::kResumed, timeout_ms);
+  if (!resumed) return make_error("worker: " + resumed.error().message);
+  if (resumed->payload.size() < 8)
+    return make_error("worker: a resumed message of " + std::to_string(resumed->payload.size()) + " bytes");
+  t.resumed_ns = get64(resumed->payload.data());
+  auto s = decode_vcpu_state(std::span<const std::uint8_t>(resumed->payload).subspan(8));
+  if (!s) return make_error("worker: resumed message: " + s.error().message);
+  return s;
+}
+
 Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
   t.pause_ns = monotonic_ns();
   if (t.precopy) {  // stop-and-copy: the pages dirtied since the last round, inside the downtime
@@ -166,19 +271,26 @@ Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_m
   }
   auto state = m.capture();
   if (!state) return state.error();
-  const ResumeInfo info{m.input_seed(), m.ports().inputs};
-  BATON_TRY_VOID(send_message(sock, MsgType::kVcpuState, encode_resume(info, *state)));
-  auto resumed = expect(sock, MsgType::kResumed, timeout_ms);
-  if (!resumed) return make_error("worker: " + resumed.error().message);
-  if (resumed->payload.size() != 8) return make_error("worker: a resumed message of " + std::to_string(resumed->payload.size()) + " bytes");
-  t.resumed_ns = get64(resumed->payload.data());
+  BATON_TRY_VOID(send_state(m, sock, *state));
+  auto restored = await_resumed(sock, t, timeout_ms);
+  if (!restored) return restored.error();
   return ok_result();
 }
 
-Result<std::string> wait_worker_result(int sock, int timeout_ms) {
-  auto done = expect(sock, MsgType::kAck, timeout_ms);
+Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms) {
+  auto done = expect(sock, MsgType::kResult, timeout_ms);
   if (!done) return make_error("worker: " + done.error().message);
-  return std::string(done->payload.begin(), done->payload.end());
+  auto r = decode_guest_run(done->payload);
+  if (!r) return make_error("worker: " + r.error().message);
+  return r;
+}
+
+Result<std::string> wait_worker_result(int sock, int timeout_ms) {
+  auto r = wait_worker_run(sock, timeout_ms);
+  if (!r) return r.error();
+  char done[96];
+  std::snprintf(done, sizeof done, "exit %u checksum 0x%llx", r->exit_code, static_cast<unsigned long long>(r->checksum));
+  return std::string(done);
 }
 
 }  // namespace baton::hw

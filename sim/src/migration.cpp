@@ -23,67 +23,7 @@ using model::Gfn;
 using model::Gpa;
 using model::Hpa;
 
-const char* to_string(Method m) {
-  switch (m) {
-    case Method::kAdopt: return "local-adopt";
-    case Method::kRebuild: return "local-rebuild";
-    case Method::kLazy: return "local-lazy";
-    case Method::kPrecopy: return "precopy";
-  }
-  return "?";
-}
-
-std::optional<Method> method_from_string(std::string_view s) {
-  if (s == "local-adopt" || s == "adopt") return Method::kAdopt;
-  if (s == "local-rebuild" || s == "rebuild") return Method::kRebuild;
-  if (s == "local-lazy" || s == "lazy") return Method::kLazy;
-  if (s == "precopy" || s == "pre-copy") return Method::kPrecopy;
-  return std::nullopt;
-}
-
-const char* to_string(Policy p) {
-  switch (p) {
-    case Policy::kReject: return "reject";
-    case Policy::kFallback: return "fallback";
-    case Policy::kAccept: return "accept";
-  }
-  return "?";
-}
-
-std::optional<Policy> policy_from_string(std::string_view s) {
-  if (s == "reject") return Policy::kReject;
-  if (s == "fallback" || s == "fallback-rebuild") return Policy::kFallback;
-  if (s == "accept") return Policy::kAccept;
-  return std::nullopt;
-}
-
 namespace {
-
-// Splits "a:b:c" at colons.
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::size_t pos = 0;
-  while (true) {
-    const std::size_t c = s.find(':', pos);
-    out.push_back(s.substr(pos, c == std::string::npos ? std::string::npos : c - pos));
-    if (c == std::string::npos) return out;
-    pos = c + 1;
-  }
-}
-
-// Parses a number in decimal or 0x-hex; nullopt when it is not one.
-std::optional<std::uint64_t> number(const std::string& s) {
-  if (s.empty()) return std::nullopt;
-  std::size_t used = 0;
-  try {
-    const std::uint64_t v = std::stoull(s, &used, 0);
-    if (used != s.size()) return std::nullopt;
-    return v;
-  } catch (...) {
-    return std::nullopt;
-  }
-}
-
 
 // Which pages of a RAM range the host has backed (mincore): a page never backed reads as zero.
 std::vector<unsigned char> residency(const RamRange& r) {
@@ -105,82 +45,46 @@ double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-}  // namespace
 
-Result<Fault> parse_fault(const std::string& spec) {
-  Fault f;
-  const std::vector<std::string> p = split(spec);
-  auto bit_at = [&](std::size_t i, unsigned max) -> Result<void> {
-    if (p.size() <= i || p[i].empty()) return ok_result();
-    auto b = number(p[i]);
-    if (!b || *b > max) return make_error("fault '" + spec + "': bit must be 0.." + std::to_string(max));
-    f.bit = static_cast<unsigned>(*b);
-    return ok_result();
-  };
-  if (p[0] == "none" && p.size() == 1) return f;
-  if (p[0] == "ept") {
-    if (p.size() > 3) return make_error("fault '" + spec + "': expected ept[:GPA[:BIT]]");
-    f.kind = FaultKind::kEptBit;
-    if (p.size() > 1 && !p[1].empty()) {
-      auto g = number(p[1]);
-      if (!g) return make_error("fault '" + spec + "': '" + p[1] + "' is not a GPA");
-      f.gpa = *g;
-    }
-    BATON_TRY_VOID(bit_at(2, 63));
-    return f;
-  }
-  if (p[0] == "vmcs") {
-    if (p.size() > 3) return make_error("fault '" + spec + "': expected vmcs[:FIELD[:BIT]]");
-    f.kind = FaultKind::kVmcsBit;
-    if (p.size() > 1 && !p[1].empty()) {
-      const model::VmcsField* fld = nullptr;
-      if (auto e = number(p[1])) fld = model::find_vmcs_field(static_cast<std::uint32_t>(*e));
-      else fld = model::find_vmcs_field(p[1] == "eptp" ? std::string("ept_pointer") : p[1]);
-      if (fld == nullptr) return make_error("fault '" + spec + "': no VMCS field '" + p[1] + "' (see `baton` docs/formats.md)");
-      f.vmcs_field = fld->encoding;
-    }
-    BATON_TRY_VOID(bit_at(2, 63));
-    return f;
-  }
-  if (p[0] == "memslot") {
-    if (p.size() > 4) return make_error("fault '" + spec + "': expected memslot[:ID[:gpa|size|hpa[:BIT]]]");
-    f.kind = FaultKind::kMemslotBit;
-    if (p.size() > 1 && !p[1].empty()) {
-      auto id = number(p[1]);
-      if (!id || *id > 0xFFFFFFFFu) return make_error("fault '" + spec + "': '" + p[1] + "' is not a memslot id");
-      f.slot = static_cast<std::uint32_t>(*id);
-    }
-    if (p.size() > 2 && !p[2].empty()) {
-      if (p[2] != "gpa" && p[2] != "size" && p[2] != "hpa")
-        return make_error("fault '" + spec + "': the memslot field must be gpa, size or hpa");
-      f.slot_field = p[2];
-    }
-    BATON_TRY_VOID(bit_at(3, 63));
-    return f;
-  }
-  return make_error("unknown fault '" + spec + "' (expected none, ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]] or memslot[:ID[:FIELD[:BIT]]])");
-}
+}  // namespace
 
 namespace {
 
-// Overall verdict over the lines: refuted beats unknown beats proven.
 checker::Verdict overall(const std::vector<CheckLine>& lines, std::size_t from = 0) {
-  bool unknown = false;
-  for (std::size_t i = from; i < lines.size(); ++i) {
-    if (lines[i].verdict == checker::Verdict::kRefuted) return checker::Verdict::kRefuted;
-    unknown = unknown || lines[i].verdict == checker::Verdict::kUnknown;
-  }
-  return unknown ? checker::Verdict::kUnknown : checker::Verdict::kProven;
+  return overall_verdict(lines, from);
 }
 
-// The engine's state for one migration.
-class Engine {
+// The simulator under the migration driver: two modelled hypervisor instances over one
+// HostMemory, with times in simulated cycles from the cost profile.
+class SimBackend final : public MigrationBackend {
  public:
-  Engine(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
-         const NeighbourOptions& nb)
+  SimBackend(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
+             const NeighbourOptions& nb)
       : image_(image), base_(base), opt_(opt), nb_(nb), prof_(base.profile) {}
 
-  Result<MigrationResult> run();
+  Capabilities capabilities() const override { return {}; }
+  void begin(MigrationResult& r) override {
+    res_ = &r;
+    r.backend = r.host_flavour = "sim";
+    r.time_base = TimeBase::kSimulatedCycles;
+    r.frequency_ghz = prof_.frequency_ghz;
+  }
+  Result<RunEvent> run_to_point(const RunLimits& point) override;
+  std::uint64_t source_instructions() const override { return src_->instructions(); }
+  Result<std::string> plant_source_fault(const Fault& f) override;
+  Result<std::string> plant_package_fault(const Fault& f, model::HandoverSnapshot& pkg) override;
+  Result<void> precopy() override { return precopy_rounds(*src_); }
+  Result<model::HandoverSnapshot> pause_and_capture() override;
+  Result<void> stop_and_copy() override;
+  Result<model::HandoverSnapshot> hand_over(Method m, const model::HandoverSnapshot& pkg) override;
+  void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) override;
+  void discard_new(Method m) override {
+    if (dest_) (void)dest_->teardown(m == Method::kAdopt);  // adopt's tables were the old instance's
+    dest_.reset();
+  }
+  Result<void> resume_source() override;
+  Result<void> finish_on_new(Method m) override;
+  Result<void> epilogue() override;
 
  private:
   void progress(const std::string& s) const {
@@ -189,29 +93,20 @@ class Engine {
   // Adds a phase to the timeline.
   // `on_host_tsc`: the cycles are already on the host TSC (an instance charged them).
   void phase(const std::string& name, double cycles, bool down, std::uint32_t trace_code = 0, bool on_host_tsc = false) {
-    res_.timeline.push_back(Phase{name, clock_, cycles, down});
+    res_->timeline.push_back(Phase{name, clock_, cycles, down});
     clock_ += cycles;
-    if (down) res_.downtime += cycles;
+    if (down) res_->downtime += cycles;
     if (!on_host_tsc) host_->advance_tsc(static_cast<std::uint64_t>(cycles));
     if (trace_code != 0 && tracer_ != nullptr) tracer_->trace_phase(trace_code, static_cast<std::uint64_t>(cycles));
   }
   double copy_cycles(std::uint64_t bytes) const { return static_cast<double>(bytes) / prof_.memcpy_bytes_per_cycle; }
-  RunLimits limits_to_point() const {
-    RunLimits l;
-    l.budget = opt_.budget;
-    if (opt_.at_insn != 0) l.until_insn = opt_.at_insn;
-    else l.sync = opt_.at_sync.value_or(1);
-    return l;
-  }
   Result<void> run_reference(std::uint64_t switch_insn);
-  Result<void> plant_fault_in_tree(SimMachine& src);
-  void plant_fault_in_package(model::HandoverSnapshot& pkg);
+  Result<std::string> plant_fault_in_tree(SimMachine& src, const Fault& f);
   Result<void> precopy_rounds(SimMachine& src);
   std::uint64_t copy_pages(const std::vector<Gfn>& gfns, CopyRound& round);
-  Result<std::unique_ptr<SimMachine>> hand_over(Method m, const model::HandoverSnapshot& pkg);
-  void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after);
+  Result<std::unique_ptr<SimMachine>> restore_new(Method m, const model::HandoverSnapshot& pkg);
   void add_report(const Result<checker::Report>& r, const std::string& suffix = "");
-  void add_line(CheckLine l) { res_.checks.push_back(std::move(l)); }
+  void add_line(CheckLine l) { res_->checks.push_back(std::move(l)); }
   // Adds the line of one checker property run (unknown, with the reason, when it could not run).
   void add_result(const std::string& name, const Result<checker::PropertyResult>& r,
                   std::chrono::steady_clock::time_point t0, const std::string& proven_summary = "") {
@@ -230,8 +125,6 @@ class Engine {
   void check_final_conformance(SimMachine& dest);
   Result<void> finish(SimMachine& m, const RunLimits& l);
   Result<model::HandoverSnapshot> prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before);
-  std::vector<Gfn> pending_;
-  std::size_t verdict_from_ = 0;  // the first check line that decides the verdict  // pre-copy: pages dirtied since the last round copied them
 
   const guests::GuestImage& image_;
   SimConfig base_;
@@ -239,17 +132,22 @@ class Engine {
   const NeighbourOptions& nb_;
   CostProfile prof_;
   std::shared_ptr<HostMemory> host_;
-  MigrationResult res_;
+  MigrationResult* res_ = nullptr;
   double clock_ = 0;
   SimMachine* tracer_ = nullptr;
+  std::unique_ptr<SimMachine> src_, dest_, nb_vm_;
+  std::optional<model::HandoverSnapshot> nb_before_;
+  std::uint32_t vcpu_guest_tsc_from_ = 0;
   // Pre-copy state.
+  std::vector<Gfn> pending_;  // pages dirtied since the last round copied them
   const RamRange* old_ram_ = nullptr;
   RamRange new_ram_{};
   std::vector<bool> sent_;  // per gfn: data was sent (the destination page is not zero)
   GuestOutput pre_output_;
+  std::optional<model::HandoverSnapshot> before_;  // what the old instance held at the pause
 };
 
-Result<void> Engine::run_reference(std::uint64_t switch_insn) {
+Result<void> SimBackend::run_reference(std::uint64_t switch_insn) {
   // The unmigrated run over the same instructions: from where the VM switched instances.
   SimConfig rc = base_;
   rc.trace_path.clear();
@@ -265,22 +163,21 @@ Result<void> Engine::run_reference(std::uint64_t switch_insn) {
   const std::uint64_t i0 = (*ref)->instructions();
   RunLimits w;
   w.budget = opt_.budget;
-  w.until_insn = i0 + res_.window;
+  w.until_insn = i0 + res_->window;
   (void)(*ref)->run(w);
-  res_.reference_window_cycles = (*ref)->cycles() - c0;
+  res_->reference_window_cycles = (*ref)->cycles() - c0;
   return ok_result();
 }
 
-Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
-  const Fault& f = opt_.fault;
+Result<std::string> SimBackend::plant_source_fault(const Fault& f) { return plant_fault_in_tree(*src_, f); }
+
+Result<std::string> SimBackend::plant_fault_in_tree(SimMachine& src, const Fault& f) {
   Hypervisor& hv = src.hypervisor();
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
-    return ok_result();  // the guest state is captured from the VMCS at the pause: planted there
-  if (f.kind == FaultKind::kVmcsBit) {
-    res_.fault = flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
-    return ok_result();
-  }
-  if (f.kind != FaultKind::kEptBit) return ok_result();
+    return std::string();  // the guest state is captured from the VMCS at the pause: planted there
+  if (f.kind == FaultKind::kVmcsBit)
+    return flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
+  if (f.kind != FaultKind::kEptBit) return std::string();
   Gpa gpa;
   if (f.gpa) {
     gpa = Gpa{*f.gpa};
@@ -310,19 +207,15 @@ Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
   const unsigned bit = f.bit.value_or(12 + 9 * (leaf.level - 1));
   const model::EptEntry flipped = leaf.entry.flipped(bit);
   BATON_TRY_VOID(hv.write_entry(gpa, leaf.level, flipped));
-  res_.fault = "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
+  return "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
                std::to_string(leaf.level) + ") bit " + std::to_string(bit) + ": " + hexs(leaf.entry.raw()) + " -> " +
                hexs(flipped.raw());
-  return ok_result();
 }
 
-void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
-  const Fault& f = opt_.fault;
-  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState) {
-    res_.fault = flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0));
-    return;
-  }
-  if (f.kind != FaultKind::kMemslotBit) return;
+Result<std::string> SimBackend::plant_package_fault(const Fault& f, model::HandoverSnapshot& pkg) {
+  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
+    return flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0));
+  if (f.kind != FaultKind::kMemslotBit) return std::string();
   for (model::Memslot& s : pkg.memslots) {
     if (s.id != f.slot) continue;
     std::uint64_t* field = f.slot_field == "gpa" ? &s.gpa.value : f.slot_field == "hpa" ? &s.hpa.value : &s.size;
@@ -332,14 +225,13 @@ void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
     bit = f.bit.value_or(bit);
     const std::uint64_t old = *field;
     *field ^= std::uint64_t{1} << bit;
-    res_.fault = "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " +
-                 hexs(old) + " -> " + hexs(*field);
-    return;
+    return "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " + hexs(old) +
+           " -> " + hexs(*field);
   }
-  res_.fault = "memslot " + std::to_string(f.slot) + " does not exist: nothing planted";
+  return "memslot " + std::to_string(f.slot) + " does not exist: nothing planted";
 }
 
-std::uint64_t Engine::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round) {
+std::uint64_t SimBackend::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round) {
   static const std::uint8_t kZero[model::kPageSize] = {};
   // Pages the host never backed are zero without reading them (reading would back them).
   const std::vector<unsigned char> resident = residency(*old_ram_);
@@ -357,14 +249,14 @@ std::uint64_t Engine::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round)
     ++sent;
   }
   round.sent += sent;
-  res_.pages_copied += sent;
-  res_.bytes_copied += sent * model::kPageSize;
+  res_->pages_copied += sent;
+  res_->bytes_copied += sent * model::kPageSize;
   // Every page is read once (the zero test); sent pages are written once more.
   round.cycles = copy_cycles((round.pages + sent) * model::kPageSize);
   return sent;
 }
 
-Result<void> Engine::precopy_rounds(SimMachine& src) {
+Result<void> SimBackend::precopy_rounds(SimMachine& src) {
   old_ram_ = host_->ram_at(src.hypervisor().memslots().front().hpa);
   if (old_ram_ == nullptr) return make_error("precopy: the guest RAM is not in host memory");
   auto nr = host_->alloc_ram(old_ram_->size, src.hypervisor().config().vm_id);
@@ -392,7 +284,7 @@ Result<void> Engine::precopy_rounds(SimMachine& src) {
       const RunEvent e = src.run(l);
       if (e.reason == StopReason::kInsnLimit) continue;
       if (e.reason == StopReason::kExited) {
-        res_.finished_before_switch = true;
+        res_->finished_before_switch = true;
         break;
       }
       return make_error(std::string("precopy round ") + std::to_string(r) + ": the guest stopped: " + to_string(e.reason) +
@@ -403,16 +295,16 @@ Result<void> Engine::precopy_rounds(SimMachine& src) {
     src.clear_dirty_log();
     round.dirtied = todo.size();
     pending_ = todo;
-    res_.rounds.push_back(round);
+    res_->rounds.push_back(round);
     phase("precopy-round-" + std::to_string(r), round.cycles, false, tracer_ != nullptr ? 6 : 0);
     progress("precopy round " + std::to_string(r) + ": " + std::to_string(round.pages) + " pages scanned, " +
              std::to_string(round.sent) + " sent, " + std::to_string(round.dirtied) + " dirtied meanwhile");
-    if (res_.finished_before_switch || todo.size() <= opt_.converge_pages) break;
+    if (res_->finished_before_switch || todo.size() <= opt_.converge_pages) break;
   }
   return ok_result();
 }
 
-Result<std::unique_ptr<SimMachine>> Engine::hand_over(Method m, const model::HandoverSnapshot& pkg) {
+Result<std::unique_ptr<SimMachine>> SimBackend::restore_new(Method m, const model::HandoverSnapshot& pkg) {
   SimConfig dc = base_;
   dc.trace_path.clear();  // the source's trace is handed over instead
   dc.hv.dirty = DirtyMode::kOff;
@@ -428,7 +320,7 @@ Result<std::unique_ptr<SimMachine>> Engine::hand_over(Method m, const model::Han
   return SimMachine::restore(p, host_, dc, m == Method::kAdopt);
 }
 
-void Engine::add_report(const Result<checker::Report>& r, const std::string& suffix) {
+void SimBackend::add_report(const Result<checker::Report>& r, const std::string& suffix) {
   if (!r) {
     add_line(CheckLine{"handover" + suffix, checker::Verdict::kUnknown, "the checker could not run: " + r.error().message, 0, std::nullopt});
     return;
@@ -438,7 +330,7 @@ void Engine::add_report(const Result<checker::Report>& r, const std::string& suf
                        p.counterexample});
 }
 
-void Engine::check_contents(const model::HandoverSnapshot& before) {
+void SimBackend::check_contents(const model::HandoverSnapshot& before) {
   // Every page of every old memslot hashes the same as the page the new memslot gives it.
   const auto t0 = std::chrono::steady_clock::now();
   CheckLine l{"contents", checker::Verdict::kProven, "", 0, std::nullopt};
@@ -480,7 +372,7 @@ void Engine::check_contents(const model::HandoverSnapshot& before) {
   add_line(std::move(l));
 }
 
-void Engine::check_relation(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
+void SimBackend::check_relation(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   // The old tree, moved through the copy map, must translate exactly as the new memslots say:
   // refinement of the relabelled old tree against the new spec tree (Z3).
   const auto t0 = std::chrono::steady_clock::now();
@@ -509,9 +401,9 @@ void Engine::check_relation(const model::HandoverSnapshot& before, const model::
                  " leaves)");
 }
 
-void Engine::verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
+void SimBackend::verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   using checker::Property;
-  const std::size_t from = res_.checks.size();
+  const std::size_t from = res_->checks.size();
   switch (m) {
     case Method::kAdopt:
       add_report(checker::check_handover(before, after,
@@ -548,10 +440,10 @@ void Engine::verify(Method m, const model::HandoverSnapshot& before, const model
   // The new root is licensed by the tree checks above (conformance and spec equivalence, or
   // contents and the moved translations).
   const auto t0 = std::chrono::steady_clock::now();
-  add_result("vcpu", checker::check_vcpu(before, after, overall(res_.checks, from), opt_.check), t0);
+  add_result("vcpu", checker::check_vcpu(before, after, overall(res_->checks, from), opt_.check), t0);
 }
 
-void Engine::check_final_conformance(SimMachine& dest) {
+void SimBackend::check_final_conformance(SimMachine& dest) {
   // The tree the new instance refilled while the guest ran must still conform to its memslots.
   auto s = dest.snapshot();
   if (!s) {
@@ -562,7 +454,7 @@ void Engine::check_final_conformance(SimMachine& dest) {
   add_report(r, " (after run)");
 }
 
-Result<model::HandoverSnapshot> Engine::prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before) {
+Result<model::HandoverSnapshot> SimBackend::prepare(SimMachine& dest, Method m, const model::HandoverSnapshot& before) {
   // The new instance's own EPT work before it resumes: INVEPT of its root, or the rebuild.
   if (m == Method::kRebuild) {
     auto st = dest.populate();
@@ -578,9 +470,9 @@ Result<model::HandoverSnapshot> Engine::prepare(SimMachine& dest, Method m, cons
   return a;
 }
 
-Result<void> Engine::finish(SimMachine& m, const RunLimits& l) {
+Result<void> SimBackend::finish(SimMachine& m, const RunLimits& l) {
   const RunEvent e = m.run(l);
-  res_.final_event = e;
+  res_->final_event = e;
   return ok_result();
 }
 
@@ -592,22 +484,15 @@ void append_output(GuestOutput& a, const GuestOutput& b) {
   if (b.exit_code) a.exit_code = b.exit_code;
 }
 
-Result<MigrationResult> Engine::run() {
-  const auto wall0 = std::chrono::steady_clock::now();
-  res_.method = res_.effective = opt_.method;
-  res_.frequency_ghz = prof_.frequency_ghz;
+Result<RunEvent> SimBackend::run_to_point(const RunLimits& point) {
   if (opt_.method == Method::kPrecopy && opt_.dirty == DirtyMode::kOff)
     return make_error("precopy needs dirty tracking (wp or pml)");
   if (opt_.method == Method::kPrecopy && opt_.dirty == DirtyMode::kPml && !base_.hv.ad)
     return make_error("precopy with PML needs EPT A/D flags");
   if (base_.hv.dirty != DirtyMode::kOff) return make_error("the source starts without dirty logging; precopy turns it on");
-  if (auto ex = guests::expected_result(base_.guest_name, image_.params)) res_.expected = *ex;
-
 
   host_ = std::make_shared<HostMemory>();
   // The co-located VM first, so both share the host from the start.
-  std::unique_ptr<SimMachine> nb;
-  std::optional<model::HandoverSnapshot> nb_before;
   if (nb_.image) {
     SimConfig nc = base_;
     nc.hv.vm_id = base_.hv.vm_id + 1;
@@ -615,218 +500,170 @@ Result<MigrationResult> Engine::run() {
     nc.guest_name = nb_.guest_name;
     auto n = SimMachine::create(nc, host_);
     if (!n) return n.error();
-    nb = std::move(*n);
-    BATON_TRY_VOID(nb->load(*nb_.image));
+    nb_vm_ = std::move(*n);
+    BATON_TRY_VOID(nb_vm_->load(*nb_.image));
     RunLimits l;
     l.budget = opt_.budget;
     l.sync = 1;
-    const RunEvent e = nb->run(l);
+    const RunEvent e = nb_vm_->run(l);
     if (e.reason != StopReason::kSyncPoint) return make_error("the co-located guest did not reach sync point 1: " + e.detail);
-    auto s = nb->snapshot();
+    auto s = nb_vm_->snapshot();
     if (!s) return s.error();
-    nb_before = std::move(*s);
+    nb_before_ = std::move(*s);
   }
 
   auto srcr = SimMachine::create(base_, host_);
   if (!srcr) return srcr.error();
-  std::unique_ptr<SimMachine> src = std::move(*srcr);
-  tracer_ = src.get();
-  BATON_TRY_VOID(src->load(image_));
+  src_ = std::move(*srcr);
+  tracer_ = src_.get();
+  BATON_TRY_VOID(src_->load(image_));
   progress("running " + base_.guest_name + " to the migration point");
-  const RunEvent at = src->run(limits_to_point());
-  if (at.reason != StopReason::kSyncPoint && at.reason != StopReason::kInsnLimit)
-    return make_error("the guest never reached the migration point (" +
-                      (opt_.at_insn != 0 ? "instruction " + std::to_string(opt_.at_insn)
-                                         : "sync point " + std::to_string(opt_.at_sync.value_or(1))) +
-                      "): it stopped with " + to_string(at.reason) + " (" + at.detail + ")");
-  res_.at_stage = at.stage;
-  res_.at_insn = src->instructions();
-  src->trace_phase(1, 0);  // start
+  const RunEvent at = src_->run(point);
+  src_->trace_phase(1, 0);  // start
+  return at;
+}
 
-  // The fault strikes the old instance now.
-  BATON_TRY_VOID(plant_fault_in_tree(*src));
-
-  if (opt_.method == Method::kPrecopy) {
-    progress("precopy: copying memory while the guest runs");
-    BATON_TRY_VOID(precopy_rounds(*src));
-  }
-
-  // Pause and capture.
+Result<model::HandoverSnapshot> SimBackend::pause_and_capture() {
   phase("pause", static_cast<double>(prof_.migrate_pause), true, 2);
-  auto before = src->snapshot();
+  auto before = src_->snapshot();
   if (!before) return before.error();
   before->meta["guest"] = base_.guest_name;
   phase("state-save", static_cast<double>(prof_.vcpu_state_save), true, 3);
-  model::HandoverSnapshot pkg = *before;
-  plant_fault_in_package(pkg);
-  // The old instance's memslot table and VMCS are what is wrong: "before" shows it.
-  if (opt_.fault.kind == FaultKind::kMemslotBit) before->memslots = pkg.memslots;
-  if (opt_.fault.kind == FaultKind::kVmcsBit) before->vmcs = pkg.vmcs;
-  if (opt_.method == Method::kPrecopy) {
-    CopyRound last;
-    std::vector<Gfn> dirty = src->dirty_log();  // written since the last round's log was taken
-    dirty.insert(dirty.end(), pending_.begin(), pending_.end());
-    std::sort(dirty.begin(), dirty.end());
-    dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
-    copy_pages(dirty, last);
-    phase("stop-and-copy", last.cycles, true, 7);
-    res_.rounds.push_back(last);
-  }
-  // The package: vCPU state, VMCS and memslot table (the tables stay where they are).
-  const std::uint64_t pkg_bytes = sizeof(model::VcpuState) + pkg.vmcs.values().size() * 12 +
-                                  pkg.memslots.size() * sizeof(model::Memslot);
-  phase("state-transfer", copy_cycles(pkg_bytes) + static_cast<double>(pkg.memslots.size() * prof_.memslot_register),
-        true, 3);
+  before_ = *before;
+  return before;
+}
 
-  // The new instance.
-  Method m = opt_.method;
-  progress("handing over to a new instance (" + std::string(to_string(m)) + ")");
-  auto dest = hand_over(m, pkg);
-  std::optional<model::HandoverSnapshot> after;
-  std::string restore_error;
-  if (dest) {
-    auto a = prepare(**dest, m, *before);
-    if (a) after = std::move(*a);
-    else restore_error = a.error().message;
-    // The new instance's EPT work (INVEPT, the rebuild's installs) is on its own account.
-    phase("ept-work", (*dest)->cycles(), true, 4, true);
-  } else {
-    restore_error = dest.error().message;
-    phase("ept-work", 0, true, 4);
-  }
+Result<void> SimBackend::stop_and_copy() {
+  CopyRound last;
+  std::vector<Gfn> dirty = src_->dirty_log();  // written since the last round's log was taken
+  dirty.insert(dirty.end(), pending_.begin(), pending_.end());
+  std::sort(dirty.begin(), dirty.end());
+  dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
+  copy_pages(dirty, last);
+  phase("stop-and-copy", last.cycles, true, 7);
+  res_->rounds.push_back(last);
+  return ok_result();
+}
 
-  // Verify.
-  if (!restore_error.empty()) {
-    add_line(CheckLine{"handover", checker::Verdict::kRefuted, "the new instance refused the package: " + restore_error, 0,
-                       std::nullopt});
-  } else if (opt_.verify) {
-    progress("checking the handover");
-    verify(m, *before, *after);
+Result<model::HandoverSnapshot> SimBackend::hand_over(Method m, const model::HandoverSnapshot& pkg) {
+  if (!res_->fell_back) {
+    // The package crosses once (a fallback reuses it): vCPU state, VMCS and memslot table;
+    // the tables stay where they are.
+    const std::uint64_t pkg_bytes = sizeof(model::VcpuState) + pkg.vmcs.values().size() * 12 +
+                                    pkg.memslots.size() * sizeof(model::Memslot);
+    phase("state-transfer",
+          copy_cycles(pkg_bytes) + static_cast<double>(pkg.memslots.size() * prof_.memslot_register), true, 3);
   }
-  res_.verdict = overall(res_.checks);
-  bool go = restore_error.empty() && (res_.verdict == checker::Verdict::kProven || !opt_.verify);
-  if (!go && restore_error.empty() && opt_.policy == Policy::kAccept) go = true;
-  if (!go && opt_.policy == Policy::kFallback && m != Method::kRebuild) {
-    res_.fell_back = true;
-    res_.reject_reason = restore_error.empty() ? "the checker refuted the handover" : restore_error;
-    if (dest) (void)(*dest)->teardown(true);  // its tables were the old instance's
-    m = Method::kRebuild;
-    res_.effective = m;
-    progress("falling back to local-rebuild");
-    dest = hand_over(m, pkg);
-    if (!dest) return make_error("fallback to local-rebuild failed: " + dest.error().message);
-    auto a = prepare(**dest, m, *before);
-    if (!a) return make_error("fallback to local-rebuild failed: " + a.error().message);
-    after = std::move(*a);
-    phase("ept-work (fallback rebuild)", (*dest)->cycles(), true, 4, true);
-    const std::size_t from = res_.checks.size();
-    verify(m, *before, *after);
-    for (std::size_t i = from; i < res_.checks.size(); ++i) res_.checks[i].name += " (fallback)";
-    go = overall(res_.checks, from) == checker::Verdict::kProven;
-    verdict_from_ = from;  // the rejected adopt's lines no longer decide
-    res_.verdict = overall(res_.checks, from);
+  const std::string work = res_->fell_back ? "ept-work (fallback rebuild)" : "ept-work";
+  auto dest = restore_new(m, pkg);
+  if (!dest) {
+    if (!res_->fell_back) phase(work, 0, true, 4);
+    return dest.error();
   }
-  res_.before = *before;
-  if (after) res_.after = *after;
-  pre_output_ = src->output();
+  dest_ = std::move(*dest);
+  auto a = prepare(*dest_, m, *before_);
+  // The new instance's EPT work (INVEPT, the rebuild's installs) is on its own account.
+  phase(work, dest_->cycles(), true, 4, true);
+  return a;
+}
 
+Result<void> SimBackend::resume_source() {
+  phase("resume (old instance)", static_cast<double>(prof_.exit_round_trip), true, 5);
   RunLimits rest;
   rest.budget = opt_.budget;
-  if (!go) {
-    // Rejected: the VM stays on the old instance, which resumes it.
-    res_.rejected = true;
-    if (res_.reject_reason.empty())
-      res_.reject_reason = restore_error.empty() ? "the checker did not prove the handover" : restore_error;
-    if (dest) (void)(*dest)->teardown(m == Method::kAdopt);
-    phase("resume (old instance)", static_cast<double>(prof_.exit_round_trip), true, 5);
-    progress("handover rejected: the old instance resumes the VM");
-    if (!res_.finished_before_switch) BATON_TRY_VOID(finish(*src, rest));
-    else res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
-    res_.source = src->stats();
-    const GuestOutput& o = src->output();
-    res_.console = o.console;
-    res_.checksum = o.checksum();
-  } else {
-    std::unique_ptr<SimMachine> d = std::move(*dest);
-    phase("state-load", static_cast<double>(prof_.vcpu_state_load), true, 3);
-    phase("resume", static_cast<double>(prof_.exit_round_trip), true, 5);
-    res_.switched = true;
-    // The old instance is torn down; adopt hands its tables over.
-    src->hand_trace_to(*d);
-    tracer_ = d.get();
-    res_.source = src->stats();
-    const bool handed = m == Method::kAdopt;
-    res_.frames_handed_over = handed ? res_.before.tables.size() : 0;
-    res_.frames_freed = src->teardown(handed);
-    if (m == Method::kPrecopy) {
-      // The old RAM goes back to the host.
-      host_->set_owner(old_ram_->first(), old_ram_->size >> model::kPageShift, model::OwnerKind::kFree, 0);
-      res_.frames_freed += old_ram_->size >> model::kPageShift;
-    }
-    d->trace_phase(8, static_cast<std::uint64_t>(res_.downtime));
-    const double c0 = d->cycles();
-    GuestOutput out = pre_output_;
-    if (!res_.finished_before_switch) {
-      progress("running to the end on the new instance");
-      RunLimits w;
-      w.budget = opt_.budget;
-      const std::uint64_t s0 = d->instructions();
-      w.until_insn = s0 + opt_.slowdown_window;
-      if (opt_.reference && opt_.slowdown_window > 0) {
-        const RunEvent e = d->run(w);
-        res_.window_cycles = d->cycles() - c0;
-        res_.window = d->instructions() - s0;
-        if (e.reason == StopReason::kInsnLimit) BATON_TRY_VOID(finish(*d, rest));
-        else res_.final_event = e;
-        progress("reference run (unmigrated) over the same instructions");
-        BATON_TRY_VOID(run_reference(s0));
-      } else {
-        BATON_TRY_VOID(finish(*d, rest));
-      }
-    } else {
-      res_.final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_.at_stage};
-    }
-    if (opt_.verify && (m == Method::kLazy || m == Method::kRebuild)) check_final_conformance(*d);
-    res_.verdict = overall(res_.checks, verdict_from_);
-    res_.refaults = d->stats().ept.violations;
-    res_.dest = d->stats();
-    append_output(out, d->output());
-    res_.console = out.console;
-    res_.checksum = out.checksum();
-    (void)d->close_trace();
-  }
-  res_.total = clock_;
-  if (!res_.switched && !res_.rejected) res_.final_event = RunEvent{StopReason::kError, "no handover", res_.at_stage};
+  if (!res_->finished_before_switch) BATON_TRY_VOID(finish(*src_, rest));
+  else res_->final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_->at_stage};
+  res_->source = src_->stats();
+  const GuestOutput& o = src_->output();
+  res_->console = o.console;
+  res_->checksum = o.checksum();
+  res_->total = clock_;
+  return ok_result();
+}
 
-  if (nb) {
-    Neighbour n;
-    n.guest = nb_.guest_name;
-    if (auto ex = guests::expected_result(nb_.guest_name, nb_.image->params)) n.expected = *ex;
-    auto s = nb->snapshot();
-    if (s) {
-      auto r = checker::check_equivalence(checker::tree_of(*nb_before, "before"), checker::tree_of(*s, "after"), opt_.check);
-      n.verdict = r ? r->verdict : checker::Verdict::kUnknown;
-      n.tree_unchanged = n.verdict == checker::Verdict::kProven;
-    }
-    RunLimits l;
-    l.budget = opt_.budget;
-    (void)nb->run(l);
-    n.checksum = nb->output().checksum();
-    // The migration's copies occupy the shared memory bus: an upper bound on what a
-    // memory-bound neighbour waits (docs/cost-model.md).
-    n.extra_cycles = static_cast<double>(res_.bytes_copied * 2) / nb_.host_bw_bytes_per_cycle;
-    res_.neighbour = n;
+Result<void> SimBackend::finish_on_new(Method m) {
+  pre_output_ = src_->output();
+  std::unique_ptr<SimMachine> d = std::move(dest_);
+  phase("state-load", static_cast<double>(prof_.vcpu_state_load), true, 3);
+  phase("resume", static_cast<double>(prof_.exit_round_trip), true, 5);
+  // The old instance is torn down; adopt hands its tables over.
+  src_->hand_trace_to(*d);
+  tracer_ = d.get();
+  res_->source = src_->stats();
+  const bool handed = m == Method::kAdopt;
+  res_->frames_handed_over = handed ? res_->before.tables.size() : 0;
+  res_->frames_freed = src_->teardown(handed);
+  if (m == Method::kPrecopy) {
+    // The old RAM goes back to the host.
+    host_->set_owner(old_ram_->first(), old_ram_->size >> model::kPageShift, model::OwnerKind::kFree, 0);
+    res_->frames_freed += old_ram_->size >> model::kPageShift;
   }
-  res_.wall_s = since(wall0);
-  return std::move(res_);
+  d->trace_phase(8, static_cast<std::uint64_t>(res_->downtime));
+  const double c0 = d->cycles();
+  GuestOutput out = pre_output_;
+  RunLimits rest;
+  rest.budget = opt_.budget;
+  if (!res_->finished_before_switch) {
+    progress("running to the end on the new instance");
+    RunLimits w;
+    w.budget = opt_.budget;
+    const std::uint64_t s0 = d->instructions();
+    w.until_insn = s0 + opt_.slowdown_window;
+    if (opt_.reference && opt_.slowdown_window > 0) {
+      const RunEvent e = d->run(w);
+      res_->window_cycles = d->cycles() - c0;
+      res_->window = d->instructions() - s0;
+      if (e.reason == StopReason::kInsnLimit) BATON_TRY_VOID(finish(*d, rest));
+      else res_->final_event = e;
+      progress("reference run (unmigrated) over the same instructions");
+      BATON_TRY_VOID(run_reference(s0));
+    } else {
+      BATON_TRY_VOID(finish(*d, rest));
+    }
+  } else {
+    res_->final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_->at_stage};
+  }
+  if (opt_.verify && (m == Method::kLazy || m == Method::kRebuild)) check_final_conformance(*d);
+  res_->refaults = d->stats().ept.violations;
+  res_->dest = d->stats();
+  append_output(out, d->output());
+  res_->console = out.console;
+  res_->checksum = out.checksum();
+  (void)d->close_trace();
+  res_->total = clock_;
+  return ok_result();
+}
+
+Result<void> SimBackend::epilogue() {
+  if (!nb_vm_) return ok_result();
+  Neighbour n;
+  n.guest = nb_.guest_name;
+  if (auto ex = guests::expected_result(nb_.guest_name, nb_.image->params)) n.expected = *ex;
+  auto s = nb_vm_->snapshot();
+  if (s) {
+    auto r = checker::check_equivalence(checker::tree_of(*nb_before_, "before"), checker::tree_of(*s, "after"), opt_.check);
+    n.verdict = r ? r->verdict : checker::Verdict::kUnknown;
+    n.tree_unchanged = n.verdict == checker::Verdict::kProven;
+  }
+  RunLimits l;
+  l.budget = opt_.budget;
+  (void)nb_vm_->run(l);
+  n.checksum = nb_vm_->output().checksum();
+  // The migration's copies occupy the shared memory bus: an upper bound on what a
+  // memory-bound neighbour waits (docs/cost-model.md).
+  n.extra_cycles = static_cast<double>(res_->bytes_copied * 2) / nb_.host_bw_bytes_per_cycle;
+  res_->neighbour = n;
+  return ok_result();
 }
 
 }  // namespace
 
 Result<MigrationResult> migrate(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
                                 const NeighbourOptions& neighbour) {
-  Engine e(image, base, opt, neighbour);
-  return e.run();
+  SimBackend b(image, base, opt, neighbour);
+  std::optional<std::uint64_t> expected;
+  if (auto ex = guests::expected_result(base.guest_name, image.params)) expected = *ex;
+  return drive_migration(b, opt, expected);
 }
 
 }  // namespace baton::sim

@@ -38,10 +38,12 @@ struct ScratchDir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-// Runs `BATON_EXE args` (args are passed to the shell as written).
-inline CliResult run_baton(const ScratchDir& dir, const std::string& args) {
+// Runs `BATON_EXE args` (args are passed to the shell as written), with `env` ("K=V ...")
+// set for it alone.
+inline CliResult run_baton(const ScratchDir& dir, const std::string& args, const std::string& env = "") {
   const std::string out = dir / "stdout.txt", err = dir / "stderr.txt";
-  const std::string cmd = std::string(BATON_EXE) + " " + args + " >" + out + " 2>" + err;
+  const std::string cmd = (env.empty() ? "" : "env " + env + " ") + std::string(BATON_EXE) + " " + args + " >" + out +
+                          " 2>" + err;
   const int st = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;

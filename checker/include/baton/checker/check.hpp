@@ -139,6 +139,9 @@ Result<PropertyResult> check_isolation(const TreeRef& t, const model::OwnerMap& 
 // Property 5: the EPTP is valid and misconfigured outcomes occur only inside `mmio`.
 Result<PropertyResult> check_wellformed(const TreeRef& t, const std::vector<model::GpaRange>& mmio,
                                         const CheckOptions& opt = {});
+// The meta["ept"] value of a KVM handover snapshot: it has no EPTP (eptp 0) because KVM builds
+// and owns the EPT on both sides; check_vcpu then compares everything but the EPTP.
+inline constexpr const char* kEptOwnedByKvm = "owned-by-kvm";
 // Property 6: vCPU and VMCS guest state are preserved with the declared allowed differences.
 // `trees` is the verdict of the tree comparison that licenses a different EPTP root.
 Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after,

@@ -22,7 +22,7 @@
 namespace baton::hw {
 
 inline constexpr std::uint32_t kHandoverMagic = 0x564f4842;  // "BHOV" little-endian
-inline constexpr std::uint16_t kHandoverVersion = 1;
+inline constexpr std::uint16_t kHandoverVersion = 2;
 inline constexpr std::size_t kHandoverHeaderSize = 32;
 inline constexpr std::uint64_t kHandoverMaxPayload = std::uint64_t{1} << 30;
 
@@ -34,7 +34,8 @@ enum class MsgType : std::uint16_t {
   kError = 5,      // either way: the previous message failed (payload: one line)
   kPages = 6,      // precopy: u64 first gfn, u64 count, then count pages of 4 KiB
   kDone = 7,       // source -> worker: no more messages
-  kResumed = 8,    // worker -> source: the first KVM_RUN has begun (payload: u64 CLOCK_MONOTONIC ns)
+  kResumed = 8,    // worker -> source: the first KVM_RUN begins (u64 CLOCK_MONOTONIC ns, then the restored state)
+  kResult = 9,     // worker -> source: the guest exited (payload: encode_guest_run)
 };
 // Names a message type ("vcpu-state", ...), or "type N" for an unknown one.
 std::string to_string(MsgType t);

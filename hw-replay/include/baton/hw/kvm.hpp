@@ -57,6 +57,9 @@ class Fd {
 };
 
 inline constexpr const char* kKvmDevice = "/dev/kvm";
+// The KVM device baton uses: $BATON_KVM_DEVICE when set (tests point it at a missing file to
+// see the no-KVM path on any machine), else /dev/kvm.
+std::string kvm_device();
 
 // Why the KVM device at `path` cannot be used here (one line, naming the path, errno and what
 // to do), or nullopt when it opens and speaks KVM API version 12.
@@ -164,6 +167,10 @@ class KvmVcpu {
 
   // KVM_RUN once. EINTR is not an error: it returns false (the run was interrupted).
   Result<bool> try_run();
+  // Sets kvm_run.immediate_exit: while it is set, KVM_RUN completes a pending I/O or MMIO exit
+  // and returns EINTR without entering the guest. Safe to call from another thread, which
+  // then signals this vCPU's thread so that a KVM_RUN already inside the guest returns too.
+  void set_immediate_exit(bool on);
   // KVM_SET_CPUID2 with the bytes of a struct kvm_cpuid2 (KvmSystem::try_supported_cpuid()).
   Result<void> try_set_cpuid(const std::vector<std::uint8_t>& cpuid2);
 

@@ -8,8 +8,9 @@
 //   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
 //   worker -> ack                        registers the same pages as its memslot: all before the pause
 //   vcpu-state (ResumeInfo + VcpuState)  sent once the source vCPU has left KVM_RUN for good
-//   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN)
-//   worker -> ack "exit N checksum 0x..." when the guest has exited
+//   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN, then the state it
+//             restored: the received one with the TSC offset it chose)
+//   worker -> result (encode_guest_run: what the guest did on the ports after the resume)
 // Any failure is sent to the source as an error message (one line) and returned.
 #pragma once
 
@@ -28,15 +29,26 @@ namespace baton::hw {
 struct ResumeInfo {
   std::uint64_t input_seed = 0;       // the guest's input sequence
   std::uint64_t inputs_consumed = 0;  // values of it the guest has read already
+  guests::PortRecorder::State ports;  // the port ABI's latches (tag, low half, stage); .inputs is ignored
 };
-// The vcpu-state payload: ResumeInfo (16 bytes) then encode_vcpu_state().
+// The vcpu-state payload: ResumeInfo (32 bytes: seed, inputs, tag, lo, stage, 0) then
+// encode_vcpu_state().
 std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s);
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p);
 
 struct WorkerOptions {
   std::string device = kKvmDevice;
   int timeout_ms = 60'000;  // per message
+  // Fault injection for tests (BATON_WORKER_DIE_AT of `baton vmm-worker`): the worker kills
+  // itself with SIGKILL at this point: "hello" (after hello), "vm" (after its VM is ready),
+  // "state" (the vCPU state received, before the restore), "resumed" (right after it told
+  // the source it resumed), "" never.
+  std::string die_at;
 };
+
+// A guest's port activity as bytes (the result message), and back.
+std::vector<std::uint8_t> encode_guest_run(const guests::GuestRun& r);
+Result<guests::GuestRun> decode_guest_run(std::span<const std::uint8_t> p);
 
 // What the worker saw after the migration.
 struct WorkerReport {
@@ -75,5 +87,13 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
 Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
 Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
+// The same result as the guest's port activity after the resume.
+Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
+
+// hand_over in its pieces, for a driver that captures the state itself:
+// send_state sends it (with the ResumeInfo of `m`), await_resumed waits for the worker's
+// resumed message and returns the state the worker restored (TSC fields as it set them).
+Result<void> send_state(KvmMachine& m, int sock, const model::VcpuState& state);
+Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 
 }  // namespace baton::hw

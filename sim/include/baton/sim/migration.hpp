@@ -118,8 +118,17 @@ struct Neighbour {
   double extra_cycles = 0;                // cycles the migration's memory traffic cost it
 };
 
+// Where a migration's times come from.
+enum class TimeBase : std::uint8_t {
+  kSimulatedCycles,  // the simulator's cost model: cycles at `frequency_ghz`
+  kMeasuredNs,       // measured on the host (CLOCK_MONOTONIC): the "cycles" fields hold ns, frequency_ghz is 1
+};
+
 // Everything one migration produced.
 struct MigrationResult {
+  std::string backend = "sim";       // "sim" or "kvm"
+  std::string host_flavour = "sim";  // KVM: vmx, svm, nested-svm, pvm (hw::host_flavour())
+  TimeBase time_base = TimeBase::kSimulatedCycles;
   Method method = Method::kAdopt;
   Method effective = Method::kAdopt;  // the method that resumed the VM (after a fallback)
   std::string fault;                  // the planted fault, described ("" when none)
@@ -154,6 +163,10 @@ struct MigrationResult {
   std::optional<Neighbour> neighbour;
   model::HandoverSnapshot before, after;
   SimStats source, dest;
+  // KVM: the receiving VMM process, and the tracefs capture of both processes (--capture).
+  std::uint32_t worker_pid = 0, source_pid = 0;
+  std::string capture_path;
+  std::uint64_t capture_mapping_events = 0;
   double wall_s = 0;
 
   double micros(double cycles) const { return cycles / (frequency_ghz * 1e3); }
@@ -167,6 +180,66 @@ struct NeighbourOptions {
   std::string guest_name;
   double host_bw_bytes_per_cycle = 32.0;  // memory bandwidth the two VMs and the copy share
 };
+
+// The backend under the migration driver: the mechanism and the clock of one migration, while
+// the driver owns the sequence, the fault and policy decisions and the result. The simulator
+// and KVM both implement it (sim/src/migration.cpp, sim/src/kvm_migration.cpp); what one
+// cannot do is a capability it declares, never a question the driver asks about its type.
+class MigrationBackend {
+ public:
+  struct Capabilities {
+    // Per Method (indexed by its value): "" when supported, else one line saying why not.
+    std::string refuses[4];
+    bool faults = true;                // --fault can be planted
+    bool checks_before_resume = true;  // false: the new instance resumes at once, checks report afterwards
+  };
+  virtual ~MigrationBackend() = default;
+  virtual Capabilities capabilities() const = 0;
+  // Binds the result this migration writes its timeline, metrics and checks into, and fills
+  // its backend, host flavour, time base and frequency. Called first, once.
+  virtual void begin(MigrationResult& r) = 0;
+
+  // Builds the source VM and runs it to the migration point.
+  virtual Result<RunEvent> run_to_point(const RunLimits& point) = 0;
+  // Guest instructions the source has retired (0 where the backend cannot count them).
+  virtual std::uint64_t source_instructions() const = 0;
+  // Plants a fault in the running source (its EPT, or a VMCS field outside the guest state);
+  // returns its description ("" when this fault belongs in the package instead).
+  virtual Result<std::string> plant_source_fault(const Fault& f) = 0;
+  // Plants a fault in the handover package (VMCS guest state, memslots); returns its
+  // description ("" when it was planted in the source).
+  virtual Result<std::string> plant_package_fault(const Fault& f, model::HandoverSnapshot& pkg) = 0;
+  // Pre-copy rounds while the guest runs (rounds, bytes copied, finished_before_switch).
+  virtual Result<void> precopy() = 0;
+  // Pauses the source vCPU and captures the handover snapshot.
+  virtual Result<model::HandoverSnapshot> pause_and_capture() = 0;
+  // Pre-copy's stop-and-copy, inside the downtime.
+  virtual Result<void> stop_and_copy() = 0;
+  // Hands the package to a new instance by method m, which prepares itself (and, without
+  // checks_before_resume, resumes the guest). Returns its snapshot; an error is a refusal.
+  virtual Result<model::HandoverSnapshot> hand_over(Method m, const model::HandoverSnapshot& pkg) = 0;
+  // Appends the checks method m needs.
+  virtual void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) = 0;
+  // Drops the new instance of method m (a rejected handover, or before a fallback).
+  virtual void discard_new(Method m) = 0;
+  // The old instance resumes the guest and runs it to the end (final event, console, checksum).
+  virtual Result<void> resume_source() = 0;
+  // The new instance of method m takes over: the old one is torn down and the guest runs to
+  // the end there (final event, console, checksum, refaults, checks after the run).
+  virtual Result<void> finish_on_new(Method m) = 0;
+  // Anything after the guest's end (the simulator's co-located VM).
+  virtual Result<void> epilogue() = 0;
+};
+
+// Drives one migration by `opt.method` over a backend: run to the point, plant the fault,
+// pre-copy, pause and capture, hand over, check, apply the policy, finish. `expected` is the
+// guest's reference checksum. Errors are problems with the request; a refuted handover is a
+// result.
+Result<MigrationResult> drive_migration(MigrationBackend& backend, const MigrationOptions& opt,
+                                        std::optional<std::uint64_t> expected);
+
+// The overall verdict of check lines [from, end): refuted beats unknown beats proven.
+checker::Verdict overall_verdict(const std::vector<CheckLine>& lines, std::size_t from = 0);
 
 // Runs `image` on the simulator, migrates it at the chosen point by `opt.method`, checks the
 // handover, and runs it to the end on the new instance. `base` configures both instances

@@ -1,0 +1,43 @@
+// Local migration on /dev/kvm between two real VMM processes, under the same migration driver
+// and result as the simulator's (baton/sim/migration.hpp).
+//
+// baton is the source VMM. It spawns `baton vmm-worker` as a second process, which opens
+// /dev/kvm and creates its VM, vCPU and memslot before the pause. local-lazy hands the guest
+// memfd over (SCM_RIGHTS): the worker maps the very same pages and KVM refaults its EPT.
+// precopy copies memory into the worker's private memory in dirty-log rounds while the source
+// vCPU keeps running on its own thread, then stops it and copies the rest. KVM owns its EPT,
+// so local-adopt and local-rebuild are refused (a declared capability). Times are measured
+// (CLOCK_MONOTONIC ns): downtime runs from the source vCPU's last return from KVM_RUN to the
+// worker's first KVM_RUN. docs/kvm-backend.md describes it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "baton/guests/loader.hpp"
+#include "baton/model/result.hpp"
+#include "baton/sim/migration.hpp"
+
+namespace baton::sim {
+
+struct KvmMigrationConfig {
+  std::string device = "/dev/kvm";
+  std::string guest_name;
+  // The executable run as `EXE vmm-worker --fd 3` (default: this process's own, /proc/self/exe).
+  std::string worker_exe;
+  // Captures both processes' KVM events through a private tracefs instance into this raw
+  // ftrace text file (root only), and proves the no-copy property from it.
+  std::string capture_path;
+  bool overwrite_capture = false;  // replace an existing capture_path (else it is never touched)
+  int timeout_ms = 60'000;  // per handover message
+  // Test fault injection: BATON_WORKER_DIE_AT for the worker (see hw::WorkerOptions::die_at).
+  std::string worker_die_at;
+};
+
+// Runs `image` on KVM, migrates it to a `baton vmm-worker` process by `opt.method`, checks the
+// handover and lets the worker run it to the end. Errors are problems with the request or the
+// host; a refuted or failed handover is a result.
+Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMigrationConfig& cfg,
+                                    const MigrationOptions& opt);
+
+}  // namespace baton::sim

@@ -1,0 +1,565 @@
+// KVM under the migration driver (include/baton/sim/kvm_migration.hpp): a source VM in this
+// process, a `baton vmm-worker` process as the new VMM, measured times.
+#include "baton/sim/kvm_migration.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "baton/checker/no_copy.hpp"
+#include "baton/guests/registry.hpp"
+#include "baton/hw/handover.hpp"
+#include "baton/hw/machine.hpp"
+#include "baton/hw/tracefs.hpp"
+#include "baton/hw/worker.hpp"
+#include "baton/traces/ftrace.hpp"
+
+namespace baton::sim {
+
+namespace {
+
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// An empty handler: SIGUSR1 only has to interrupt KVM_RUN (EINTR) on the vCPU thread.
+void on_kick(int) {}
+
+// Installs the kick handler once, without SA_RESTART so that KVM_RUN returns EINTR.
+void install_kick_handler() {
+  static const bool done = [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_kick;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    ::sigaction(SIGUSR1, &sa, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+// What the guest said on the ports, in the driver's terms.
+GuestOutput output_of(const guests::GuestRun& r) {
+  GuestOutput o;
+  o.console = r.console;
+  o.results = r.results;
+  o.stages = r.stages;
+  if (r.exited) o.exit_code = r.exit_code;
+  o.inputs = r.inputs;
+  return o;
+}
+
+// Writes `text` to `path` through a temporary file in the same directory; an existing `path`
+// is replaced only with `overwrite` (otherwise the link fails and nothing is touched).
+Result<void> write_new_file(const std::string& path, const std::string& text, bool overwrite) {
+  std::string tmp = path + ".tmp-XXXXXX";
+  const int fd = ::mkstemp(tmp.data());
+  if (fd < 0) return make_error(path + ": cannot create a temporary file beside it: " + std::strerror(errno));
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + at, text.size() - at);
+    if (n <= 0) {
+      const int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return make_error(path + ": write failed: " + std::strerror(e));
+    }
+    at += static_cast<std::size_t>(n);
+  }
+  ::fchmod(fd, 0644);
+  if (::close(fd) != 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    return make_error(path + ": write failed: " + std::strerror(e));
+  }
+  const int r = overwrite ? ::rename(tmp.c_str(), path.c_str()) : ::link(tmp.c_str(), path.c_str());
+  const int e = errno;
+  if (!overwrite || r != 0) ::unlink(tmp.c_str());
+  if (r != 0) return make_error(path + ": " + std::strerror(e) + (e == EEXIST ? " (pass --force to replace it)" : ""));
+  return ok_result();
+}
+
+// The VMM worker as a child process on one end of a socketpair.
+struct Worker {
+  pid_t pid = -1;
+  hw::Fd sock;
+  bool reaped = false;
+
+  // Kills the worker (if it still runs) and reaps it.
+  void stop() {
+    if (pid <= 0 || reaped) return;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    reaped = true;
+  }
+  // Reaps a worker that ends by itself; kills it after `timeout_ms`.
+  void reap(int timeout_ms) {
+    if (pid <= 0 || reaped) return;
+    for (int waited = 0; waited < timeout_ms; waited += 5) {
+      if (::waitpid(pid, nullptr, WNOHANG) == pid) {
+        reaped = true;
+        return;
+      }
+      ::usleep(5000);
+    }
+    stop();
+  }
+  ~Worker() { stop(); }
+};
+
+// Starts `exe vmm-worker --fd 3` with its stdout and stderr on /dev/null (it reports over
+// the socket).
+Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::string& die_at, int timeout_ms) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return make_error(std::string("socketpair(AF_UNIX) failed: ") + std::strerror(errno));
+  const std::string timeout = std::to_string(timeout_ms);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int e = errno;
+    ::close(sv[0]);
+    ::close(sv[1]);
+    return make_error(std::string("fork failed: ") + std::strerror(e));
+  }
+  if (pid == 0) {
+    // The child: only async-signal-safe calls until exec.
+    const int null = ::open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+    }
+    if (::dup2(sv[1], 3) < 0) ::_exit(127);
+    ::fcntl(3, F_SETFD, 0);  // keep fd 3 across exec, even if sv[1] was 3 already
+    if (!die_at.empty()) ::setenv("BATON_WORKER_DIE_AT", die_at.c_str(), 1);
+    else ::unsetenv("BATON_WORKER_DIE_AT");
+    const char* argv[] = {"baton", "vmm-worker", "--fd", "3", "--timeout-ms", timeout.c_str(), nullptr};
+    ::execv(exe.c_str(), const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  ::close(sv[1]);
+  auto w = std::make_unique<Worker>();
+  w->pid = pid;
+  w->sock = hw::Fd(sv[0]);
+  return w;
+}
+
+// The KVM backend of the migration driver.
+class KvmBackend final : public MigrationBackend {
+ public:
+  KvmBackend(const guests::GuestImage& image, const KvmMigrationConfig& cfg, const MigrationOptions& opt)
+      : image_(image), cfg_(cfg), opt_(opt) {}
+  ~KvmBackend() override {
+    if (vcpu_thread_.joinable()) {
+      stop_vcpu_thread();
+    }
+  }
+
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.refuses[static_cast<unsigned>(Method::kAdopt)] =
+        "local-adopt is not available on KVM: KVM builds and owns its EPT, so a new VMM cannot point at the old "
+        "tree (use local-lazy or precopy)";
+    c.refuses[static_cast<unsigned>(Method::kRebuild)] =
+        "local-rebuild is not available on KVM: KVM builds and owns its EPT, and baton does not pre-build it with "
+        "KVM_PRE_FAULT_MEMORY (use local-lazy or precopy)";
+    c.faults = false;
+    c.checks_before_resume = false;
+    return c;
+  }
+  void begin(MigrationResult& r) override {
+    res_ = &r;
+    r.backend = "kvm";
+    r.host_flavour = hw::host_flavour();
+    r.time_base = TimeBase::kMeasuredNs;
+    r.frequency_ghz = 1.0;  // the "cycles" fields hold nanoseconds
+    r.source_pid = static_cast<std::uint32_t>(::getpid());
+    r.capture_path = cfg_.capture_path;
+    t0_ns_ = monotonic_ns();
+  }
+  Result<RunEvent> run_to_point(const RunLimits& point) override;
+  std::uint64_t source_instructions() const override { return 0; }
+  Result<std::string> plant_source_fault(const Fault&) override {
+    return make_error("faults cannot be planted on the kvm backend");
+  }
+  Result<std::string> plant_package_fault(const Fault&, model::HandoverSnapshot&) override {
+    return make_error("faults cannot be planted on the kvm backend");
+  }
+  Result<void> precopy() override;
+  Result<model::HandoverSnapshot> pause_and_capture() override;
+  Result<void> stop_and_copy() override;
+  Result<model::HandoverSnapshot> hand_over(Method m, const model::HandoverSnapshot& pkg) override;
+  void verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) override;
+  void discard_new(Method) override {
+    if (worker_) worker_->stop();
+  }
+  Result<void> resume_source() override;
+  Result<void> finish_on_new(Method m) override;
+  Result<void> epilogue() override { return ok_result(); }
+
+ private:
+  // Adds a measured phase [from_ns, to_ns) to the timeline.
+  void phase(const std::string& name, std::uint64_t from_ns, std::uint64_t to_ns, bool down) {
+    const double ns = static_cast<double>(to_ns > from_ns ? to_ns - from_ns : 0);
+    res_->timeline.push_back(Phase{name, static_cast<double>(from_ns - t0_ns_), ns, down});
+    if (down) res_->downtime += ns;
+  }
+  // Runs the source vCPU until `stop_at_sync` or the end; stamps the last return from KVM_RUN.
+  Result<hw::KvmRunResult> run_source(bool stop_at_sync) {
+    auto r = machine_->run(~std::uint64_t{0}, stop_at_sync);
+    last_run_ns_ = monotonic_ns();
+    return r;
+  }
+  void start_vcpu_thread();
+  // Kicks the vCPU thread out of KVM_RUN and joins it.
+  void stop_vcpu_thread();
+  // Reports where the guest ended up when the source keeps it.
+  void finish_output(const guests::GuestRun& before, const std::optional<guests::GuestRun>& after);
+  void check_no_copy();
+
+  const guests::GuestImage& image_;
+  KvmMigrationConfig cfg_;
+  MigrationOptions opt_;
+  MigrationResult* res_ = nullptr;
+  std::uint64_t t0_ns_ = 0;
+  std::unique_ptr<hw::KvmMachine> machine_;
+  std::unique_ptr<Worker> worker_;
+  std::string worker_error_;  // the worker failed before the handover
+  hw::HandoverTiming timing_;
+  std::uint64_t last_run_ns_ = 0;
+  std::uint64_t capture_done_ns_ = 0;
+  std::uint64_t down_mark_ = 0;  // where the next downtime phase begins
+  std::unique_ptr<hw::TracefsCapture> capture_;
+  std::string capture_text_;
+  std::size_t source_cut_ = std::string::npos;  // the capture text before the source's teardown
+  // precopy
+  std::thread vcpu_thread_;
+  std::atomic<bool> vcpu_done_{false};
+  Result<hw::KvmRunResult> vcpu_result_ = make_error("not run");
+  std::uint64_t sent_before_last_ = 0;
+};
+
+Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
+  if (opt_.at_insn != 0 || point.until_insn != 0)
+    return make_error("--at-insn is not available on KVM: it does not count guest instructions; use --at-sync");
+  if (cfg_.worker_exe.empty()) cfg_.worker_exe = "/proc/self/exe";
+  if (!cfg_.capture_path.empty()) {
+    hw::TracefsOptions to;
+    to.follow_forks = true;  // the worker (a child) and the precopy vCPU thread
+    auto cap = hw::TracefsCapture::open(to);
+    if (!cap) return make_error("--capture: " + cap.error().message);
+    capture_ = std::move(*cap);
+    BATON_TRY_VOID(capture_->add_process(::getpid()));
+    capture_text_ = capture_->header();
+    BATON_TRY_VOID(capture_->start());
+  }
+  hw::KvmMachineOptions mo;
+  mo.device = cfg_.device;
+  auto m = hw::KvmMachine::try_create(image_, mo);
+  if (!m) return m.error();
+  machine_ = std::move(*m);
+  auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms);
+  if (!w) return w.error();
+  worker_ = std::move(*w);
+  res_->worker_pid = static_cast<std::uint32_t>(worker_->pid);
+  // local-lazy: the worker builds its VM, vCPU and memslot around the same memfd before the
+  // pause. precopy does it at the migration point, where its first round begins.
+  if (opt_.method != Method::kPrecopy) {
+    if (auto r = hw::prepare_worker(*machine_, worker_->sock.get(), timing_, cfg_.timeout_ms); !r)
+      worker_error_ = r.error().message;
+  }
+  const std::uint32_t want = point.sync.value_or(1);
+  for (;;) {
+    auto r = run_source(true);
+    if (!r) return r.error();
+    const std::uint32_t stage = machine_->ports().stages.empty() ? 0 : machine_->ports().stages.back();
+    if (r->stop == hw::KvmStop::kSync && stage >= want) return RunEvent{StopReason::kSyncPoint, "", stage};
+    if (r->stop == hw::KvmStop::kSync) continue;
+    const StopReason why = r->stop == hw::KvmStop::kExited ? StopReason::kExited
+                           : r->stop == hw::KvmStop::kShutdown ? StopReason::kTripleFault
+                           : r->stop == hw::KvmStop::kFailEntry ? StopReason::kEntryFailure
+                                                                 : StopReason::kError;
+    return RunEvent{why, std::string(hw::to_string(r->stop)) + (r->detail.empty() ? "" : ": " + r->detail), stage};
+  }
+}
+
+void KvmBackend::start_vcpu_thread() {
+  install_kick_handler();
+  vcpu_done_ = false;
+  machine_->vcpu().set_immediate_exit(false);
+  vcpu_thread_ = std::thread([this] {
+    vcpu_result_ = run_source(false);
+    vcpu_done_ = true;
+  });
+}
+
+void KvmBackend::stop_vcpu_thread() {
+  // immediate_exit covers a kick that lands just before KVM_RUN; the signal one inside it.
+  while (!vcpu_done_) {
+    machine_->vcpu().set_immediate_exit(true);
+    ::pthread_kill(vcpu_thread_.native_handle(), SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+  vcpu_thread_.join();
+  machine_->vcpu().set_immediate_exit(false);
+}
+
+Result<void> KvmBackend::precopy() {
+  timing_.precopy = true;
+  start_vcpu_thread();  // the guest runs on while memory is copied
+  const std::uint64_t r1 = monotonic_ns();
+  if (auto r = hw::prepare_worker(*machine_, worker_->sock.get(), timing_, cfg_.timeout_ms); !r) {
+    worker_error_ = r.error().message;
+    return ok_result();  // the handover fails; the source keeps the guest
+  }
+  const std::uint64_t pages = machine_->memory().size() / 4096;
+  CopyRound first;
+  first.pages = pages;
+  first.sent = timing_.bytes_copied / 4096;
+  first.cycles = static_cast<double>(monotonic_ns() - r1);
+  res_->rounds.push_back(first);
+  phase("precopy-round-1", r1, monotonic_ns(), false);
+  for (unsigned round = 2; round <= opt_.max_rounds && !vcpu_done_; ++round) {
+    const std::uint64_t a = monotonic_ns(), before = timing_.bytes_copied;
+    auto sent = hw::precopy_round(*machine_, worker_->sock.get(), timing_);
+    if (!sent) {
+      worker_error_ = sent.error().message;
+      return ok_result();
+    }
+    CopyRound c;
+    c.pages = c.sent = (timing_.bytes_copied - before) / 4096;
+    c.cycles = static_cast<double>(monotonic_ns() - a);
+    res_->rounds.back().dirtied = c.pages;  // what the previous round left dirty
+    res_->rounds.push_back(c);
+    phase("precopy-round-" + std::to_string(round), a, monotonic_ns(), false);
+    if (opt_.progress)
+      opt_.progress("precopy round " + std::to_string(round) + ": " + std::to_string(c.sent) + " dirty pages sent");
+    if (c.pages <= opt_.converge_pages) break;
+  }
+  return ok_result();
+}
+
+Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
+  if (vcpu_thread_.joinable()) {
+    stop_vcpu_thread();
+    if (!vcpu_result_) return vcpu_result_.error();
+    if (vcpu_result_->stop == hw::KvmStop::kExited) res_->finished_before_switch = true;
+  }
+  auto state = machine_->capture();
+  capture_done_ns_ = monotonic_ns();
+  if (!state) return state.error();
+  timing_.pause_ns = last_run_ns_;
+  down_mark_ = capture_done_ns_;
+  phase("state-save", last_run_ns_, capture_done_ns_, true);
+  model::HandoverSnapshot s;
+  s.vcpus.push_back(*state);
+  s.memslots.push_back(model::Memslot{0, model::Gpa{0}, machine_->memory().size(), model::Hpa{0}, false});
+  s.meta["ept"] = checker::kEptOwnedByKvm;
+  s.meta["backend"] = "kvm";
+  s.meta["guest"] = cfg_.guest_name;
+  s.meta["host_flavour"] = res_->host_flavour;
+  return s;
+}
+
+Result<void> KvmBackend::stop_and_copy() {
+  if (!worker_error_.empty() || res_->finished_before_switch) return ok_result();
+  const std::uint64_t a = monotonic_ns(), before = timing_.bytes_copied;
+  auto sent = hw::precopy_round(*machine_, worker_->sock.get(), timing_);
+  if (!sent) {
+    worker_error_ = sent.error().message;
+    return ok_result();
+  }
+  CopyRound c;
+  c.pages = c.sent = (timing_.bytes_copied - before) / 4096;
+  c.cycles = static_cast<double>(monotonic_ns() - a);
+  if (!res_->rounds.empty()) res_->rounds.back().dirtied = c.pages;
+  res_->rounds.push_back(c);
+  const std::uint64_t done = monotonic_ns();
+  phase("stop-and-copy", down_mark_, done, true);  // contiguous: the downtime phases add up exactly
+  down_mark_ = done;
+  return ok_result();
+}
+
+Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::HandoverSnapshot& pkg) {
+  if (!worker_error_.empty()) return make_error(worker_error_);
+  if (res_->finished_before_switch) return make_error("the guest exited during pre-copy: nothing to hand over");
+  BATON_TRY_VOID(hw::send_state(*machine_, worker_->sock.get(), pkg.vcpus.at(0)));
+  auto restored = hw::await_resumed(worker_->sock.get(), timing_, cfg_.timeout_ms);
+  if (!restored) return restored.error();
+  phase("state-transfer+restore", down_mark_, timing_.resumed_ns, true);
+  res_->bytes_copied = timing_.bytes_copied;
+  res_->pages_copied = timing_.bytes_copied / 4096;
+  model::HandoverSnapshot after = pkg;
+  after.vcpus[0] = *restored;
+  after.meta["method"] = to_string(m);
+  after.meta["vmm_pid"] = std::to_string(worker_->pid);
+  return after;
+}
+
+void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
+  // The worker resumed at once; the state it restored must be the captured one, with the
+  // guest TSC continuous. The no-copy property follows from the capture after the run.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = checker::check_vcpu(before, after, checker::Verdict::kProven, opt_.check);
+  if (!r) {
+    res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown, r.error().message, seconds_since(t0), std::nullopt});
+    return;
+  }
+  res_->checks.push_back(CheckLine{"vcpu", r->verdict, r->summary, seconds_since(t0), r->counterexample});
+}
+
+void KvmBackend::finish_output(const guests::GuestRun& before, const std::optional<guests::GuestRun>& after) {
+  GuestOutput out = output_of(before);
+  if (after) {
+    const GuestOutput a = output_of(*after);
+    out.console += a.console;
+    out.results.insert(out.results.end(), a.results.begin(), a.results.end());
+    out.stages.insert(out.stages.end(), a.stages.begin(), a.stages.end());
+    if (a.exit_code) out.exit_code = a.exit_code;
+  }
+  res_->console = out.console;
+  res_->checksum = out.checksum();
+}
+
+Result<void> KvmBackend::resume_source() {
+  // The handover did not happen (the worker failed before it resumed the guest), so the
+  // guest's memory and vCPU are as the source left them: it resumes here.
+  if (worker_) worker_->stop();
+  const std::uint64_t a = monotonic_ns();
+  if (!res_->finished_before_switch) {
+    auto r = run_source(false);
+    if (!r) return r.error();
+    res_->final_event = RunEvent{r->stop == hw::KvmStop::kExited ? StopReason::kExited : StopReason::kError,
+                                 r->detail, res_->at_stage};
+  } else {
+    res_->final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_->at_stage};
+  }
+  phase("run to the end (old VMM)", a, monotonic_ns(), false);
+  finish_output(machine_->ports(), std::nullopt);
+  res_->total = static_cast<double>(monotonic_ns() - t0_ns_);
+  if (capture_) check_no_copy();
+  return ok_result();
+}
+
+Result<void> KvmBackend::finish_on_new(Method) {
+  // The old VMM tears its VM down; the guest memory stays with the memfd the worker mapped.
+  const guests::GuestRun before = machine_->ports();
+  if (capture_) {
+    // The source map is taken before its teardown (which may zap its SPTEs).
+    (void)capture_->drain(capture_text_);
+    source_cut_ = capture_text_.size();
+  }
+  machine_.reset();
+  auto run = hw::wait_worker_run(worker_->sock.get(), std::max(cfg_.timeout_ms, 600'000));
+  worker_->reap(cfg_.timeout_ms);
+  if (!run) {
+    // The worker owned the guest when it failed: the source must not resume it (its memory
+    // may have moved on), so no checksum is claimed.
+    res_->final_event = RunEvent{StopReason::kError,
+                                 "the worker owned the guest and failed after the resume: " + run.error().message +
+                                     "; the guest is lost (the source does not resume it)",
+                                 res_->at_stage};
+    finish_output(before, std::nullopt);
+    res_->checksum.reset();
+  } else {
+    res_->final_event = RunEvent{run->exited ? StopReason::kExited : StopReason::kError, "", res_->at_stage};
+    finish_output(before, *run);
+  }
+  phase("run to the end (new VMM)", timing_.resumed_ns, monotonic_ns(), false);
+  res_->total = static_cast<double>(monotonic_ns() - t0_ns_);
+  if (capture_) check_no_copy();
+  return ok_result();
+}
+
+void KvmBackend::check_no_copy() {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto unknown = [&](const std::string& why) {
+    res_->checks.push_back(CheckLine{"no-copy", checker::Verdict::kUnknown, why, seconds_since(t0), std::nullopt});
+  };
+  (void)capture_->stop();
+  auto d = capture_->drain(capture_text_);
+  const std::uint64_t overruns = capture_->overruns();
+  (void)capture_->remove();
+  if (!d) return unknown("the capture failed: " + d.error().message);
+  // The raw capture is the user's evidence: written whatever the verdict.
+  if (auto w = write_new_file(cfg_.capture_path, capture_text_, cfg_.overwrite_capture); !w)
+    return unknown(w.error().message);
+  traces::FtraceImportOptions io;
+  io.allow_empty = true;
+  io.input_name = cfg_.capture_path;
+  auto imp = traces::parse_ftrace(capture_text_, io);
+  if (!imp) return unknown("the capture does not import: " + imp.error().message);
+  auto src_imp = source_cut_ < capture_text_.size()
+                     ? traces::parse_ftrace(std::string_view(capture_text_).substr(0, source_cut_), io)
+                     : imp;
+  if (!src_imp) return unknown("the capture does not import: " + src_imp.error().message);
+  std::string lost;
+  if (overruns != 0 || imp->stats.lost_events != 0 || imp->stats.malformed_lines != 0)
+    lost = " (" + std::to_string(overruns + imp->stats.lost_events) + " events lost, " +
+           std::to_string(imp->stats.malformed_lines) + " malformed lines)";
+  model::MappingSet sets[2];
+  std::uint64_t gfns[2] = {0, 0};
+  const std::uint32_t vms[2] = {res_->source_pid, res_->worker_pid};
+  for (int k = 0; k < 2; ++k) {
+    const traces::FtraceImport& from = k == 0 ? *src_imp : *imp;
+    if (from.stats.vms.count(vms[k]) == 0) continue;
+    auto m = traces::mappings(from.trace, vms[k]);
+    if (!m) return unknown("VM " + std::to_string(vms[k]) + ": " + m.error().message);
+    auto set = traces::to_mapping_set(*m);
+    if (!set) return unknown("VM " + std::to_string(vms[k]) + ": " + set.error().message);
+    for (const model::MappingRun& r : set->runs())
+      if (r.kind == model::RunKind::kMapped) gfns[k] += r.size / 4096;
+    sets[k] = std::move(*set);
+  }
+  res_->capture_mapping_events = imp->stats.per_event.count("kvm_mmu_set_spte") != 0
+                                     ? imp->stats.per_event.at("kvm_mmu_set_spte")
+                                     : 0;
+  if (gfns[0] == 0 || gfns[1] == 0)
+    return unknown("inconclusive: the capture has no mapping events for the " +
+                   std::string(gfns[0] == 0 ? "source" : "destination") + " VM (pid " +
+                   std::to_string(vms[gfns[0] == 0 ? 0 : 1]) + ")" + lost);
+  auto r = checker::check_no_copy(sets[0], sets[1]);
+  if (!r) return unknown(r.error().message);
+  CheckLine l{"no-copy", r->verdict, r->summary + lost, seconds_since(t0), std::nullopt};
+  if (r->verdict == checker::Verdict::kProven && (!lost.empty() || r->shared_frames == 0)) {
+    l.verdict = checker::Verdict::kUnknown;  // a proof over lost events, or over nothing, is no proof
+    l.summary = "inconclusive: " + r->summary + lost;
+  }
+  if (r->counterexample) {
+    checker::Counterexample c;
+    c.gpa = model::Gpa{r->counterexample->gfn << 12};
+    c.confirmed_concretely = r->counterexample->confirmed_concretely;
+    c.explanation = l.summary;
+    l.counterexample = c;
+  }
+  res_->checks.push_back(std::move(l));
+}
+
+}  // namespace
+
+Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMigrationConfig& cfg,
+                                    const MigrationOptions& opt) {
+  KvmBackend b(image, cfg, opt);
+  std::optional<std::uint64_t> expected;
+  if (auto ex = guests::expected_result(cfg.guest_name, image.params)) expected = *ex;
+  return drive_migration(b, opt, expected);
+}
+
+}  // namespace baton::sim
