@@ -22,7 +22,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-shares=("$PWD")
+shares=("$(pwd -P)")
 envs=()
 timeout_s=600
 boot_timeout_s=180
@@ -230,19 +230,19 @@ chmod +x "$ir/init"
 
 # Shares: parents before children, and none inside another (it is writable already).
 qemu_shares=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
-             -virtfs "local,path=$ctl,mount_tag=ctl,security_model=none,multidevs=remap")
+             -virtfs "local,path=${ctl//,/,,},mount_tag=ctl,security_model=none,multidevs=remap")
 mapfile -t sorted < <(printf '%s\n' "${shares[@]}" | sort -u)
 kept=()
 for d in "${sorted[@]}"; do
   inside=0
   for k in "${kept[@]}"; do case "$d/" in "$k"/*) inside=1 ;; esac; done
-  [ "$d" != / ] || die "--share / would make the whole host writable; share the directories that need it"
-  [ $inside = 1 ] || kept+=("$d")
+  # The root is shared read-only already; a writable root would expose the whole host.
+  [ "$d" = / ] || [ $inside = 1 ] || kept+=("$d")
 done
 i=0
 : >"$ctl/shares"
 for d in "${kept[@]}"; do
-  qemu_shares+=(-virtfs "local,path=$d,mount_tag=share$i,security_model=none,multidevs=remap")
+  qemu_shares+=(-virtfs "local,path=${d//,/,,},mount_tag=share$i,security_model=none,multidevs=remap")
   echo "share$i $d" >>"$ctl/shares"
   i=$((i + 1))
 done
