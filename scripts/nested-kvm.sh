@@ -83,7 +83,8 @@ if [ -s "$cache/resolved" ] && [ "$(head -n1 "$cache/resolved")" = "$lists_stamp
 else
   read -r pkg ver < <(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null |
     sed -n 's/^Depends:.*\(linux-image-[0-9][^ ,]*\) (= \([^)]*\)).*/\1 \2/p' | head -n1) || true
-  [ -z "$ver" ] || printf '%s\n%s %s\n' "$lists_stamp" "$pkg" "$ver" >"$cache/resolved"
+  [ -z "$ver" ] || { printf '%s\n%s %s\n' "$lists_stamp" "$pkg" "$ver" >"$cache/resolved.$$" &&
+    mv "$cache/resolved.$$" "$cache/resolved"; }
 fi
 if [ -n "$ver" ]; then
   kdir="$cache/${pkg}_${ver//:/%3a}"
@@ -142,7 +143,7 @@ fetch_kernel() {
     [ -n "$file" ] || { rm -rf "$tmp"; die "module $m is not in $pkg"; }
     case "$file" in
       *.ko) cp "$file" "$tmp/modules/$m.ko" ;;
-      *.ko.xz) "$busybox" xzcat "$file" >"$tmp/modules/$m.ko" ;;
+      *.ko.xz) xz -dcq "$file" >"$tmp/modules/$m.ko" || die "cannot decompress $file (apt-get install xz-utils)" ;;
       *.ko.gz) "$busybox" zcat "$file" >"$tmp/modules/$m.ko" ;;
       *.ko.zst) command -v zstd >/dev/null || die "$pkg has zstd modules: apt-get install zstd"
         zstd -dcq "$file" >"$tmp/modules/$m.ko" ;;
