@@ -17,6 +17,7 @@ packages=(
   libbenchmark-dev                   # baton bench baselines
   libreadline-dev                    # interactive explore
   gnuplot-nox                        # baton compare --plot
+  qemu-system-x86 busybox-static cpio xz-utils   # the nested KVM host (scripts/nested-kvm.sh)
 )
 
 missing=()
@@ -38,5 +39,12 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends "${missing[@]}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Quiet unless something fails; then apt's own output says what.
+if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  tail -n 20 "$log" >&2
+  echo "install-deps: apt-get failed (its output is above)" >&2
+  exit 1
+fi
+echo "install-deps: installed ${#missing[@]} packages"
