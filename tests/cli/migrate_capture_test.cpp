@@ -2,6 +2,7 @@
 // private tracefs instance, and the no-copy property proven from them: proven for local-lazy
 // (the worker maps the source's very pages), refuted for precopy (private copies). Needs a
 // usable KVM device and root (tracefs): main() exits 77 with the reason otherwise.
+#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -71,7 +72,7 @@ TEST_CASE("migrate --capture: precopy is refuted no-copy at a copied gfn", "[kvm
 
 int main(int argc, char** argv) {
   if (auto why = baton::hw::kvm_unavailable_reason(baton::hw::kvm_device())) {
-    std::printf("SKIPPED: no usable KVM device here: %s\n", why->c_str());
+    std::printf("SKIPPED: /dev/kvm is not usable here: %s\n", why->c_str());
     return 77;
   }
   if (const std::string why = baton::hw::tracefs_unusable_reason(); !why.empty()) {

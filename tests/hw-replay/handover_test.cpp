@@ -310,11 +310,16 @@ TEST_CASE("worker: without a usable KVM device the worker tells the source in on
 
 TEST_CASE("worker: the resume payload carries the input position and the state", "[worker][vcpu]") {
   const model::VcpuState s = sample_state(11);
-  const auto bytes = encode_resume(ResumeInfo{42, 1234}, s);
+  const auto bytes = encode_resume(ResumeInfo{42, 1234, {0x101, 0xdeadbeef, 3, 0}}, s);
   auto back = decode_resume(bytes);
   REQUIRE(back);
   CHECK(back->first.input_seed == 42);
   CHECK(back->first.inputs_consumed == 1234);
+  // The port ABI's latches cross too, so a result half written before the pause completes after.
+  CHECK(back->first.ports.tag == 0x101);
+  CHECK(back->first.ports.lo == 0xdeadbeef);
+  CHECK(back->first.ports.stage == 3);
+  CHECK(back->first.ports.inputs == 1234);
   CHECK(back->second == s);
   auto cut = decode_resume(std::span<const std::uint8_t>(bytes.data(), 10));
   REQUIRE_FALSE(cut);
