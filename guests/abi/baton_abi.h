@@ -17,8 +17,10 @@
 #define BATON_PORT_SYNC 0x0510u       /* OUT 32-bit: sync point, "stage N" (N = 1, 2, ...) */
 #define BATON_PORT_INPUT 0x0514u      /* IN  32-bit: the next host-supplied input value */
 #define BATON_PORT_EXIT 0x0518u       /* OUT 32-bit: exit code; the guest executes nothing after it */
+#define BATON_PORT_FAULT 0x051Cu      /* OUT 32-bit, by the loader's trap handler only: the vector of an
+                                         exception it cannot handle (record at BATON_GPA_FAULT_RECORD) */
 #define BATON_PORT_FIRST BATON_PORT_CONSOLE
-#define BATON_PORT_LAST (BATON_PORT_EXIT + 3u)
+#define BATON_PORT_LAST (BATON_PORT_FAULT + 3u)
 
 /* ---- Result tags. Tag 0 and tags >= 0x100 are deterministic; tags 1..0xFF are observations
  *      (e.g. TSC gaps) that may differ from run to run and are never part of a checksum. ---- */
@@ -40,6 +42,10 @@
 #define BATON_GPA_BOOT_PAGE 0x1000u /* boot parameters (struct baton_boot), RDI at entry */
 #define BATON_GPA_GDT 0x2000u       /* GDT; the 64-bit TSS follows at BATON_GPA_TSS */
 #define BATON_GPA_TSS 0x2080u
+#define BATON_GPA_IDT 0x3000u          /* IDT: one interrupt gate per vector 0..31 into the trap handler */
+#define BATON_GPA_TRAP 0x4000u         /* the loader's ring-0 trap handler (guests/trap/trap.S) */
+#define BATON_GPA_FAULT_RECORD 0x5000u /* struct baton_fault, written by the trap handler */
+#define BATON_IDT_VECTORS 32u          /* gates 0..31, the exception vectors; IDTR.limit = 32 * 16 - 1 */
 #define BATON_GPA_RING0_STACK_TOP 0x100000u /* TSS.RSP0: [0xF0000, 0x100000) is reserved for it */
 #define BATON_GPA_STACK_BOTTOM 0x100000u
 #define BATON_GPA_STACK_TOP 0x200000u           /* RSP at entry */
@@ -85,6 +91,24 @@ struct baton_boot {
   uint32_t param_count;       /* 0x06C entries used in params[] */
   uint64_t reserved[2];       /* 0x070 zero */
   struct baton_param params[BATON_BOOT_MAX_PARAMS]; /* 0x080 */
+};
+
+/* What the trap handler records at BATON_GPA_FAULT_RECORD before it reports an exception it
+ * cannot handle on BATON_PORT_FAULT: the exception frame as the CPU pushed it, CR2, and the
+ * four registers the handler uses (their values when the handler was entered). */
+struct baton_fault {
+  uint64_t vector;     /* 0x00 */
+  uint64_t error_code; /* 0x08 the CPU's, or 0 for vectors that push none */
+  uint64_t rip;        /* 0x10 the faulting instruction (for #GP, #UD, #PF, ...) */
+  uint64_t cs;         /* 0x18 */
+  uint64_t rflags;     /* 0x20 */
+  uint64_t rsp;        /* 0x28 */
+  uint64_t ss;         /* 0x30 */
+  uint64_t cr2;        /* 0x38 */
+  uint64_t rax;        /* 0x40 */
+  uint64_t rcx;        /* 0x48 */
+  uint64_t rdx;        /* 0x50 */
+  uint64_t rsi;        /* 0x58 */
 };
 
 /* ---- Small pure helpers used by guests and by the host reference alike. ---- */

@@ -6,11 +6,16 @@
 #include <cctype>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
 #include "baton/guests/abi.hpp"
+
+// The loader's trap handler, guests/trap/trap.S assembled flat and embedded by guests/CMakeLists.txt.
+extern "C" const unsigned char baton_trap_bin[];
+extern "C" const unsigned char baton_trap_bin_end[];
 
 namespace baton::guests {
 
@@ -304,12 +309,46 @@ std::vector<std::uint8_t> build_gdt_tss() {
   const std::uint64_t hi = base >> 32;
   std::memcpy(b.data() + kSelTss, &lo, 8);
   std::memcpy(b.data() + kSelTss + 8, &hi, 8);
-  // TSS (figure 8-11): RSP0 at offset 4; I/O map base at 102 = 104 (no bitmap: IOPL=3 rules).
+  // TSS (figure 8-11): RSP0 at offset 4 (the trap handler's stack); I/O map base at 102 = 104
+  // (no bitmap: IOPL=3 rules where the CPU honours it, the trap handler elsewhere).
   const std::uint64_t rsp0 = kRing0StackTop;
   std::memcpy(b.data() + (kTssGpa - kGdtGpa) + 4, &rsp0, 8);
   const std::uint16_t iomap = 104;
   std::memcpy(b.data() + (kTssGpa - kGdtGpa) + 102, &iomap, 2);
   return b;
+}
+
+// The trap handler's header (guests/trap/trap.S): magic, vectors, fault port, fault record,
+// then one 16-bit entry offset per vector.
+constexpr std::size_t kTrapHeaderSize = 16 + 2 * BATON_IDT_VECTORS;
+
+// Returns the embedded trap handler, its header checked against the ABI (a build invariant).
+std::span<const std::uint8_t> trap_blob() {
+  const std::span<const std::uint8_t> b(baton_trap_bin, static_cast<std::size_t>(baton_trap_bin_end - baton_trap_bin));
+  BATON_CHECK(b.size() >= kTrapHeaderSize && b.size() <= k4K);
+  BATON_CHECK(std::memcmp(b.data(), "BTNTRAP1", 8) == 0);
+  BATON_CHECK(rd<std::uint16_t>(b, 8) == kIdtVectors);
+  BATON_CHECK(rd<std::uint16_t>(b, 10) == kPortFault);
+  BATON_CHECK(rd<std::uint32_t>(b, 12) == kFaultRecordGpa);
+  return b;
+}
+
+// Builds the IDT: vector v is a 64-bit interrupt gate (type 0xE, DPL 0, P, IST 0) through the
+// kernel code segment to the trap handler's entry for v (SDM Vol. 3A §6.14.1, figure 6-8).
+std::vector<std::uint8_t> build_idt() {
+  const std::span<const std::uint8_t> trap = trap_blob();
+  std::vector<std::uint8_t> idt(16 * kIdtVectors, 0);
+  for (unsigned v = 0; v < kIdtVectors; ++v) {
+    const std::uint16_t entry = rd<std::uint16_t>(trap, 16 + 2 * v);
+    BATON_CHECK(entry >= kTrapHeaderSize && entry < trap.size());
+    const std::uint64_t target = kTrapGpa + entry;
+    const std::uint64_t lo = (target & 0xFFFF) | (std::uint64_t{kSelKernelCs} << 16) | (std::uint64_t{0xE} << 40) |
+                             (std::uint64_t{1} << 47) | (((target >> 16) & 0xFFFF) << 48);
+    const std::uint64_t hi = target >> 32;
+    std::memcpy(idt.data() + 16 * v, &lo, 8);
+    std::memcpy(idt.data() + 16 * v + 8, &hi, 8);
+  }
+  return idt;
 }
 
 // Builds the boot page for an image.
@@ -378,8 +417,8 @@ model::VcpuState initial_state(const GuestImage& im) {
   s.ldt.unusable = 1;  // no LDT
   s.gdtr.base = kGdtGpa;
   s.gdtr.limit = static_cast<std::uint16_t>(kSelTss + 16 - 1);
-  s.idtr.base = 0;
-  s.idtr.limit = 0;  // no IDT: any exception escalates to a triple fault, a clear stop
+  s.idtr.base = kIdtGpa;
+  s.idtr.limit = static_cast<std::uint16_t>(16 * kIdtVectors - 1);  // gates 0..31 into the trap handler
   s.cr0 = kCr0Pe | kCr0Mp | kCr0Et | kCr0Ne | kCr0Wp | kCr0Am | kCr0Pg;
   s.cr3 = im.pml4.value;
   s.cr4 = kCr4Pae | kCr4Osfxsr | kCr4Osxmmexcpt;  // TSD = 0: RDTSC works at ring 3
@@ -470,9 +509,12 @@ Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConf
   im.free_start = Gpa{free_start};
   im.free_end = Gpa{pt_start};
 
-  // Chunks, in address order: boot page, GDT/TSS, ELF segments, page tables.
+  // Chunks, in address order: boot page, GDT/TSS, IDT, trap handler, ELF segments, page tables.
   im.chunks.push_back(MemoryChunk{"boot", im.boot_page, build_boot_page(im)});
   im.chunks.push_back(MemoryChunk{"gdt+tss", im.gdt, build_gdt_tss()});
+  im.chunks.push_back(MemoryChunk{"idt", Gpa{kIdtGpa}, build_idt()});
+  const std::span<const std::uint8_t> trap = trap_blob();
+  im.chunks.push_back(MemoryChunk{"trap", Gpa{kTrapGpa}, std::vector<std::uint8_t>(trap.begin(), trap.end())});
   std::vector<Segment> segs = info->segments;
   std::sort(segs.begin(), segs.end(), [](const Segment& a, const Segment& b) { return a.vaddr < b.vaddr; });
   for (const Segment& s : segs) {
@@ -490,7 +532,10 @@ Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConf
   add("null", 0, kBootPageGpa);
   add("boot", kBootPageGpa, kBootPageGpa + k4K);
   add("gdt+tss", kGdtGpa, kGdtGpa + k4K);
-  add("reserved", kGdtGpa + k4K, kRing0StackTop - 16 * k4K);
+  add("idt", kIdtGpa, kIdtGpa + k4K);
+  add("trap", kTrapGpa, kTrapGpa + k4K);
+  add("fault-record", kFaultRecordGpa, kFaultRecordGpa + k4K);
+  add("reserved", kFaultRecordGpa + k4K, kRing0StackTop - 16 * k4K);
   add("ring0-stack", kRing0StackTop - 16 * k4K, kRing0StackTop);
   add("stack", kStackBottom, kStackTop);
   add("unused", kImageBase, lo);

@@ -76,6 +76,12 @@ PortEvent PortRecorder::out(std::uint16_t port, unsigned size, std::uint32_t val
         run_.exit_code = value;
       }
       return PortEvent{PortEventKind::kExit, value, {}};
+    case kPortFault:
+      if (!run_.faulted) {
+        run_.faulted = true;
+        run_.fault_vector = value;
+      }
+      return PortEvent{PortEventKind::kFault, value, {}};
     default: run_.stray.push_back(stray_text("out", port, size)); return PortEvent{PortEventKind::kStray, value, {}};
   }
 }
@@ -96,12 +102,36 @@ PortEvent PortRecorder::in(std::uint16_t port, unsigned size) {
   return PortEvent{PortEventKind::kInput, v, {}};
 }
 
+std::string vector_name(std::uint32_t vector) {
+  // SDM Vol. 3A table 6-1.
+  static const char* const names[32] = {"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "vector 9",
+                                        "#TS", "#NP", "#SS", "#GP", "#PF", "vector 15", "#MF", "#AC", "#MC", "#XM",
+                                        "#VE", "#CP", "vector 22", "vector 23", "vector 24", "vector 25",
+                                        "vector 26", "vector 27", "#HV", "#VC", "#SX", "vector 31"};
+  return vector < 32 ? names[vector] : "vector " + std::to_string(vector);
+}
+
+std::string fault_text(const FaultRecord& f) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%s (error code 0x%llx) at rip 0x%llx, cs 0x%llx, rsp 0x%llx, rflags 0x%llx, cr2 0x%llx",
+                vector_name(static_cast<std::uint32_t>(f.vector)).c_str(), static_cast<unsigned long long>(f.error_code),
+                static_cast<unsigned long long>(f.rip), static_cast<unsigned long long>(f.cs),
+                static_cast<unsigned long long>(f.rsp), static_cast<unsigned long long>(f.rflags),
+                static_cast<unsigned long long>(f.cr2));
+  return buf;
+}
+
 std::vector<std::string> compare_runs(const GuestRun& expected, const GuestRun& actual) {
   std::vector<std::string> d;
   if (expected.exited != actual.exited)
     d.push_back(actual.exited ? "the guest exited, but was not expected to" : "the guest did not exit");
   if (expected.exit_code != actual.exit_code)
     d.push_back("exit code " + std::to_string(actual.exit_code) + ", expected " + std::to_string(expected.exit_code));
+  if (expected.faulted != actual.faulted || expected.fault_vector != actual.fault_vector)
+    d.push_back(actual.faulted ? "the guest took exception " + vector_name(actual.fault_vector) +
+                                     (expected.faulted ? ", expected " + vector_name(expected.fault_vector) : "")
+                               : "the guest took no exception, expected " + vector_name(expected.fault_vector));
   const auto re = deterministic(expected.results), ra = deterministic(actual.results);
   for (std::size_t i = 0; i < std::max(re.size(), ra.size()); ++i) {
     if (i < re.size() && i < ra.size() && re[i] == ra[i]) continue;

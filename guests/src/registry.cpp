@@ -119,6 +119,7 @@ const char* port_name(std::uint16_t port) {
     case kPortSync: return "sync";
     case kPortInput: return "input";
     case kPortExit: return "exit";
+    case kPortFault: return "fault";
     default: return nullptr;
   }
 }

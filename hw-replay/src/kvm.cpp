@@ -66,6 +66,26 @@ std::string kvm_device() {
   return d != nullptr && *d != '\0' ? std::string(d) : std::string(kKvmDevice);
 }
 
+Result<std::string> probe_kvm(const std::string& path) {
+  auto sys = KvmSystem::try_open(path);
+  if (!sys) return sys.error();
+  auto vm = sys->try_create_vm();
+  if (!vm) return vm.error();
+  auto mmap_size = sys->try_vcpu_mmap_size();
+  if (!mmap_size) return mmap_size.error();
+  auto vcpu = vm->try_create_vcpu(0, *mmap_size);
+  if (!vcpu) return vcpu.error();
+  auto cpuid = sys->try_supported_cpuid();
+  if (!cpuid) return cpuid.error();
+  const std::size_t entries = (cpuid->size() - sizeof(kvm_cpuid2)) / sizeof(kvm_cpuid_entry2);
+  if (entries == 0) return make_error(path + ": KVM_GET_SUPPORTED_CPUID returned no entries");
+  BATON_TRY_VOID(vcpu->try_set_cpuid(*cpuid));
+  auto msrs = sys->try_msr_index_list();
+  if (!msrs) return msrs.error();
+  return "API " + std::to_string(KVM_API_VERSION) + ", 1 VM + 1 vCPU created, " + std::to_string(entries) +
+         " CPUID entries set, " + std::to_string(msrs->size()) + " MSRs listed";
+}
+
 std::string host_flavour() {
   if (const char* f = std::getenv("BATON_KVM_FLAVOUR"); f != nullptr && *f != '\0') return f;
   auto loaded = [](const char* m) { return ::access((std::string("/sys/module/") + m).c_str(), F_OK) == 0; };

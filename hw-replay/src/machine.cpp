@@ -1,6 +1,8 @@
 // A guest on /dev/kvm (include/baton/hw/machine.hpp).
 #include "baton/hw/machine.hpp"
 
+#include "baton/guests/abi.hpp"
+
 #include <errno.h>
 #include "kvm_uapi.hpp"
 #include <sys/mman.h>
@@ -30,6 +32,7 @@ const char* to_string(KvmStop s) {
     case KvmStop::kInterrupted: return "interrupted";
     case KvmStop::kBudget: return "budget";
     case KvmStop::kShutdown: return "shutdown (triple fault)";
+    case KvmStop::kGuestFault: return "guest exception";
     case KvmStop::kHalted: return "halted";
     case KvmStop::kFailEntry: return "VM-entry failure";
     case KvmStop::kInternalError: return "KVM internal error";
@@ -164,12 +167,44 @@ std::string KvmMachine::dump_state() {
   return b;
 }
 
+Result<void> KvmMachine::complete_pending_io() {
+  if (!io_pending_) return ok_result();
+  auto* run = static_cast<kvm_run*>(vcpu_.run_area());
+  run->immediate_exit = 1;  // KVM completes the I/O, then returns EINTR before entering the guest
+  auto r = vcpu_.try_run();
+  run->immediate_exit = 0;
+  if (!r) return r.error();
+  if (*r)
+    return make_error("KVM_RUN with immediate_exit entered the guest (exit reason " +
+                      std::to_string(run->exit_reason) + ") instead of returning EINTR");
+  io_pending_ = false;
+  return ok_result();
+}
+
+Result<model::VcpuState> KvmMachine::capture() {
+  BATON_TRY_VOID(complete_pending_io());
+  return vcpu_.try_get_state(state_opt_);
+}
+
+Result<void> KvmMachine::restore(const model::VcpuState& s) {
+  BATON_TRY_VOID(complete_pending_io());
+  return vcpu_.try_set_state(s, state_opt_);
+}
+
+std::string KvmMachine::fault_detail() {
+  guests::FaultRecord f{};
+  if (mem_.size() < guests::kFaultRecordGpa + sizeof f) return "no fault record (guest memory too small)";
+  std::memcpy(&f, mem_.data() + guests::kFaultRecordGpa, sizeof f);
+  return guests::fault_text(f);
+}
+
 Result<KvmRunResult> KvmMachine::run(std::uint64_t max_exits, bool stop_at_sync) {
   auto* run = static_cast<kvm_run*>(vcpu_.run_area());
   KvmRunResult res;
   while (res.exits < max_exits) {
     auto r = vcpu_.try_run();
     if (!r) return r.error();
+    io_pending_ = false;  // KVM_RUN completed whatever was pending
     if (!*r) {
       res.stop = KvmStop::kInterrupted;
       return res;
@@ -177,9 +212,10 @@ Result<KvmRunResult> KvmMachine::run(std::uint64_t max_exits, bool stop_at_sync)
     ++res.exits;
     switch (run->exit_reason) {
       case KVM_EXIT_IO: {
+        io_pending_ = true;
         auto* data = reinterpret_cast<std::uint8_t*>(run) + run->io.data_offset;
         const unsigned size = run->io.size;
-        bool exited = false, sync = false;
+        bool exited = false, sync = false, fault = false;
         for (std::uint32_t i = 0; i < run->io.count; ++i, data += size) {
           if (run->io.direction == KVM_EXIT_IO_OUT) {
             std::uint32_t v = 0;
@@ -187,10 +223,16 @@ Result<KvmRunResult> KvmMachine::run(std::uint64_t max_exits, bool stop_at_sync)
             const guests::PortEventKind k = ports_.out(run->io.port, size, v).kind;
             exited |= k == guests::PortEventKind::kExit;
             sync |= k == guests::PortEventKind::kSync;
+            fault |= k == guests::PortEventKind::kFault;
           } else {
             const std::uint32_t v = ports_.in(run->io.port, size).value;
             std::memcpy(data, &v, std::min<unsigned>(size, 4));
           }
+        }
+        if (fault) {
+          res.stop = KvmStop::kGuestFault;
+          res.detail = fault_detail();
+          return res;
         }
         if (exited || (sync && stop_at_sync)) {
           res.stop = exited ? KvmStop::kExited : KvmStop::kSync;
@@ -219,6 +261,7 @@ Result<KvmRunResult> KvmMachine::run(std::uint64_t max_exits, bool stop_at_sync)
         res.detail = "suberror " + std::to_string(run->internal.suberror) + "; " + dump_state();
         return res;
       case KVM_EXIT_MMIO:
+        io_pending_ = true;
         res.stop = KvmStop::kUnexpected;
         res.detail = std::string("MMIO ") + (run->mmio.is_write ? "write" : "read") + " at gpa " +
                      hex(run->mmio.phys_addr) + " (outside guest RAM); " + dump_state();

@@ -49,8 +49,12 @@ Result<BareRun> run_bare_unicorn(const guests::GuestImage& im, std::uint64_t max
   check(uc_reg_write(uc, UC_X86_REG_DS, &ds), "ds");
   check(uc_reg_write(uc, UC_X86_REG_ES, &ds), "es");
   check(uc_reg_write(uc, UC_X86_REG_RFLAGS, &v.rflags), "rflags");
-  check(uc_reg_write(uc, UC_X86_REG_RSP, &v.gpr[model::VcpuState::kRsp]), "rsp");
-  check(uc_reg_write(uc, UC_X86_REG_RDI, &v.gpr[model::VcpuState::kRdi]), "rdi");
+  // Every GPR of the initial state, in the model's order (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8..r15).
+  const int gprs[model::VcpuState::kGprCount] = {
+      UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RSI, UC_X86_REG_RDI,
+      UC_X86_REG_RSP, UC_X86_REG_RBP, UC_X86_REG_R8,  UC_X86_REG_R9,  UC_X86_REG_R10, UC_X86_REG_R11,
+      UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15};
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i) check(uc_reg_write(uc, gprs[i], &v.gpr[i]), "gpr");
   uc_hook h1, h2;
   check(uc_hook_add(uc, &h1, UC_HOOK_INSN, reinterpret_cast<void*>(bare_out), &ports, 1, 0, UC_X86_INS_OUT), "hook out");
   check(uc_hook_add(uc, &h2, UC_HOOK_INSN, reinterpret_cast<void*>(bare_in), &ports, 1, 0, UC_X86_INS_IN), "hook in");

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <set>
 
 #include "baton/guests/abi.hpp"
 #include "baton/guests/registry.hpp"
@@ -135,7 +136,8 @@ TEST_CASE("the initial vCPU state is exactly what the ABI says", "[loader]") {
   CHECK(v.ldt.unusable == 1);
   CHECK(v.gdtr.base == kGdtGpa);
   CHECK(v.gdtr.limit == 0x37);
-  CHECK(v.idtr.limit == 0);
+  CHECK(v.idtr.base == kIdtGpa);
+  CHECK(v.idtr.limit == 16 * kIdtVectors - 1);  // gates 0..31
   CHECK(v.dr[7] == 0x400);
   CHECK(v.tsc_offset == 0);
 
@@ -154,6 +156,36 @@ TEST_CASE("the initial vCPU state is exactly what the ABI says", "[loader]") {
     std::uint64_t rsp0 = 0;
     std::memcpy(&rsp0, chunk(im, "gdt+tss").bytes.data() + (kTssGpa - kGdtGpa) + 4, 8);
     CHECK(rsp0 == kRing0StackTop);
+  }
+  SECTION("the IDT sends every exception vector to the trap handler at ring 0") {
+    // 64-bit interrupt gates (SDM Vol. 3A §6.14.1, figure 6-8): type 0xE, DPL 0, P, IST 0,
+    // the kernel code selector, a target inside the trap handler's page.
+    const MemoryChunk& idt = chunk(im, "idt");
+    REQUIRE(idt.gpa == Gpa{kIdtGpa});
+    REQUIRE(idt.bytes.size() == 16 * kIdtVectors);
+    const MemoryChunk& trap = chunk(im, "trap");
+    REQUIRE(trap.gpa == Gpa{kTrapGpa});
+    CHECK(trap.bytes.size() <= 4096);
+    CHECK(std::memcmp(trap.bytes.data(), "BTNTRAP1", 8) == 0);
+    std::set<std::uint64_t> targets;
+    for (unsigned vec = 0; vec < kIdtVectors; ++vec) {
+      CAPTURE(vec);
+      std::uint64_t lo = 0, hi = 0;
+      std::memcpy(&lo, idt.bytes.data() + 16 * vec, 8);
+      std::memcpy(&hi, idt.bytes.data() + 16 * vec + 8, 8);
+      CHECK(((lo >> 16) & 0xFFFF) == kSelKernelCs);
+      CHECK(((lo >> 32) & 7) == 0);    // IST
+      CHECK(((lo >> 40) & 0xF) == 0xE);  // 64-bit interrupt gate
+      CHECK(((lo >> 45) & 3) == 0);    // DPL 0: INT n from ring 3 is #GP, not a way in
+      CHECK(((lo >> 47) & 1) == 1);
+      const std::uint64_t target = (lo & 0xFFFF) | (((lo >> 48) & 0xFFFF) << 16) | ((hi & 0xFFFFFFFF) << 32);
+      CHECK(target >= kTrapGpa + 16 + 2 * kIdtVectors);
+      CHECK(target < kTrapGpa + trap.bytes.size());
+      targets.insert(target);
+    }
+    CHECK(targets.size() == kIdtVectors);  // one entry per vector: the handler knows which one
+    REQUIRE(im.region("fault-record") != nullptr);
+    CHECK(im.region("fault-record")->start == Gpa{kFaultRecordGpa});
   }
   SECTION("ring 0 is available as an option") {
     const GuestImage k = load("checksum", 128 * kMiB, PageSize::k2M, 0);

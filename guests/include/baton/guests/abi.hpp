@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "baton_abi.h"
@@ -19,6 +20,7 @@ inline constexpr std::uint16_t kPortResultHi = BATON_PORT_RESULT_HI;    // OUT32
 inline constexpr std::uint16_t kPortSync = BATON_PORT_SYNC;             // OUT32: sync point "stage N"
 inline constexpr std::uint16_t kPortInput = BATON_PORT_INPUT;           // IN32: host-supplied value
 inline constexpr std::uint16_t kPortExit = BATON_PORT_EXIT;             // OUT32: exit code
+inline constexpr std::uint16_t kPortFault = BATON_PORT_FAULT;           // OUT32: trap handler: unhandled vector
 
 // Result tags.
 inline constexpr std::uint32_t kResultChecksum = BATON_RESULT_CHECKSUM;
@@ -40,6 +42,10 @@ inline constexpr std::uint32_t kExitSelfcheck = BATON_EXIT_SELFCHECK;
 inline constexpr std::uint64_t kBootPageGpa = BATON_GPA_BOOT_PAGE;
 inline constexpr std::uint64_t kGdtGpa = BATON_GPA_GDT;
 inline constexpr std::uint64_t kTssGpa = BATON_GPA_TSS;
+inline constexpr std::uint64_t kIdtGpa = BATON_GPA_IDT;
+inline constexpr std::uint64_t kTrapGpa = BATON_GPA_TRAP;
+inline constexpr std::uint64_t kFaultRecordGpa = BATON_GPA_FAULT_RECORD;
+inline constexpr std::uint32_t kIdtVectors = BATON_IDT_VECTORS;
 inline constexpr std::uint64_t kRing0StackTop = BATON_GPA_RING0_STACK_TOP;
 inline constexpr std::uint64_t kStackBottom = BATON_GPA_STACK_BOTTOM;
 inline constexpr std::uint64_t kStackTop = BATON_GPA_STACK_TOP;
@@ -65,6 +71,14 @@ static_assert(sizeof(BootPage) <= 4096, "the boot parameters must fit in one pag
 static_assert(offsetof(BootPage, params) == 0x80, "docs/guest-abi.md fixes params at offset 0x80");
 static_assert(sizeof(BootPage) == 0xC80, "docs/guest-abi.md gives the boot page size as 0xC80");
 static_assert(offsetof(BootPage, free_start) == 0x50 && offsetof(BootPage, ring) == 0x68, "docs/guest-abi.md offsets");
+
+using FaultRecord = ::baton_fault;
+static_assert(sizeof(FaultRecord) == 0x60 && offsetof(FaultRecord, cr2) == 0x38 && offsetof(FaultRecord, rax) == 0x40,
+              "guests/trap/trap.S writes the record at these offsets");
+// Names an exception vector ("#GP", "#PF", ...), or "vector N" for a reserved one.
+std::string vector_name(std::uint32_t vector);
+// Describes a fault record in one line: vector, error code, RIP, CS, RSP, CR2.
+std::string fault_text(const FaultRecord& f);
 
 // Returns the n-th (0-based) value of the default input sequence for a seed.
 inline std::uint32_t input_value(std::uint64_t seed, std::uint64_t n) { return baton_input_value(seed, n); }

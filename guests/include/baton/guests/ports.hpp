@@ -29,12 +29,14 @@ struct GuestRun {
   std::string console;                // console bytes
   std::uint64_t inputs = 0;           // reads from the input port
   std::vector<std::string> stray;     // accesses outside the ABI ("out 0x80 size 1")
+  bool faulted = false;               // the loader's trap handler reported an exception ...
+  std::uint32_t fault_vector = 0;     // ... with this vector (the first one counts)
 };
 
 // What one port access meant to the backend.
-enum class PortEventKind : std::uint8_t { kNone, kConsole, kResult, kSync, kExit, kInput, kStray };
+enum class PortEventKind : std::uint8_t { kNone, kConsole, kResult, kSync, kExit, kInput, kStray, kFault };
 
-// One decoded port access; `value` is the byte, stage, exit code or input value.
+// One decoded port access; `value` is the byte, stage, exit code, input value or vector.
 struct PortEvent {
   PortEventKind kind = PortEventKind::kNone;
   std::uint32_t value = 0;
@@ -54,7 +56,7 @@ class PortRecorder {
   // Replaces the input source (e.g. values recorded in a trace).
   void set_input_source(InputSource source) { input_ = std::move(source); }
 
-  // Handles an OUT of `size` bytes (1, 2 or 4); kExit means the run is over.
+  // Handles an OUT of `size` bytes (1, 2 or 4); kExit and kFault mean the run is over.
   PortEvent out(std::uint16_t port, unsigned size, std::uint32_t value);
   // Handles an IN of `size` bytes; the event's value is what the guest must read.
   PortEvent in(std::uint16_t port, unsigned size);
@@ -88,8 +90,8 @@ class PortRecorder {
 std::uint64_t input_seed_of(const GuestImage& image);
 
 // Lists how an actual run differs from the expected one in what must be deterministic: exit,
-// exit code, deterministic results (tags 0 and >= 0x100), stages, console, input count and
-// stray accesses. An empty list means the runs agree.
+// exit code, a reported exception, deterministic results (tags 0 and >= 0x100), stages,
+// console, input count and stray accesses. An empty list means the runs agree.
 std::vector<std::string> compare_runs(const GuestRun& expected, const GuestRun& actual);
 
 }  // namespace baton::guests

@@ -49,6 +49,7 @@ enum class KvmStop : std::uint8_t {
   kInterrupted,    // KVM_RUN returned EINTR (a signal, e.g. to pause for migration)
   kBudget,         // the exit budget ran out
   kShutdown,       // KVM_EXIT_SHUTDOWN: a triple fault
+  kGuestFault,     // the loader's trap handler reported an exception on the fault port
   kHalted,         // KVM_EXIT_HLT without an in-kernel LAPIC
   kFailEntry,      // KVM_EXIT_FAIL_ENTRY
   kInternalError,  // KVM_EXIT_INTERNAL_ERROR
@@ -83,8 +84,13 @@ class KvmMachine {
   // Runs until the guest exits, a fault, an interruption, `max_exits` exits, or (when
   // `stop_at_sync`) right after the guest announces a sync point.
   Result<KvmRunResult> run(std::uint64_t max_exits = ~std::uint64_t{0}, bool stop_at_sync = false);
-  Result<model::VcpuState> capture() { return vcpu_.try_get_state(state_opt_); }
-  Result<void> restore(const model::VcpuState& s) { return vcpu_.try_set_state(s, state_opt_); }
+  // Captures the vCPU. An I/O exit is completed first (one KVM_RUN with immediate_exit), so
+  // the state is past the IN/OUT: KVM finishes an I/O exit only on the next KVM_RUN, and a
+  // state taken before that would make a restored VM execute the instruction again.
+  Result<model::VcpuState> capture();
+  // Restores a captured state; a pending I/O exit is completed first, so that KVM cannot
+  // apply it to the restored registers on the next KVM_RUN.
+  Result<void> restore(const model::VcpuState& s);
 
   // Dirty logging on guest RAM (memslot 0) for precopy: enable it, then fetch and reset the
   // bitmap of pages written since the last fetch (KVM_GET_DIRTY_LOG).
@@ -104,6 +110,10 @@ class KvmMachine {
   static Result<std::unique_ptr<KvmMachine>> build(GuestMemory mem, const guests::GuestImage& image,
                                                    const KvmMachineOptions& opt, bool boot);
   std::string dump_state();
+  // Describes the fault record the trap handler wrote (docs/guest-abi.md §2.1).
+  std::string fault_detail();
+  // Completes a pending I/O exit without running the guest further (no-op when none is pending).
+  Result<void> complete_pending_io();
 
   KvmSystem sys_;
   KvmVm vm_;
@@ -112,6 +122,7 @@ class KvmMachine {
   guests::PortRecorder ports_;
   StateOptions state_opt_;
   std::uint64_t input_seed_ = 0;
+  bool io_pending_ = false;  // the last exit was an IN/OUT or MMIO that KVM completes on the next KVM_RUN
 };
 
 }  // namespace baton::hw
