@@ -213,13 +213,19 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   return rep;
 }
 
-Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
-  t.start_ns = monotonic_ns();
+Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms) {
+  if (t.start_ns == 0) t.start_ns = monotonic_ns();
   auto hello = expect(sock, MsgType::kHello, timeout_ms);
   if (!hello) return make_error("worker: " + hello.error().message);
-  if (hello->payload.size() == 4)
-    t.worker_pid = static_cast<std::uint32_t>(hello->payload[0] | hello->payload[1] << 8 | hello->payload[2] << 16 |
-                                              hello->payload[3] << 24);
+  if (hello->payload.size() != 4) return make_error("worker: a hello message of " + std::to_string(hello->payload.size()) + " bytes");
+  t.worker_pid = static_cast<std::uint32_t>(hello->payload[0] | hello->payload[1] << 8 | hello->payload[2] << 16 |
+                                            hello->payload[3] << 24);
+  return ok_result();
+}
+
+Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+  if (t.start_ns == 0) t.start_ns = monotonic_ns();
+  if (t.worker_pid == 0) BATON_TRY_VOID(await_hello(sock, t, timeout_ms));
   const MemoryAnnounce ann{m.memory().size(), 0, 0};
   BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), t.precopy ? -1 : m.memory().fd()));
   auto ack = expect(sock, MsgType::kAck, timeout_ms);

@@ -279,12 +279,14 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
   if (!w) return w.error();
   worker_ = std::move(*w);
   res_->worker_pid = static_cast<std::uint32_t>(worker_->pid);
-  // local-lazy: the worker builds its VM, vCPU and memslot around the same memfd before the
-  // pause. precopy does it at the migration point, where its first round begins.
-  if (opt_.method != Method::kPrecopy) {
-    if (auto r = hw::prepare_worker(*machine_, worker_->sock.get(), timing_, cfg_.timeout_ms); !r)
-      worker_error_ = r.error().message;
-  }
+  // The worker starts (exec, /dev/kvm) while the guest runs to the migration point. local-lazy:
+  // it also builds its VM, vCPU and memslot around the same memfd before the pause; precopy
+  // does that at the migration point, where its first round begins.
+  if (auto r = opt_.method == Method::kPrecopy ? hw::await_hello(worker_->sock.get(), timing_, cfg_.timeout_ms)
+                                               : hw::prepare_worker(*machine_, worker_->sock.get(), timing_,
+                                                                    cfg_.timeout_ms);
+      !r)
+    worker_error_ = r.error().message;
   const std::uint32_t want = point.sync.value_or(1);
   for (;;) {
     auto r = run_source(true);
@@ -446,8 +448,11 @@ Result<void> KvmBackend::resume_source() {
   if (!res_->finished_before_switch) {
     auto r = run_source(false);
     if (!r) return r.error();
-    res_->final_event = RunEvent{r->stop == hw::KvmStop::kExited ? StopReason::kExited : StopReason::kError,
-                                 r->detail, res_->at_stage};
+    const bool exited = r->stop == hw::KvmStop::kExited;
+    res_->final_event = RunEvent{exited ? StopReason::kExited : StopReason::kError,
+                                 exited ? "exit code " + std::to_string(machine_->ports().exit_code) + " on the source"
+                                        : std::string(hw::to_string(r->stop)) + ": " + r->detail,
+                                 res_->at_stage};
   } else {
     res_->final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_->at_stage};
   }
@@ -479,7 +484,10 @@ Result<void> KvmBackend::finish_on_new(Method) {
     finish_output(before, std::nullopt);
     res_->checksum.reset();
   } else {
-    res_->final_event = RunEvent{run->exited ? StopReason::kExited : StopReason::kError, "", res_->at_stage};
+    res_->final_event = RunEvent{run->exited ? StopReason::kExited : StopReason::kError,
+                                 run->exited ? "exit code " + std::to_string(run->exit_code) + " on the worker"
+                                             : "the worker's guest did not exit",
+                                 res_->at_stage};
     finish_output(before, *run);
   }
   phase("run to the end (new VMM)", timing_.resumed_ns, monotonic_ns(), false);

@@ -73,7 +73,7 @@ TEST_CASE("migrate --backend kvm: local-lazy hands the memfd to a second process
 TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the guest runs, and is proven",
           "[kvm][migrate][precopy]") {
   ScratchDir d;
-  auto r = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M -p size=16M -p passes=400 --json");
+  auto r = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M --param size=16M --param passes=4000 --max-rounds 3 --json");
   const json j = parsed(r);
   CHECK(r.code == 0);
   CHECK(j.at("outcome") == "ok");
@@ -104,7 +104,7 @@ TEST_CASE("migrate --backend kvm: a worker killed with SIGKILL before it resumes
   // arrived, before the restore (during the state transfer).
   for (const char* at : {"hello", "vm", "state"}) {
     CAPTURE(at);
-    auto r = run_baton(d, "migrate memtouch --mem 64M -p size=4M --backend kvm --method local-lazy --json",
+    auto r = run_baton(d, "migrate memtouch --mem 64M --param size=4M --backend kvm --method local-lazy --json",
                        std::string("BATON_WORKER_DIE_AT=") + at);
     const json j = parsed(r);
     CHECK(r.code == 1);
@@ -113,7 +113,7 @@ TEST_CASE("migrate --backend kvm: a worker killed with SIGKILL before it resumes
     CHECK(j.at("checksum_matches") == true);  // the source resumed and finished: nothing lost
     CHECK(j.at("final").at("outcome") == "exited");
   }
-  auto p = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M -p size=4M --json",
+  auto p = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M --param size=4M --json",
                      "BATON_WORKER_DIE_AT=vm");
   const json pj = parsed(p);
   CHECK(p.code == 1);
@@ -126,7 +126,9 @@ TEST_CASE("migrate --backend kvm: a worker killed after the resume owns the gues
   ScratchDir d;
   for (const char* m : {"local-lazy", "precopy"}) {
     CAPTURE(m);
-    auto r = run_baton(d, std::string("migrate memtouch --mem 64M -p size=4M --backend kvm --json --method ") + m,
+    // Long enough a guest that a precopy's rounds end before it does.
+    auto r = run_baton(d, std::string("migrate memtouch --mem 64M --param size=16M --param passes=4000 --max-rounds 3 --backend kvm "
+                                      "--json --method ") + m,
                        "BATON_WORKER_DIE_AT=resumed");
     const json j = parsed(r);
     CHECK(r.code == 2);

@@ -84,6 +84,9 @@ struct HandoverTiming {
 // precopy_round sends the pages dirtied since (call it between runs of the guest), and
 // hand_over first sends the last dirty pages (stop-and-copy, inside the downtime).
 Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+// Step 1's first half alone: waits for the worker's hello (its pid into t.worker_pid), so that a
+// worker can be started long before the migration point; prepare_worker then skips it.
+Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
 Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
