@@ -37,6 +37,11 @@ TEST_CASE("A sample snapshot is proven conformant, isolated and well-formed", "[
     const model::HandoverSnapshot s = sample(64 * kMiB, level);
     auto rep = checker::check_spec(s, checker::spec_properties());
     REQUIRE(rep.ok());
+    // One result per spec property, in order: conformance, isolation, well-formedness.
+    REQUIRE(rep->results.size() == 3);
+    CHECK(rep->results[0].property == checker::Property::kConformance);
+    CHECK(rep->results[1].property == checker::Property::kIsolation);
+    CHECK(rep->results[2].property == checker::Property::kWellFormed);
     for (const auto& r : rep->results) {
       CAPTURE(level, checker::to_string(r.property), r.summary);
       CHECK(r.verdict == Verdict::kProven);
@@ -263,10 +268,15 @@ TEST_CASE("A lazily refilled sample handover is proven with refinement in place 
   REQUIRE(props.front() == checker::Property::kRefinement);
   auto rep = checker::check_handover(before, after, props);
   REQUIRE(rep.ok());
+  // Every requested property has its result, in the order asked.
+  REQUIRE(rep->results.size() == props.size());
+  CHECK(props.size() >= 5);
+  for (std::size_t i = 0; i < props.size(); ++i) CHECK(rep->results[i].property == props[i]);
   for (const auto& r : rep->results) {
     CAPTURE(checker::to_string(r.property), r.summary);
     CHECK(r.verdict == Verdict::kProven);
   }
+  CHECK(rep->overall() == Verdict::kProven);
   // The same pair is not equivalent: the lazy tree maps less.
   auto eq = checker::check_handover(before, after, {checker::Property::kEquivalence});
   REQUIRE(eq.ok());
