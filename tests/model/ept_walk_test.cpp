@@ -153,11 +153,37 @@ TEST_CASE("a table pointer to an absent frame is an answer, not a crash") {
   CHECK(w.level == 3);
 }
 
-TEST_CASE("a table that points to itself terminates after four steps") {
+TEST_CASE("a table that points to itself is read at every level and ends as a 4 KiB leaf onto itself") {
   Tree t;
-  REQUIRE(t.b.set_entry(Gpa{0}, 4, EptEntry::table(t.b.root(), Perms{true, true, true})).ok());
-  const WalkResult w = walk(t.eptp(), Gpa{0}, Access::kRead, t.mem);
-  CHECK(w.path_len <= 4);
+  const EptEntry self = EptEntry::table(t.b.root(), Perms{true, true, true});
+  REQUIRE(t.b.set_entry(Gpa{0}, 4, self).ok());
+  const Hpa root = hpa_of(t.b.root());
+  // Index 0 at every level reads the same entry. At levels 4..2 it is a table pointer (bit 7
+  // clear); at level 1 the same bits are a 4 KiB leaf with memory type 0 (UC, valid, SDM
+  // §29.3.7): the walk translates to the root page itself, rwx.
+  WalkResult w = walk(t.eptp(), Gpa{0x123}, Access::kWrite, t.mem);
+  REQUIRE(w.kind == WalkKind::kTranslated);
+  CHECK(w.hpa == root + 0x123);
+  CHECK(w.leaf_level == 1);
+  CHECK(w.memtype == 0);
+  CHECK(w.perms == Perms{true, true, true});
+  REQUIRE(w.path_len == 4);
+  for (unsigned i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(w.path[i].level == 4 - i);
+    CHECK(w.path[i].entry_addr == root);
+    CHECK(w.path[i].entry.raw() == self.raw());
+  }
+  // gpa 0x1000 uses index 1 at level 1: an empty entry, so a violation at level 1 after four reads.
+  w = walk(t.eptp(), Gpa{0x1000}, Access::kRead, t.mem);
+  CHECK(w.kind == WalkKind::kViolation);
+  CHECK(w.level == 1);
+  CHECK(w.path_len == 4);
+  // gpa 1 GiB uses index 1 at level 3: empty, a violation at level 3 after two reads.
+  w = walk(t.eptp(), Gpa{0x40000000}, Access::kRead, t.mem);
+  CHECK(w.kind == WalkKind::kViolation);
+  CHECK(w.level == 3);
+  CHECK(w.path_len == 2);
 }
 
 TEST_CASE("accessed and dirty flags are set only by the explicit operation and only with A/D enabled") {
