@@ -1,6 +1,7 @@
 // The EPT walker against the SDM rules and against an independent reference walker.
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <vector>
 
 #include "baton/model/ept_builder.hpp"
 #include "baton/model/ept_walk.hpp"
@@ -143,6 +144,44 @@ TEST_CASE("a misconfigured entry anywhere on the path gives a misconfiguration, 
   CHECK(w.kind == WalkKind::kMisconfig);
   CHECK(w.level == 3);
   CHECK(w.reason == MisconfigReason::kReservedBits);
+}
+
+TEST_CASE("every reserved bit of every entry on the path gives a misconfiguration at that level (SDM 29.3.3.1)") {
+  // A 4 KiB leaf at gpa 0x1000 makes a path of three table entries and the leaf; a 2 MiB and a
+  // 1 GiB leaf elsewhere. MAXPHYADDR 46: bits 51:46 are reserved everywhere.
+  struct Case { std::uint64_t gpa; unsigned level; std::vector<unsigned> bits; MisconfigReason why; };
+  std::vector<unsigned> high;
+  for (unsigned b = 46; b <= 51; ++b) high.push_back(b);
+  auto with = [](std::vector<unsigned> v, std::initializer_list<unsigned> more) {
+    v.insert(v.end(), more);
+    return v;
+  };
+  const Case cases[] = {
+      {0x1000, 4, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PML4E: bits 6:3
+      {0x1000, 4, {7}, MisconfigReason::kLargePageAtPml4},                     // PML4E: bit 7
+      {0x1000, 3, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PDPTE (table): bits 6:3
+      {0x1000, 2, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PDE (table): bits 6:3
+      {0x1000, 1, high, MisconfigReason::kReservedBits},                       // PTE
+      {0x400000, 2, with(high, {12, 13, 16, 20}), MisconfigReason::kReservedBits},  // 2 MiB leaf: bits 20:12
+      {0x80000000, 3, with(high, {12, 20, 21, 29}), MisconfigReason::kReservedBits},  // 1 GiB leaf: bits 29:12
+  };
+  for (const Case& c : cases)
+    for (const unsigned bit : c.bits) {
+      Tree t;
+      REQUIRE(t.b.map_leaf(Gpa{0x1000}, Hpa{0x9000}, 1, Perms{true, true, true}).ok());
+      REQUIRE(t.b.map_leaf(Gpa{0x400000}, Hpa{0x40000000}, 2, Perms{true, true, true}).ok());
+      REQUIRE(t.b.map_leaf(Gpa{0x80000000}, Hpa{0x80000000}, 3, Perms{true, true, true}).ok());
+      auto at = t.b.entry_addr(Gpa{c.gpa}, c.level);
+      REQUIRE(at.ok());
+      std::uint64_t raw = 0;
+      t.mem.read_u64(*at, &raw);
+      t.mem.write_u64(*at, raw ^ (std::uint64_t{1} << bit));
+      CAPTURE(c.gpa, c.level, bit);
+      const WalkResult w = walk(t.eptp(), Gpa{c.gpa}, Access::kRead, t.mem);
+      CHECK(w.kind == WalkKind::kMisconfig);
+      CHECK(w.level == c.level);
+      CHECK(w.reason == c.why);
+    }
 }
 
 TEST_CASE("a table pointer to an absent frame is an answer, not a crash") {
