@@ -101,6 +101,25 @@ TEST_CASE("A leaf that maps another VM's frame is refuted for isolation", "[chec
   CHECK_FALSE(checker::concrete_isolation(t.ref("t"), s.owners, 1)->holds);
 }
 
+TEST_CASE("A leaf into guest RAM that belongs to another VM is refuted for isolation", "[checker][isolation]") {
+  // The frame is guest RAM, but of VM 2 (and of VM 3 once more): only VM 1's own RAM may be mapped.
+  for (const std::uint32_t other : {2u, 3u}) {
+    CAPTURE(other);
+    Tree t = contiguous_tree(8 * kMiB, 1);
+    model::HandoverSnapshot s = snapshot_of(t, 8 * kMiB);
+    s.owners.assign(model::hfn_of(model::Hpa{6 * kGiB}), 256, model::OwnerKind::kGuestRam, other);
+    CHECK(ok(checker::check_isolation(t.ref("t"), s.owners, 1)).verdict == Verdict::kProven);
+    REQUIRE(
+        t.builder().set_entry(model::Gpa{0x9000}, 1, model::EptEntry::leaf(1, model::Hpa{6 * kGiB + 0x5000}, kRw)).ok());
+    const auto r = ok(checker::check_isolation(t.ref("t"), s.owners, 1));
+    REQUIRE(r.verdict == Verdict::kRefuted);
+    CHECK((r.counterexample->gpa->value & ~model::kPageMask) == 0x9000);
+    CHECK(r.summary.find("guest-ram (vm " + std::to_string(other) + ")") != std::string::npos);
+    CHECK(r.counterexample->confirmed_concretely);
+    CHECK_FALSE(checker::concrete_isolation(t.ref("t"), s.owners, 1)->holds);
+  }
+}
+
 TEST_CASE("A leaf that maps the EPT's own table page is refuted for isolation", "[checker][isolation]") {
   Tree t = contiguous_tree(4 * kMiB, 1);
   const model::HandoverSnapshot s = snapshot_of(t, 4 * kMiB);
