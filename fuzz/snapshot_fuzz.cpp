@@ -4,6 +4,7 @@
 // mutations get past the container checks into the JSON, zstd and consistency checks.
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
