@@ -1,13 +1,14 @@
 # baton: the two commands a newcomer needs.
 #   make demo   installs what is missing, builds, and runs the main job
 #   make test   installs what is missing, builds, and runs the whole suite
-# Other targets: build, deps, sanitize (ASan+UBSan suite), fuzz (libFuzzer with clang), clean.
+# Other targets: build, deps, sanitize (ASan+UBSan suite), fuzz (libFuzzer with clang),
+# mutants (plants the one-line bugs of scripts/mutants.txt and checks the tests catch each), clean.
 
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_WERROR=ON
 
-.PHONY: all deps configure build test demo sanitize fuzz clean
+.PHONY: all deps configure build test demo sanitize fuzz mutants clean
 
 all: build
 
@@ -35,6 +36,10 @@ fuzz: deps
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_FUZZ=ON >/dev/null
 	@cmake --build build-fuzz -j $(JOBS)
 	@echo "fuzzers are in build-fuzz/fuzz/ (run e.g. build-fuzz/fuzz/snapshot_fuzz -max_total_time=60 CORPUS_DIR)"
+
+# Not part of `make test`: rebuilds in a scratch copy under /tmp (docs/testing.md, "Mutants").
+mutants: deps
+	@./scripts/mutants.sh
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

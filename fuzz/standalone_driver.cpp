@@ -1,6 +1,13 @@
 // A standalone driver for libFuzzer targets, used where libFuzzer is not linked: it feeds
 // every file of the given corpus directories, then bounded deterministic mutations of them
 // (bit flips, truncations, byte overwrites), to LLVMFuzzerTestOneInput.
+//
+// Usage: TARGET [--iterations N] [--min-reached N] [--min-decoded N] CORPUS...
+// A corpus path that does not exist, or a directory without files, is an error: a smoke run
+// over nothing would pass vacuously. A target may count its inputs (BatonFuzzCounts): those
+// that got past the container checks (magic, lengths, checksums) into the decoders behind
+// them, and those that decoded in full; --min-reached and --min-decoded fail the run when
+// fewer than N did, so that mutations demonstrably reach the decoders.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -13,13 +20,25 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
+// The inputs so far that reached the decoders and that decoded; defined by targets that count.
+extern "C" void BatonFuzzCounts(std::size_t* reached, std::size_t* decoded) __attribute__((weak));
 
 int main(int argc, char** argv) {
   long iterations = 1000;
+  long min_reached = -1, min_decoded = -1;
+  std::size_t corpus_files = 0;
   std::vector<std::vector<std::uint8_t>> corpus;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
       iterations = std::strtol(argv[++i], nullptr, 10);
+      continue;
+    }
+    if (std::strcmp(argv[i], "--min-reached") == 0 && i + 1 < argc) {
+      min_reached = std::strtol(argv[++i], nullptr, 10);
+      continue;
+    }
+    if (std::strcmp(argv[i], "--min-decoded") == 0 && i + 1 < argc) {
+      min_decoded = std::strtol(argv[++i], nullptr, 10);
       continue;
     }
     std::filesystem::path p(argv[i]);
@@ -29,11 +48,23 @@ int main(int argc, char** argv) {
         if (e.is_regular_file()) files.push_back(e.path());
     } else if (std::filesystem::is_regular_file(p)) {
       files.push_back(p);
+    } else {
+      std::fprintf(stderr, "baton: fuzz corpus %s does not exist\n", argv[i]);
+      return 1;
+    }
+    if (files.empty()) {
+      std::fprintf(stderr, "baton: fuzz corpus directory %s holds no file\n", argv[i]);
+      return 1;
     }
     for (const auto& f : files) {
       std::ifstream in(f, std::ios::binary);
       corpus.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      ++corpus_files;
     }
+  }
+  if ((min_reached >= 0 || min_decoded >= 0) && BatonFuzzCounts == nullptr) {
+    std::fprintf(stderr, "baton: --min-reached/--min-decoded given but this target does not count its inputs\n");
+    return 1;
   }
   corpus.emplace_back();  // the empty input
   std::mt19937_64 rng(12345);
@@ -56,6 +87,22 @@ int main(int argc, char** argv) {
     LLVMFuzzerTestOneInput(d.data(), d.size());
     ++runs;
   }
-  std::printf("fuzz smoke: %ld inputs from %zu corpus files, no crash\n", runs, corpus.size() - 1);
+  if (BatonFuzzCounts == nullptr) {
+    std::printf("fuzz smoke: %ld inputs from %zu corpus files, no crash\n", runs, corpus_files);
+    return 0;
+  }
+  std::size_t reached = 0, decoded = 0;
+  BatonFuzzCounts(&reached, &decoded);
+  std::printf("fuzz smoke: %ld inputs from %zu corpus files, %zu reached the decoders, %zu decoded, no crash\n", runs,
+              corpus_files, reached, decoded);
+  if (min_reached >= 0 && reached < static_cast<std::size_t>(min_reached)) {
+    std::fprintf(stderr, "baton: only %zu inputs reached the decoders, fewer than --min-reached %ld\n", reached,
+                 min_reached);
+    return 1;
+  }
+  if (min_decoded >= 0 && decoded < static_cast<std::size_t>(min_decoded)) {
+    std::fprintf(stderr, "baton: only %zu inputs decoded, fewer than --min-decoded %ld\n", decoded, min_decoded);
+    return 1;
+  }
   return 0;
 }

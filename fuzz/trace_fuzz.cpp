@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 #include <vector>
 
@@ -14,6 +15,9 @@
 
 namespace {
 using namespace baton::traces;
+
+std::size_t reached = 0;  // repaired inputs whose prelude and header checksum are sound
+std::size_t decoded = 0;  // inputs that decoded as a binary trace, as they were or repaired
 
 // Reads a little-endian integer of `n` bytes.
 std::uint64_t le(const std::uint8_t* p, unsigned n) {
@@ -38,19 +42,23 @@ std::uint64_t xxh2(const std::uint8_t* a, std::size_t na, const std::uint8_t* b,
   return h;
 }
 
-// Recomputes every checksum the layout lets us find (docs/trace-format.md), leaving counts alone.
-void repair(std::vector<std::uint8_t>& d) {
-  if (d.size() < 32) return;
+// Recomputes every checksum the layout lets us find (docs/trace-format.md), leaving counts
+// alone; returns whether the prelude is sound (magic, version 1, flags 0, `json_len` inside the
+// file), so that the input reaches the header JSON decoder behind the checksum.
+bool repair(std::vector<std::uint8_t>& d) {
+  if (d.size() < 32) return false;
   const std::uint64_t json_len = le(d.data() + 16, 8);
-  if (json_len > d.size() - 32) return;
+  if (json_len > d.size() - 32) return false;
   put64(d.data() + 24, xxh2(d.data() + 8, 16, d.data() + 32, json_len));
+  const bool prelude_ok = std::memcmp(d.data(), "BATONTRC", 8) == 0 && le(d.data() + 8, 4) == 1 &&
+                          le(d.data() + 12, 4) == 0 && json_len <= (std::uint64_t{16} << 20);
   std::size_t at = 32 + json_len;
   std::uint64_t chain = 0;
   while (d.size() - at >= 4) {
     const std::uint64_t tag = le(d.data() + at, 4);
     if (tag == 0x4b4e4843 && d.size() - at >= 24) {
       const std::uint64_t comp = le(d.data() + at + 12, 4);
-      if (comp > d.size() - at - 24) return;
+      if (comp > d.size() - at - 24) return prelude_ok;
       const std::uint64_t sum = xxh2(d.data() + at + 4, 12, d.data() + at + 24, comp);
       put64(d.data() + at + 16, sum);
       std::uint8_t buf[16];
@@ -61,11 +69,12 @@ void repair(std::vector<std::uint8_t>& d) {
     } else if (tag == 0x444e4554 && d.size() - at >= 32) {
       put64(d.data() + at + 16, chain);
       put64(d.data() + at + 24, XXH64(d.data() + at, 24, 0));
-      return;
+      return prelude_ok;
     } else {
-      return;
+      return prelude_ok;
     }
   }
+  return prelude_ok;
 }
 
 // Exercises what a decoded trace feeds: maps of every VM and a re-encode that must read back.
@@ -79,11 +88,25 @@ void use(const Trace& t) {
 }
 }  // namespace
 
+// The inputs that reached the decoders and that decoded (read by the standalone driver).
+extern "C" void BatonFuzzCounts(std::size_t* r, std::size_t* d) {
+  *r = reached;
+  *d = decoded;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::vector<std::uint8_t> bytes(data, data + size);
-  if (auto t = decode_trace(bytes); t.ok()) use(*t);
-  repair(bytes);
-  if (auto t = decode_trace(bytes); t.ok()) use(*t);
+  bool ok = false;
+  if (auto t = decode_trace(bytes); t.ok()) {
+    use(*t);
+    ok = true;
+  }
+  reached += repair(bytes);
+  if (auto t = decode_trace(bytes); t.ok()) {
+    use(*t);
+    ok = true;
+  }
+  decoded += ok;
   if (auto f = parse_ftrace(std::string_view(reinterpret_cast<const char*>(data), size)); f.ok()) use(f->trace);
   (void)parse_saved_tgids(std::string_view(reinterpret_cast<const char*>(data), size));
   return 0;

@@ -251,6 +251,7 @@ void solve(Job& job, Split split) {
     z3::solver s(c, "QF_BV");  // the logic solver starts ~15x faster than the default one
     z3::params p(c);
     p.set("timeout", static_cast<unsigned>(std::max(1.0, left * 1000.0)));
+    if (opt.rlimit != 0) p.set("rlimit", opt.rlimit);
     s.set(p);
     s.add(z3::ult(gpa, c.bv_val(limit, 64)));
     s.add(z3::ult(gpa2, c.bv_val(limit, 64)));

@@ -124,6 +124,7 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
   z3::solver s(c, "QF_BV");  // every formula here is quantifier-free bit-vector logic
   z3::params prm(c);
   prm.set("timeout", static_cast<unsigned>(std::max(1.0, opt.timeout_s * 1000.0)));
+  if (opt.rlimit != 0) prm.set("rlimit", opt.rlimit);
   s.set(prm);
   std::vector<Item> items;
   // A field pair: two bit-vector constants fixed to the snapshot values, required equal.

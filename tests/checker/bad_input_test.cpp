@@ -155,19 +155,52 @@ TEST_CASE("Unknown property names are rejected with the list of valid ones", "[c
 }
 
 TEST_CASE("A property that runs out of time is unknown, never proven", "[checker][bad-input]") {
+  // A budget of zero seconds is spent before the first query, whatever the machine's speed.
   Tree a = contiguous_tree(2 * kMiB, 1);
   Tree b = contiguous_tree(2 * kMiB, 1);
   b.flip(b.entry_addr(0x1000, 1), 1);
   checker::CheckOptions o;
-  o.timeout_s = 1e-9;
-  o.keep_smt2 = true;
+  o.timeout_s = 0;
   const auto r = checker::check_equivalence(a.ref("a"), b.ref("b"), o);
   REQUIRE(r.ok());
   CAPTURE(r->summary);
   CHECK(r->verdict == Verdict::kUnknown);
-  CHECK(r->unknown_reason.find("timeout") != std::string::npos);
+  CHECK(r->unknown_reason.find("timeout after 0 Z3 queries") != std::string::npos);
+  CHECK(r->stats.z3_queries == 0);
   CHECK_FALSE(r->counterexample);
   checker::Report rep;
   rep.results.push_back(*r);
   CHECK(rep.overall() == Verdict::kUnknown);
+}
+
+TEST_CASE("A property whose Z3 query runs out of its resource limit is unknown, never proven",
+          "[checker][bad-input]") {
+  // Z3's rlimit counts solver steps, so the outcome does not depend on the machine's speed.
+  Tree a = contiguous_tree(2 * kMiB, 1);
+  Tree b = contiguous_tree(2 * kMiB, 1);
+  b.flip(b.entry_addr(0x1000, 1), 1);
+  checker::CheckOptions o;
+  o.rlimit = 1;
+  o.keep_smt2 = true;
+  const auto r = checker::check_equivalence(a.ref("a"), b.ref("b"), o);
+  REQUIRE(r.ok());
+  CAPTURE(r->summary, r->unknown_reason);
+  CHECK(r->verdict == Verdict::kUnknown);
+  CHECK(r->unknown_reason.rfind("Z3: ", 0) == 0);
+  CHECK(r->stats.z3_queries >= 1);
+  CHECK_FALSE(r->counterexample);
+  CHECK_FALSE(r->smt2.empty());  // the undecided query is kept
+  // The same pair with no limit is refuted: the limit, not the input, made it unknown.
+  o.rlimit = 0;
+  const auto full = checker::check_equivalence(a.ref("a"), b.ref("b"), o);
+  REQUIRE(full.ok());
+  CHECK(full->verdict == Verdict::kRefuted);
+  // The vCPU property honours the limit too.
+  const model::HandoverSnapshot s = snapshot_of(a, 2 * kMiB);
+  model::HandoverSnapshot t = s;
+  t.vcpus[0].rip += 1;
+  o.rlimit = 1;
+  const auto v = checker::check_vcpu(s, t, Verdict::kProven, o);
+  REQUIRE(v.ok());
+  CHECK(v->verdict == Verdict::kUnknown);
 }

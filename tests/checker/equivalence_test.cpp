@@ -94,6 +94,60 @@ TEST_CASE("One flipped permission bit of a leaf is refuted at that leaf's GPA", 
   }
 }
 
+TEST_CASE("A leaf with another memory type or ignore-PAT bit is refuted at that leaf's GPA", "[checker][equivalence]") {
+  // Equivalence is of the whole outcome: the same frame with WT instead of WB, or with IPAT
+  // set, is a different translation (docs/checker.md; design: "a different memory type").
+  Tree a = contiguous_tree(4 * kMiB, 1);
+  const std::uint64_t gpa = 0x123000;
+  struct Change { const char* what; std::uint64_t (*apply)(std::uint64_t); };
+  const Change changes[] = {
+      {"memory type WB -> WT (4)", [](std::uint64_t e) -> std::uint64_t { return (e & ~0x38ull) | (4u << 3); }},
+      {"memory type WB -> UC (0)", [](std::uint64_t e) -> std::uint64_t { return e & ~0x38ull; }},
+      {"ignore-PAT set", [](std::uint64_t e) -> std::uint64_t { return e | (1u << 6); }},
+  };
+  for (const Change& c : changes) {
+    checker::OverlayMemory m(a.mem);
+    const model::Hpa ea = a.entry_addr(gpa, 1);
+    m.write_u64(ea, c.apply(a.read(ea)));
+    const checker::TreeRef b{"mutated", a.eptp, &m, a.cfg};
+    const auto r = equiv(a.ref("original"), b);
+    INFO(c.what);
+    CAPTURE(r.summary);
+    REQUIRE(r.verdict == Verdict::kRefuted);
+    CHECK((r.counterexample->gpa->value & ~model::kPageMask) == gpa);
+    CHECK(r.counterexample->confirmed_concretely);
+    CHECK_FALSE(concrete_holds(a.ref("original"), b));
+  }
+}
+
+TEST_CASE("An execute-only leaf is a mapping where execute-only is supported, not a misconfiguration",
+          "[checker][equivalence][sdm]") {
+  // SDM 29.3.3.1: bits 2:0 = 100b misconfigure only without execute-only support
+  // (IA32_VMX_EPT_VPID_CAP bit 0); with it, the leaf translates for fetches.
+  Tree a = contiguous_tree(4 * kMiB, 1);
+  const model::Hpa ea = a.entry_addr(0x5000, 1);
+  checker::OverlayMemory xo(a.mem);
+  xo.write_u64(ea, (a.read(ea) & ~7ull) | 4);
+  checker::OverlayMemory mc(a.mem);
+  mc.write_u64(ea, (a.read(ea) & ~7ull) | 6);  // write+execute without read: always misconfigured
+  // Decomposed, and as one faithful formula in which Z3 classifies every entry itself.
+  checker::CheckOptions mono;
+  mono.decompose = false;
+  for (const checker::CheckOptions& o : {checker::CheckOptions{}, mono}) {
+    CAPTURE(o.decompose);
+    const auto r =
+        equiv(checker::TreeRef{"x-only", a.eptp, &xo, a.cfg}, checker::TreeRef{"wx", a.eptp, &mc, a.cfg}, o);
+    CAPTURE(r.summary);
+    REQUIRE(r.verdict == Verdict::kRefuted);
+    CHECK((r.counterexample->gpa->value & ~model::kPageMask) == 0x5000);
+    CHECK(r.counterexample->walks[0].outcome.find("misconfigured") == std::string::npos);
+    CHECK(r.counterexample->walks[1].outcome.find("misconfigured") != std::string::npos);
+    // The execute-only leaf is proven equivalent to itself either way.
+    const auto same = equiv(checker::TreeRef{"x-only", a.eptp, &xo, a.cfg}, checker::TreeRef{"x-only", a.eptp, &xo, a.cfg}, o);
+    CHECK(same.verdict == Verdict::kProven);
+  }
+}
+
 TEST_CASE("Flipping the accessed, dirty or ignored bits of any entry keeps the trees equivalent",
           "[checker][equivalence]") {
   Tree a = contiguous_tree(8 * kMiB, 1);

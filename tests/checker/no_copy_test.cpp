@@ -95,25 +95,36 @@ TEST_CASE("no-copy: Z3 agrees with the concrete sweep and a per-gfn brute force 
           "[no-copy][property]") {
   std::mt19937_64 rng(20261125);
   int refuted = 0, proven = 0;
+  // How many maps each Z3 path decided, per outcome: every path must see maps to refute too.
+  int batched_refuted = 0, batched_proven = 0, mono_refuted = 0, mono_proven = 0;
   for (int iter = 0; iter < 60; ++iter) {
+    // Odd iterations break the destination. Iterations 0 and 1 of every 4 ask in batches of 16
+    // segments (one broken map, one intact); 0 and 1 of every 8 also ask the whole-map formula
+    // (~0.2 s each on these maps).
+    const bool mutate = iter % 2 == 1;
+    const bool batched = iter % 4 < 2;
+    const bool mono_too = iter % 8 < 2;
     const LeafMap src = random_map(rng);
-    const LeafMap dst = derive(src, rng, iter % 2 == 1);
+    const LeafMap dst = derive(src, rng, mutate);
     const model::MappingSet a = set_of(src), b = set_of(dst);
     const auto brute = brute_first_difference(src, dst);
     auto concrete = checker::concrete_no_copy(a, b);
     REQUIRE(concrete);
     checker::NoCopyOptions dec;
-    dec.segments_per_query = iter % 4 == 0 ? 16 : 512;  // several batches as well as one
+    dec.segments_per_query = batched ? 16 : 512;  // several batches as well as one
     auto z = checker::check_no_copy(a, b, dec);
     REQUIRE(z);
-    checker::NoCopyOptions mono;  // the whole-map formula costs ~0.2 s on these maps: every 4th iteration
+    checker::NoCopyOptions mono;
     mono.decompose = false;
-    auto zm = iter % 4 == 0 ? checker::check_no_copy(a, b, mono) : z;
+    auto zm = mono_too ? checker::check_no_copy(a, b, mono) : z;
     REQUIRE(zm);
     INFO("iteration " << iter);
     REQUIRE(concrete->has_value() == brute.has_value());
+    if (batched) CHECK(z->segments > 16);  // more than one batch
     if (brute) {
       ++refuted;
+      batched_refuted += batched;
+      mono_refuted += mono_too;
       CHECK((*concrete)->gfn == *brute);  // the sweep reports the lowest differing gfn
       for (const auto* r : {&*z, &*zm}) {
         REQUIRE(r->verdict == checker::Verdict::kRefuted);
@@ -126,6 +137,8 @@ TEST_CASE("no-copy: Z3 agrees with the concrete sweep and a per-gfn brute force 
       }
     } else {
       ++proven;
+      batched_proven += batched;
+      mono_proven += mono_too;
       CHECK(z->verdict == checker::Verdict::kProven);
       CHECK(zm->verdict == checker::Verdict::kProven);
     }
@@ -134,9 +147,88 @@ TEST_CASE("no-copy: Z3 agrees with the concrete sweep and a per-gfn brute force 
     for (std::uint64_t g = 0; g < kSpan; ++g) shared += traces::lookup_pfn(src, g) && traces::lookup_pfn(dst, g);
     CHECK(z->shared_frames == shared);
   }
-  // Both outcomes were exercised.
+  // Both outcomes were exercised, on every path.
   CHECK(refuted > 10);
   CHECK(proven > 10);
+  CHECK(batched_refuted >= 10);
+  CHECK(batched_proven >= 10);
+  CHECK(mono_refuted >= 5);
+  CHECK(mono_proven >= 5);
+}
+
+namespace {
+// Maps of `n` two-frame runs at gfns 8i (gaps keep the runs apart), the destination equal
+// except that run `moved` points elsewhere: n overlap segments, one of them broken.
+std::pair<LeafMap, LeafMap> runs_with_one_moved(unsigned n, unsigned moved) {
+  LeafMap a, b;
+  for (unsigned i = 0; i < n; ++i)
+    for (std::uint64_t k = 0; k < 2; ++k) {
+      const std::uint64_t g = 8 * i + k;
+      a[g] = Mapping{0x5000 + g, 1, 7, true, 0};
+      b[g] = Mapping{(i == moved ? 0x9000 : 0x5000) + g, 1, 7, true, 0};
+    }
+  return {a, b};
+}
+}  // namespace
+
+TEST_CASE("no-copy: a moved run is found in every position of every batch, first, middle and last",
+          "[no-copy]") {
+  constexpr unsigned kRuns = 20;
+  for (const std::size_t per : {std::size_t{1}, std::size_t{3}, std::size_t{16}, std::size_t{512}}) {
+    for (unsigned moved = 0; moved < kRuns; ++moved) {
+      CAPTURE(per, moved);
+      const auto [src, dst] = runs_with_one_moved(kRuns, moved);
+      checker::NoCopyOptions o;
+      o.segments_per_query = per;
+      auto r = checker::check_no_copy(set_of(src), set_of(dst), o);
+      REQUIRE(r);
+      CHECK(r->segments == kRuns);
+      REQUIRE(r->verdict == checker::Verdict::kRefuted);
+      CHECK(r->counterexample->gfn / 8 == moved);
+      CHECK(r->counterexample->dest_pfn == r->counterexample->source_pfn + 0x4000);
+      // The batches stop at the one that holds the moved run.
+      CHECK(r->z3_queries == moved / per + 1);
+    }
+    // Intact, all batches are asked and the property holds.
+    const auto [src, dst] = runs_with_one_moved(kRuns, kRuns);
+    checker::NoCopyOptions o;
+    o.segments_per_query = per;
+    auto r = checker::check_no_copy(set_of(src), set_of(dst), o);
+    REQUIRE(r);
+    CHECK(r->verdict == checker::Verdict::kProven);
+    CHECK(r->shared_frames == 2 * kRuns);
+    CHECK(r->z3_queries == (kRuns + per - 1) / per);
+  }
+}
+
+TEST_CASE("no-copy: the whole-map formula refutes a moved run in any position and proves intact maps",
+          "[no-copy]") {
+  checker::NoCopyOptions mono;
+  mono.decompose = false;
+  for (unsigned moved : {0u, 1u, 9u, 18u, 19u}) {
+    CAPTURE(moved);
+    const auto [src, dst] = runs_with_one_moved(20, moved);
+    auto r = checker::check_no_copy(set_of(src), set_of(dst), mono);
+    REQUIRE(r);
+    CHECK(r->z3_queries == 1);
+    REQUIRE(r->verdict == checker::Verdict::kRefuted);
+    CHECK(r->counterexample->gfn / 8 == moved);
+  }
+  const auto [src, dst] = runs_with_one_moved(20, 20);
+  auto r = checker::check_no_copy(set_of(src), set_of(dst), mono);
+  REQUIRE(r);
+  CHECK(r->verdict == checker::Verdict::kProven);
+  // Partly overlapping maps: only the shared gfns count, in the whole-map formula too.
+  LeafMap a{{0x10, Mapping{0x500, 1, 7, true, 0}}, {0x11, Mapping{0x501, 1, 7, true, 0}}};
+  LeafMap b{{0x11, Mapping{0x501, 1, 7, true, 0}}, {0x12, Mapping{0x999, 1, 7, true, 0}}};
+  r = checker::check_no_copy(set_of(a), set_of(b), mono);
+  REQUIRE(r);
+  CHECK(r->verdict == checker::Verdict::kProven);
+  b[0x11].pfn = 0x777;
+  r = checker::check_no_copy(set_of(a), set_of(b), mono);
+  REQUIRE(r);
+  REQUIRE(r->verdict == checker::Verdict::kRefuted);
+  CHECK(r->counterexample->gfn == 0x11);
 }
 
 TEST_CASE("no-copy: empty and disjoint maps are vacuously proven", "[no-copy]") {
@@ -198,21 +290,34 @@ std::pair<model::MappingSet, model::MappingSet> imported(const std::string& file
 
 TEST_CASE("no-copy on captures: local migration with the same pfns is proven", "[no-copy][ftrace]") {
   auto [a, b] = imported("nocopy-local.txt", 4242, 4300);
-  auto r = checker::check_no_copy(a, b);
-  REQUIRE(r);
-  CHECK(r->verdict == checker::Verdict::kProven);
-  CHECK(r->shared_frames == 4);  // gfns 0x100, 0x401, 0x402 and 0x2a5 (inside the source's 2 MiB leaf)
+  checker::NoCopyOptions one, mono;
+  one.segments_per_query = 1;
+  mono.decompose = false;
+  for (const checker::NoCopyOptions& o : {checker::NoCopyOptions{}, one, mono}) {
+    CAPTURE(o.decompose, o.segments_per_query);
+    auto r = checker::check_no_copy(a, b, o);
+    REQUIRE(r);
+    CHECK(r->verdict == checker::Verdict::kProven);
+    CHECK(r->shared_frames == 4);  // gfns 0x100, 0x401, 0x402 and 0x2a5 (inside the source's 2 MiB leaf)
+  }
 }
 
 TEST_CASE("no-copy on captures: one remapped gfn is refuted naming it and both pfns", "[no-copy][ftrace]") {
   auto [a, b] = imported("nocopy-onediff.txt", 4242, 4300);
-  auto r = checker::check_no_copy(a, b);
-  REQUIRE(r);
-  REQUIRE(r->verdict == checker::Verdict::kRefuted);
-  CHECK(r->counterexample->gfn == 0x402);
-  CHECK(r->counterexample->source_pfn == 0x1a2b02);
-  CHECK(r->counterexample->dest_pfn == 0x1a2f02);
-  CHECK_THAT(r->summary, Catch::Contains("gfn 0x402") && Catch::Contains("0x1a2b02") && Catch::Contains("0x1a2f02"));
+  // The default, one segment a query, and the whole-map formula (`check --no-copy --monolithic`).
+  checker::NoCopyOptions one, mono;
+  one.segments_per_query = 1;
+  mono.decompose = false;
+  for (const checker::NoCopyOptions& o : {checker::NoCopyOptions{}, one, mono}) {
+    CAPTURE(o.decompose, o.segments_per_query);
+    auto r = checker::check_no_copy(a, b, o);
+    REQUIRE(r);
+    REQUIRE(r->verdict == checker::Verdict::kRefuted);
+    CHECK(r->counterexample->gfn == 0x402);
+    CHECK(r->counterexample->source_pfn == 0x1a2b02);
+    CHECK(r->counterexample->dest_pfn == 0x1a2f02);
+    CHECK_THAT(r->summary, Catch::Contains("gfn 0x402") && Catch::Contains("0x1a2b02") && Catch::Contains("0x1a2f02"));
+  }
 }
 
 TEST_CASE("no-copy on captures: a precopy (private memory in the worker) is refuted", "[no-copy][ftrace]") {

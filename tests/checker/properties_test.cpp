@@ -37,6 +37,11 @@ TEST_CASE("A sample snapshot is proven conformant, isolated and well-formed", "[
     const model::HandoverSnapshot s = sample(64 * kMiB, level);
     auto rep = checker::check_spec(s, checker::spec_properties());
     REQUIRE(rep.ok());
+    // One result per spec property, in order: conformance, isolation, well-formedness.
+    REQUIRE(rep->results.size() == 3);
+    CHECK(rep->results[0].property == checker::Property::kConformance);
+    CHECK(rep->results[1].property == checker::Property::kIsolation);
+    CHECK(rep->results[2].property == checker::Property::kWellFormed);
     for (const auto& r : rep->results) {
       CAPTURE(level, checker::to_string(r.property), r.summary);
       CHECK(r.verdict == Verdict::kProven);
@@ -94,6 +99,25 @@ TEST_CASE("A leaf that maps another VM's frame is refuted for isolation", "[chec
   CHECK((r.counterexample->gpa->value & ~model::kPageMask) == 0x9000);
   CHECK(r.summary.find("other-vm") != std::string::npos);
   CHECK_FALSE(checker::concrete_isolation(t.ref("t"), s.owners, 1)->holds);
+}
+
+TEST_CASE("A leaf into guest RAM that belongs to another VM is refuted for isolation", "[checker][isolation]") {
+  // The frame is guest RAM, but of VM 2 (and of VM 3 once more): only VM 1's own RAM may be mapped.
+  for (const std::uint32_t other : {2u, 3u}) {
+    CAPTURE(other);
+    Tree t = contiguous_tree(8 * kMiB, 1);
+    model::HandoverSnapshot s = snapshot_of(t, 8 * kMiB);
+    s.owners.assign(model::hfn_of(model::Hpa{6 * kGiB}), 256, model::OwnerKind::kGuestRam, other);
+    CHECK(ok(checker::check_isolation(t.ref("t"), s.owners, 1)).verdict == Verdict::kProven);
+    REQUIRE(
+        t.builder().set_entry(model::Gpa{0x9000}, 1, model::EptEntry::leaf(1, model::Hpa{6 * kGiB + 0x5000}, kRw)).ok());
+    const auto r = ok(checker::check_isolation(t.ref("t"), s.owners, 1));
+    REQUIRE(r.verdict == Verdict::kRefuted);
+    CHECK((r.counterexample->gpa->value & ~model::kPageMask) == 0x9000);
+    CHECK(r.summary.find("guest-ram (vm " + std::to_string(other) + ")") != std::string::npos);
+    CHECK(r.counterexample->confirmed_concretely);
+    CHECK_FALSE(checker::concrete_isolation(t.ref("t"), s.owners, 1)->holds);
+  }
 }
 
 TEST_CASE("A leaf that maps the EPT's own table page is refuted for isolation", "[checker][isolation]") {
@@ -263,10 +287,15 @@ TEST_CASE("A lazily refilled sample handover is proven with refinement in place 
   REQUIRE(props.front() == checker::Property::kRefinement);
   auto rep = checker::check_handover(before, after, props);
   REQUIRE(rep.ok());
+  // Every requested property has its result, in the order asked.
+  REQUIRE(rep->results.size() == props.size());
+  CHECK(props.size() >= 5);
+  for (std::size_t i = 0; i < props.size(); ++i) CHECK(rep->results[i].property == props[i]);
   for (const auto& r : rep->results) {
     CAPTURE(checker::to_string(r.property), r.summary);
     CHECK(r.verdict == Verdict::kProven);
   }
+  CHECK(rep->overall() == Verdict::kProven);
   // The same pair is not equivalent: the lazy tree maps less.
   auto eq = checker::check_handover(before, after, {checker::Property::kEquivalence});
   REQUIRE(eq.ok());

@@ -40,8 +40,15 @@ TEST_CASE("Identical vCPU states with the same EPTP are proven", "[checker][vcpu
 TEST_CASE("A TSC offset lowered by exactly the host-time gap is proven continuous", "[checker][vcpu]") {
   Pair p;
   advance_host(p, 987'654'321);
-  CHECK(vcpu(p).verdict == Verdict::kProven);
-  CHECK(p.before.vcpus[0].guest_tsc() == p.after.vcpus[0].guest_tsc());
+  const auto r = vcpu(p);
+  CHECK(r.verdict == Verdict::kProven);
+  CHECK(r.summary.find("guest TSC continuous") != std::string::npos);
+  // The same gap with the offset lowered one cycle too far (the guest TSC steps back) is not.
+  Pair q;
+  advance_host(q, 987'654'321, std::uint64_t{0} - 1);
+  const auto back = vcpu(q);
+  REQUIRE(back.verdict == Verdict::kRefuted);
+  CHECK(back.counterexample->field == "vcpu0.tsc_offset");
 }
 
 TEST_CASE("TSC continuity is proven across a 64-bit wrap of the offset and of the host TSC", "[checker][vcpu]") {
@@ -51,8 +58,15 @@ TEST_CASE("TSC continuity is proven across a 64-bit wrap of the offset and of th
   p.after.vcpus[0] = p.before.vcpus[0];
   p.before.vmcs.set(model::vmcs::kTscOffset, 50);
   advance_host(p, 1000);  // host wraps to 899; the offset goes below zero
-  CHECK(p.after.vcpus[0].host_tsc_at_capture == 899);
   CHECK(vcpu(p).verdict == Verdict::kProven);
+  // Across the same wrap, an offset that compensates one cycle less than the gap is refuted:
+  // the relation is modular, not a comparison that the wrap could fool.
+  p.after.vcpus[0].tsc_offset += 1;
+  p.after.vmcs.set(model::vmcs::kTscOffset, p.after.vcpus[0].tsc_offset);
+  const auto r = vcpu(p);
+  REQUIRE(r.verdict == Verdict::kRefuted);
+  CHECK(r.counterexample->field == "vcpu0.tsc_offset");
+  CHECK(r.counterexample->confirmed_concretely);
 }
 
 TEST_CASE("A TSC offset off by one cycle is refuted, naming the TSC offset", "[checker][vcpu]") {
@@ -62,6 +76,39 @@ TEST_CASE("A TSC offset off by one cycle is refuted, naming the TSC offset", "[c
   REQUIRE(r.verdict == Verdict::kRefuted);
   CHECK(r.counterexample->field == "vcpu0.tsc_offset");
   CHECK(r.counterexample->confirmed_concretely);
+}
+
+TEST_CASE("A stale VMCS TSC offset (0x2010) is refuted even when the vCPU's offset is right", "[checker][vcpu]") {
+  Pair p;
+  advance_host(p, 5000);
+  p.after.vmcs.set(model::vmcs::kTscOffset, *p.before.vmcs.get(model::vmcs::kTscOffset));  // not adjusted
+  REQUIRE(p.after.vcpus[0].tsc_offset != *p.after.vmcs.get(model::vmcs::kTscOffset));
+  const auto r = vcpu(p);
+  REQUIRE(r.verdict == Verdict::kRefuted);
+  CHECK(r.counterexample->field == "vmcs.tsc_offset (0x2010)");
+  CHECK(r.counterexample->confirmed_concretely);
+  // And the other way round: the VMCS field adjusted, the vCPU's offset stale.
+  Pair q;
+  advance_host(q, 5000);
+  q.after.vcpus[0].tsc_offset = q.before.vcpus[0].tsc_offset;
+  const auto s = vcpu(q);
+  REQUIRE(s.verdict == Verdict::kRefuted);
+  CHECK(s.counterexample->field == "vcpu0.tsc_offset");
+}
+
+TEST_CASE("A VMCS TSC offset adjusted by the gap while the vCPU's differs from it is judged on the VMCS value",
+          "[checker][vcpu]") {
+  // The VMCS field starts from its own value (not the vCPU's): it must move by minus the gap.
+  Pair p;
+  p.before.vmcs.set(model::vmcs::kTscOffset, 0x1000);
+  p.after.vmcs.set(model::vmcs::kTscOffset, 0x1000);
+  advance_host(p, 300);  // sets the after VMCS field to the vCPU's new offset
+  p.after.vmcs.set(model::vmcs::kTscOffset, 0x1000 - 300);
+  CHECK(vcpu(p).verdict == Verdict::kProven);
+  p.after.vmcs.set(model::vmcs::kTscOffset, 0x1000 - 299);
+  const auto r = vcpu(p);
+  REQUIRE(r.verdict == Verdict::kRefuted);
+  CHECK(r.counterexample->field == "vmcs.tsc_offset (0x2010)");
 }
 
 TEST_CASE("A TSC offset left unchanged while host time moved on is refuted", "[checker][vcpu]") {

@@ -148,6 +148,11 @@ TEST_CASE("the EPTP accepts UC/WB 4-level pointers and rejects everything else")
   CHECK(Eptp::make(Hfn{0x100}, true).walk_length() == 4);
   for (unsigned t : {1u, 2u, 3u, 4u, 5u, 7u}) CHECK_FALSE(Eptp::make(Hfn{0x100}, true, t).validate(kCfg).empty());
   CHECK_FALSE(Eptp{(0x100ull << 12) | (4u << 3) | 6}.validate(kCfg).empty());  // 5-level
+  // Bits 5:3 hold the walk length minus 1: every value but 3 (4 levels) is refused.
+  for (unsigned len_minus_1 = 0; len_minus_1 < 8; ++len_minus_1) {
+    CAPTURE(len_minus_1);
+    CHECK(Eptp{(0x100ull << 12) | (len_minus_1 << 3) | 6}.validate(kCfg).empty() == (len_minus_1 == 3));
+  }
   CHECK_FALSE(Eptp{(0x100ull << 12) | (3u << 3) | 6 | 0x100}.validate(kCfg).empty());  // bit 8 reserved
   CHECK_FALSE(Eptp{(std::uint64_t{1} << 46) | (3u << 3) | 6}.validate(kCfg).empty());  // above MAXPHYADDR
 }

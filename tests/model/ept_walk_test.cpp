@@ -1,6 +1,7 @@
 // The EPT walker against the SDM rules and against an independent reference walker.
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <vector>
 
 #include "baton/model/ept_builder.hpp"
 #include "baton/model/ept_walk.hpp"
@@ -145,6 +146,44 @@ TEST_CASE("a misconfigured entry anywhere on the path gives a misconfiguration, 
   CHECK(w.reason == MisconfigReason::kReservedBits);
 }
 
+TEST_CASE("every reserved bit of every entry on the path gives a misconfiguration at that level (SDM 29.3.3.1)") {
+  // A 4 KiB leaf at gpa 0x1000 makes a path of three table entries and the leaf; a 2 MiB and a
+  // 1 GiB leaf elsewhere. MAXPHYADDR 46: bits 51:46 are reserved everywhere.
+  struct Case { std::uint64_t gpa; unsigned level; std::vector<unsigned> bits; MisconfigReason why; };
+  std::vector<unsigned> high;
+  for (unsigned b = 46; b <= 51; ++b) high.push_back(b);
+  auto with = [](std::vector<unsigned> v, std::initializer_list<unsigned> more) {
+    v.insert(v.end(), more);
+    return v;
+  };
+  const Case cases[] = {
+      {0x1000, 4, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PML4E: bits 6:3
+      {0x1000, 4, {7}, MisconfigReason::kLargePageAtPml4},                     // PML4E: bit 7
+      {0x1000, 3, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PDPTE (table): bits 6:3
+      {0x1000, 2, with(high, {3, 4, 5, 6}), MisconfigReason::kReservedBits},   // PDE (table): bits 6:3
+      {0x1000, 1, high, MisconfigReason::kReservedBits},                       // PTE
+      {0x400000, 2, with(high, {12, 13, 16, 20}), MisconfigReason::kReservedBits},  // 2 MiB leaf: bits 20:12
+      {0x80000000, 3, with(high, {12, 20, 21, 29}), MisconfigReason::kReservedBits},  // 1 GiB leaf: bits 29:12
+  };
+  for (const Case& c : cases)
+    for (const unsigned bit : c.bits) {
+      Tree t;
+      REQUIRE(t.b.map_leaf(Gpa{0x1000}, Hpa{0x9000}, 1, Perms{true, true, true}).ok());
+      REQUIRE(t.b.map_leaf(Gpa{0x400000}, Hpa{0x40000000}, 2, Perms{true, true, true}).ok());
+      REQUIRE(t.b.map_leaf(Gpa{0x80000000}, Hpa{0x80000000}, 3, Perms{true, true, true}).ok());
+      auto at = t.b.entry_addr(Gpa{c.gpa}, c.level);
+      REQUIRE(at.ok());
+      std::uint64_t raw = 0;
+      t.mem.read_u64(*at, &raw);
+      t.mem.write_u64(*at, raw ^ (std::uint64_t{1} << bit));
+      CAPTURE(c.gpa, c.level, bit);
+      const WalkResult w = walk(t.eptp(), Gpa{c.gpa}, Access::kRead, t.mem);
+      CHECK(w.kind == WalkKind::kMisconfig);
+      CHECK(w.level == c.level);
+      CHECK(w.reason == c.why);
+    }
+}
+
 TEST_CASE("a table pointer to an absent frame is an answer, not a crash") {
   Tree t;
   REQUIRE(t.b.set_entry(Gpa{0}, 4, EptEntry::table(Hfn{0xDEAD}, Perms{true, true, true})).ok());
@@ -153,11 +192,37 @@ TEST_CASE("a table pointer to an absent frame is an answer, not a crash") {
   CHECK(w.level == 3);
 }
 
-TEST_CASE("a table that points to itself terminates after four steps") {
+TEST_CASE("a table that points to itself is read at every level and ends as a 4 KiB leaf onto itself") {
   Tree t;
-  REQUIRE(t.b.set_entry(Gpa{0}, 4, EptEntry::table(t.b.root(), Perms{true, true, true})).ok());
-  const WalkResult w = walk(t.eptp(), Gpa{0}, Access::kRead, t.mem);
-  CHECK(w.path_len <= 4);
+  const EptEntry self = EptEntry::table(t.b.root(), Perms{true, true, true});
+  REQUIRE(t.b.set_entry(Gpa{0}, 4, self).ok());
+  const Hpa root = hpa_of(t.b.root());
+  // Index 0 at every level reads the same entry. At levels 4..2 it is a table pointer (bit 7
+  // clear); at level 1 the same bits are a 4 KiB leaf with memory type 0 (UC, valid, SDM
+  // §29.3.7): the walk translates to the root page itself, rwx.
+  WalkResult w = walk(t.eptp(), Gpa{0x123}, Access::kWrite, t.mem);
+  REQUIRE(w.kind == WalkKind::kTranslated);
+  CHECK(w.hpa == root + 0x123);
+  CHECK(w.leaf_level == 1);
+  CHECK(w.memtype == 0);
+  CHECK(w.perms == Perms{true, true, true});
+  REQUIRE(w.path_len == 4);
+  for (unsigned i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(w.path[i].level == 4 - i);
+    CHECK(w.path[i].entry_addr == root);
+    CHECK(w.path[i].entry.raw() == self.raw());
+  }
+  // gpa 0x1000 uses index 1 at level 1: an empty entry, so a violation at level 1 after four reads.
+  w = walk(t.eptp(), Gpa{0x1000}, Access::kRead, t.mem);
+  CHECK(w.kind == WalkKind::kViolation);
+  CHECK(w.level == 1);
+  CHECK(w.path_len == 4);
+  // gpa 1 GiB uses index 1 at level 3: empty, a violation at level 3 after two reads.
+  w = walk(t.eptp(), Gpa{0x40000000}, Access::kRead, t.mem);
+  CHECK(w.kind == WalkKind::kViolation);
+  CHECK(w.level == 3);
+  CHECK(w.path_len == 2);
 }
 
 TEST_CASE("accessed and dirty flags are set only by the explicit operation and only with A/D enabled") {

@@ -169,29 +169,55 @@ TEST_CASE("splitting random large leaves into small ones keeps the normal form")
 }
 
 TEST_CASE("diff lists exactly the addresses whose walks differ on random mutated trees") {
+  int compared = 0, differing = 0;
   for (std::uint64_t seed = 300; seed < 320; ++seed) {
     auto t = baton::testing::make_random_tree(seed);
     FrameStore mutated = t.mem;
     std::mt19937_64 rng(seed);
-    const auto frames = mutated.frames();
-    const Hfn f = frames[rng() % frames.size()];
-    const unsigned idx = static_cast<unsigned>(rng() % 512);
+    // Flip one bit that the walk reads (R/W/X, memory type, ignore-PAT, page size, address)
+    // of a present entry on the walk of a GPA that translates, so that most flips change some
+    // translation (a random frame may hold a table that no walk reaches any more).
+    Hpa at{0};
     std::uint64_t raw = 0;
-    mutated.read_u64(hpa_of(f) + idx * 8ull, &raw);
-    mutated.write_u64(hpa_of(f) + idx * 8ull, raw ^ (1ull << (rng() % 64)));
+    for (int tries = 0; tries < 100000 && raw == 0; ++tries) {
+      const WalkResult w = walk(t.eptp, Gpa{rng() % t.window}, Access::kRead, t.mem);
+      if (!w.translated()) continue;
+      at = w.path[rng() % w.path_len].entry_addr;
+      mutated.read_u64(at, &raw);
+    }
+    REQUIRE(raw != 0);
+    static const unsigned kBits[] = {0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 20, 21, 30, 31, 39, 45};
+    const unsigned bit = kBits[rng() % std::size(kBits)];
+    mutated.write_u64(at, raw ^ (1ull << bit));
     auto ma = MappingSet::from_tree(t.eptp, t.mem);
     auto mb = MappingSet::from_tree(t.eptp, mutated);
-    if (!ma.ok() || !mb.ok()) continue;  // a flip may create a cycle: covered elsewhere
+    REQUIRE(ma.ok());  // the unmutated tree always normalises
+    if (!mb.ok()) continue;  // a flip may create a cycle: covered elsewhere
+    ++compared;
     const auto d = ma->diff(*mb);
+    differing += !d.empty();
+    // Whether both normal forms give `g` the same outcome.
+    auto same_at = [&](Gpa g) {
+      const auto ra = ma->lookup(g), rb = mb->lookup(g);
+      return (!ra && !rb) ||
+             (ra && rb && ra->same_outcome_shape(*rb) && (ra->kind != RunKind::kMapped || ra->hpa_at(g) == rb->hpa_at(g)));
+    };
+    INFO("seed " << seed << " bit " << bit << " entry at hpa 0x" << std::hex << at.value);
     for (int i = 0; i < 2000; ++i) {
       const Gpa g{rng() % t.window};
-      const auto ra = ma->lookup(g), rb = mb->lookup(g);
-      const bool same = (!ra && !rb) || (ra && rb && ra->same_outcome_shape(*rb) &&
-                                         (ra->kind != RunKind::kMapped || ra->hpa_at(g) == rb->hpa_at(g)));
       bool in_diff = false;
       for (const auto& x : d) in_diff = in_diff || (g >= x.gpa && g < x.gpa + x.size);
-      INFO("seed " << seed << " gpa 0x" << std::hex << g.value);
-      CHECK(in_diff == !same);
+      INFO("gpa 0x" << std::hex << g.value);
+      CHECK(in_diff == !same_at(g));
+    }
+    // Both ends of every listed range really differ.
+    for (const auto& x : d) {
+      INFO("diff range 0x" << std::hex << x.gpa.value << " size 0x" << x.size);
+      CHECK_FALSE(same_at(x.gpa));
+      CHECK_FALSE(same_at(x.gpa + (x.size - 1)));
     }
   }
+  // Most seeds were compared (not skipped as cycles), and most flips really changed a mapping.
+  CHECK(compared >= 15);
+  CHECK(differing >= 10);
 }

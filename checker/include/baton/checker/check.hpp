@@ -107,6 +107,7 @@ struct PropertyResult {
 // Options of a check.
 struct CheckOptions {
   double timeout_s = 60.0;              // per property; exceeding it gives kUnknown
+  unsigned rlimit = 0;                  // Z3 resource limit per query (0: none); deterministic, unlike time
   bool keep_smt2 = false;               // keep the SMT-LIB2 text of refuted/unknown queries
   bool decompose = true;                // false: one faithful formula over whole trees (small trees only)
   std::size_t faithful_per_query = 32;  // irregular regions per Z3 query
