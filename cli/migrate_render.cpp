@@ -107,7 +107,8 @@ std::string migration_text(const sim::MigrationResult& r) {
   std::string o;
   o += fmt("method       %s", sim::to_string(r.method));
   if (r.effective != r.method) o += fmt(" (fell back to %s)", sim::to_string(r.effective));
-  o += fmt(" at sync point %u, instruction %llu\n", r.at_stage, static_cast<unsigned long long>(r.at_insn));
+  if (r.backend == "kvm") o += fmt(" at sync point %u\n", r.at_stage);  // KVM counts no instructions
+  else o += fmt(" at sync point %u, instruction %llu\n", r.at_stage, static_cast<unsigned long long>(r.at_insn));
   if (!r.fault.empty()) o += "fault        " + r.fault + "\n";
   const bool measured = r.time_base == sim::TimeBase::kMeasuredNs;
   const char* unit = measured ? "ns" : "cycles";

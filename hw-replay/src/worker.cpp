@@ -1,6 +1,8 @@
 // The worker side of a local migration (include/baton/hw/worker.hpp).
 #include "baton/hw/worker.hpp"
 
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +29,13 @@ std::uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Polls `sock` until it is readable or `spin_ms` have passed, yielding the CPU between polls.
+void wait_readable_spinning(int sock, int spin_ms) {
+  const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(spin_ms) * 1'000'000ull;
+  pollfd p{sock, POLLIN, 0};
+  while (::poll(&p, 1, 0) == 0 && monotonic_ns() < until) ::sched_yield();
 }
 
 // Receives one message of the expected type; an error message from the peer becomes ours.
@@ -171,6 +180,9 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   // Precopy pages until the vCPU state; then the pause is on: restore and resume at once.
   Result<Message> sm = make_error("no message");
   for (;;) {
+    // The vCPU state ends the pause: poll for it rather than sleep, so that no wake-up latency
+    // adds to the downtime (the worker is a hot standby; it yields the CPU between polls).
+    wait_readable_spinning(sock, opt.spin_ms);
     sm = recv_message(sock, opt.timeout_ms);
     if (!sm) return failed(sm.error());
     if (sm->type != MsgType::kPages) break;
@@ -183,6 +195,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
     return failed(make_error("the source reported: " + std::string(sm->payload.begin(), sm->payload.end())));
   if (sm->type != MsgType::kVcpuState)
     return failed(make_error("expected a vcpu-state message, got " + to_string(sm->type)));
+  const std::uint64_t received_ns = monotonic_ns();
   auto resume = decode_resume(sm->payload);
   if (!resume) return failed(resume.error());
   maybe_die("state");
@@ -200,6 +213,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   rep.resumed_ns = monotonic_ns();
   std::vector<std::uint8_t> resumed;
   put64(resumed, rep.resumed_ns);
+  put64(resumed, received_ns);
   const auto restored = encode_vcpu_state(state);
   resumed.insert(resumed.end(), restored.begin(), restored.end());
   BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
@@ -261,10 +275,11 @@ Result<void> send_state(KvmMachine& m, int sock, const model::VcpuState& state) 
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms) {
   auto resumed = expect(sock, MsgType::kResumed, timeout_ms);
   if (!resumed) return make_error("worker: " + resumed.error().message);
-  if (resumed->payload.size() < 8)
+  if (resumed->payload.size() < 16)
     return make_error("worker: a resumed message of " + std::to_string(resumed->payload.size()) + " bytes");
   t.resumed_ns = get64(resumed->payload.data());
-  auto s = decode_vcpu_state(std::span<const std::uint8_t>(resumed->payload).subspan(8));
+  t.state_received_ns = get64(resumed->payload.data() + 8);
+  auto s = decode_vcpu_state(std::span<const std::uint8_t>(resumed->payload).subspan(16));
   if (!s) return make_error("worker: resumed message: " + s.error().message);
   return s;
 }

@@ -405,7 +405,9 @@ Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::Han
   BATON_TRY_VOID(hw::send_state(*machine_, worker_->sock.get(), pkg.vcpus.at(0)));
   auto restored = hw::await_resumed(worker_->sock.get(), timing_, cfg_.timeout_ms);
   if (!restored) return restored.error();
-  phase("state-transfer+restore", down_mark_, timing_.resumed_ns, true);
+  // Contiguous: the downtime phases add up to resumed - pause exactly.
+  phase("state-transfer", down_mark_, timing_.state_received_ns, true);
+  phase("state-restore", timing_.state_received_ns, timing_.resumed_ns, true);
   res_->bytes_copied = timing_.bytes_copied;
   res_->pages_copied = timing_.bytes_copied / 4096;
   model::HandoverSnapshot after = pkg;

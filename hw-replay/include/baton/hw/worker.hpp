@@ -8,8 +8,8 @@
 //   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
 //   worker -> ack                        registers the same pages as its memslot: all before the pause
 //   vcpu-state (ResumeInfo + VcpuState)  sent once the source vCPU has left KVM_RUN for good
-//   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN, then the state it
-//             restored: the received one with the TSC offset it chose)
+//   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN, ns when the state
+//             arrived, then the state it restored: the received one with the TSC offset it chose)
 //   worker -> result (encode_guest_run: what the guest did on the ports after the resume)
 // Any failure is sent to the source as an error message (one line) and returned.
 #pragma once
@@ -39,6 +39,9 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 struct WorkerOptions {
   std::string device = kKvmDevice;
   int timeout_ms = 60'000;  // per message
+  // How long the worker polls (spinning, yielding between polls) for the vCPU state once its VM
+  // is ready, before it sleeps in poll(): a sleeping worker adds its wake-up to the downtime.
+  int spin_ms = 10'000;
   // Fault injection for tests (BATON_WORKER_DIE_AT of `baton vmm-worker`): the worker kills
   // itself with SIGKILL at this point: "hello" (after hello), "vm" (after its VM is ready),
   // "state" (the vCPU state received, before the restore), "resumed" (right after it told
@@ -77,6 +80,7 @@ struct HandoverTiming {
   std::uint64_t rounds = 0;        // precopy rounds sent (the first one is all of memory)
   std::uint64_t bytes_copied = 0;  // guest memory sent as bytes (0 for a local migration)
   std::uint64_t pause_ns = 0;    // CLOCK_MONOTONIC when hand_over began (vCPU out of KVM_RUN)
+  std::uint64_t state_received_ns = 0;  // the worker's CLOCK_MONOTONIC once the vCPU state arrived
   std::uint64_t resumed_ns = 0;  // the worker's CLOCK_MONOTONIC just before its first KVM_RUN
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
 };
