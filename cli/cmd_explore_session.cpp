@@ -39,9 +39,10 @@ void report_stop(Session& s, const sim::RunEvent& e, bool interrupted) {
   s.last.stop = e;
   const sim::GuestOutput& out = s.vm->output();
   const std::uint64_t insns = s.vm->instructions(), rip = rip_of(*s.vm);
-  std::optional<std::uint64_t> expected;
-  if (auto ex = guests::expected_result(s.opts.guest, s.setup.image.params)) expected = *ex;
   const bool exited = e.reason == sim::StopReason::kExited;
+  std::optional<std::uint64_t> expected;  // the host reference run: only once the guest is done
+  if (exited)
+    if (auto ex = guests::expected_result(s.opts.guest, s.setup.image.params)) expected = *ex;
   if (exited) {
     s.last.have_checksum = true;
     s.last.checksum = out.checksum();
@@ -61,9 +62,10 @@ void report_stop(Session& s, const sim::RunEvent& e, bool interrupted) {
     std::cout << j.dump(2) << "\n";
     return;
   }
-  const std::string what = interrupted ? "interrupted (Ctrl-C)" : std::string(sim::to_string(e.reason));
-  std::printf("stopped: %s (%s) at insn %llu, stage %u, rip %s\n", what.c_str(), e.detail.c_str(),
-              static_cast<unsigned long long>(insns), e.stage, hex(rip).c_str());
+  std::string what = interrupted ? "interrupted (Ctrl-C)" : std::string(sim::to_string(e.reason));
+  if (!interrupted && e.reason != sim::StopReason::kInsnLimit) what += " (" + e.detail + ")";
+  std::printf("stopped: %s at insn %llu, stage %u, rip %s\n", what.c_str(), static_cast<unsigned long long>(insns), e.stage,
+              hex(rip).c_str());
   if (exited) {
     const auto c = out.checksum();
     std::printf("checksum %s (expected %s: %s)\n", c ? hex(*c).c_str() : "none", expected ? hex(*expected).c_str() : "none",
@@ -235,7 +237,8 @@ Result<void> cmd_step(Session& s, const Args& a) {
   l.until_insn = s.vm->instructions() + n;
   const sim::RunEvent e = s.run(l);
   report_stop(s, e, e.detail == "interrupted");
-  return ok_result();
+  if (s.json || s.exited()) return ok_result();
+  return cmd_disas(s, Args{{"disas", "rip", "1"}, false});  // the next instruction
 }
 
 // break [sync K | insn N | port P | del N | clear]

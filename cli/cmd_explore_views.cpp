@@ -361,8 +361,8 @@ Result<void> cmd_memslots(Session& s, const Args& a) {
     return ok_result();
   }
   for (const model::Memslot& m : x.memslots)
-    std::printf("slot %u  gpa %s .. %s (%s) -> hpa %s%s%s\n", m.id, hex(m.gpa.value).c_str(), hex(m.end().value - 1).c_str(),
-                format_size(m.size).c_str(), hex(m.hpa.value).c_str(), m.read_only ? " read-only" : "",
+    std::printf("slot %u  gpa %s .. %s (%s) -> hpa %s%s%s\n", m.id, hex(m.gpa.value).c_str(),
+                m.size == 0 ? "(empty)" : hex(m.end().value - 1).c_str(), format_size(m.size).c_str(), hex(m.hpa.value).c_str(), m.read_only ? " read-only" : "",
                 m.dirty_log ? " dirty-log" : "");
   for (const model::GpaRange& r : x.mmio)
     std::printf("mmio    gpa %s .. %s (%s)\n", hex(r.gpa.value).c_str(), hex(r.end().value - 1).c_str(), format_size(r.size).c_str());
