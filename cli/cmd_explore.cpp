@@ -244,8 +244,9 @@ void repl(Session& s) {
       std::printf("\n");
       break;
     }
-    const std::string line = g_line;
+    std::string line = g_line;
     if (explore::split_words(line).empty()) continue;
+    line.erase(line.find_last_not_of(" \t") + 1);  // completion leaves a space behind
     const HIST_ENTRY* prev = history_length > 0 ? history_get(history_base + history_length - 1) : nullptr;
     if (prev == nullptr || line != prev->line) {
       add_history(line.c_str());
