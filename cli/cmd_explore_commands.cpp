@@ -39,9 +39,10 @@ const std::vector<Command> kCommands = {
     {"disas", "disas [ADDR] [N]", "disassemble N instructions (default at RIP)", "Disassembles guest memory (capstone); => marks RIP.", cmd_disas},
     {"mem", "mem GPA [LEN]", "hex dump of guest-physical memory", "Dumps LEN bytes (default 64) as the guest sees them.", cmd_mem},
     {"console", "console", "what the guest printed", "Prints the guest's console output so far.", cmd_console},
-    {"ept", "ept walk GPA [r|w|x] | dump [--runs|--tree] | diff @A @B", "the EPT: walk, dump, diff",
+    {"ept", "ept walk GPA | dump [--runs|--tree] | diff @A @B", "the EPT: walk, dump, diff",
      "walk: the SDM walk of one GPA, level by level. dump: the coalesced runs, or every entry (--tree).\n"
-     "diff: where two states' trees translate differently. walk and dump take a trailing @SNAPSHOT.",
+     "diff: where two states' trees translate differently. walk takes an access (r, w, x); walk and dump\n"
+     "take a trailing @SNAPSHOT.",
      cmd_ept},
     {"vmcs", "vmcs [FIELD] [@SNAPSHOT]", "VMCS fields (SDM names)",
      "Prints every set VMCS field, or one (an SDM name such as ept_pointer, or an encoding); a part of a\n"
@@ -67,7 +68,7 @@ const std::vector<Command> kCommands = {
     {"snapshots", "snapshots", "list the named states", "Lists snapshots and the two sides of the last migration.", cmd_snapshots},
     {"save", "save NAME|now FILE [--force]", "write a state as a snapshot file",
      "Writes the state in baton's snapshot format (docs/formats.md): baton check, baton ept read it.", cmd_save},
-    {"load", "load GUEST [-p k=v]... [--mem SIZE] [--pages 4k|2m|1g]", "start over with a guest",
+    {"load", "load GUEST [-p k=v]... [--mem M] [--pages P]", "start over with a guest",
      "Loads a built-in guest on a fresh VM; snapshots and breakpoints are dropped.", cmd_load},
     {"backend", "backend", "what this backend is and allows", "Names the backend and what it can do.", cmd_backend},
     {"expect", "expect WHAT VALUE [PROPERTY]", "assert on the last result (scripts)",

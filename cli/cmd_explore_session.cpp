@@ -63,7 +63,7 @@ void report_stop(Session& s, const sim::RunEvent& e, bool interrupted) {
     return;
   }
   std::string what = interrupted ? "interrupted (Ctrl-C)" : std::string(sim::to_string(e.reason));
-  if (!interrupted && e.reason != sim::StopReason::kInsnLimit) what += " (" + e.detail + ")";
+  if (!interrupted && e.reason != sim::StopReason::kInsnLimit && e.reason != sim::StopReason::kSyncPoint) what += " (" + e.detail + ")";
   std::printf("stopped: %s at insn %llu, stage %u, rip %s\n", what.c_str(), static_cast<unsigned long long>(insns), e.stage,
               hex(rip).c_str());
   if (exited) {
@@ -421,7 +421,8 @@ Result<void> cmd_migrate(Session& s, const Args& a) {
   if (s.json) {
     json j = migration_json(*r);
     j["guest"] = s.opts.guest;
-    j["outcome"] = s.last.outcome;
+    j["mem"] = s.opts.mem;
+    j["pages"] = s.opts.pages;
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("guest        %s on sim (mem %s, %s pages), migrated from insn %llu\n", s.opts.guest.c_str(),

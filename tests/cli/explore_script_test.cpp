@@ -203,3 +203,23 @@ TEST_CASE("explore: help lists every command on one screen, help CMD explains on
   CHECK(std::count(help.begin(), help.end(), '\n') <= 26);
   CHECK_THAT(r.out, Catch::Contains("METHOD: local-adopt, local-rebuild, local-lazy, precopy"));
 }
+
+TEST_CASE("explore: migrate from the session gives baton migrate's timeline, checks and outcome", "[cli][explore]") {
+  ScratchDir d;
+  auto m = run_baton(d, "migrate memtouch --mem 64M --method local-adopt --fault ept:0x400000 --json");
+  REQUIRE(m.code == 1);
+  const auto a = nlohmann::json::parse(m.out);
+  const auto s = script(d, "m.bsc", "run to sync 1\ninject ept:0x400000\nmigrate local-adopt --json\n");
+  auto r = run_baton(d, "explore memtouch --mem 64M --script " + s);
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  const auto b = json_of(r.out.substr(r.out.find("explore> migrate")));
+  for (const char* k : {"timeline", "fault", "outcome", "verdict", "checksum", "expected_checksum", "method", "downtime_us", "guest", "mem"})
+    CHECK(a[k] == b[k]);
+  REQUIRE(a["checks"].size() == b["checks"].size());
+  for (std::size_t i = 0; i < a["checks"].size(); ++i) {
+    CHECK(a["checks"][i]["check"] == b["checks"][i]["check"]);
+    CHECK(a["checks"][i]["verdict"] == b["checks"][i]["verdict"]);
+    CHECK(a["checks"][i]["summary"] == b["checks"][i]["summary"]);
+  }
+}
