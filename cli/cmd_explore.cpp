@@ -108,7 +108,7 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
   } else if (cmd == "break" && n == 1) {
     add({"sync", "insn", "port", "del", "clear"});
   } else if (cmd == "break" && n == 2 && w[1] == "port") {
-    add({"console", "sync", "exit", "input", "result_tag", "result_lo", "result_hi"});
+    add({"console", "sync", "exit", "input", "result-tag", "result-lo", "result-hi"});
   } else if (cmd == "ept" && n == 1) {
     add({"walk", "dump", "diff"});
   } else if (cmd == "ept" && w[1] == "dump") {
@@ -260,8 +260,8 @@ void repl(Session& s) {
 
 // --script FILE (or commands on a non-terminal stdin): stop at the first error (exit 2) or
 // failed expectation (exit 1), naming the line.
+// Ctrl-C keeps its default there: it ends the script.
 void script(Session& s, std::istream& in, const std::string& name) {
-  install_sigint();
   std::string line;
   for (unsigned no = 1; std::getline(in, line); ++no) {
     if (explore::split_words(line).empty()) continue;

@@ -241,56 +241,63 @@ Result<void> cmd_step(Session& s, const Args& a) {
   return cmd_disas(s, Args{{"disas", "rip", "1"}, false});  // the next instruction
 }
 
-// break [sync K | insn N | port P | del N | clear]
+// Prints the breakpoints (a list, or JSON).
+void list_breaks(const Session& s) {
+  if (s.json) {
+    json arr = json::array();
+    for (const Break& b : s.breaks)
+      arr.push_back(json{{"kind", b.kind == Break::kSync ? "sync" : b.kind == Break::kInsn ? "insn" : "port"}, {"value", b.value}});
+    std::cout << json{{"breakpoints", arr}}.dump(2) << "\n";
+    return;
+  }
+  if (s.breaks.empty()) std::printf("no breakpoints\n");
+  for (std::size_t i = 0; i < s.breaks.size(); ++i) {
+    const Break& b = s.breaks[i];
+    std::printf("%zu  %s %s\n", i + 1, b.kind == Break::kSync ? "sync" : b.kind == Break::kInsn ? "insn" : "port",
+                b.kind == Break::kPort ? hex(b.value).c_str() : std::to_string(b.value).c_str());
+  }
+}
+
+// break [sync K | insn N | port P | del N | clear]; with --json each form prints the list.
 Result<void> cmd_break(Session& s, const Args& a) {
   const std::vector<std::string>& w = a.words;
+  std::string said;
   if (w.size() == 1) {
-    if (s.json) {
-      json arr = json::array();
-      for (const Break& b : s.breaks)
-        arr.push_back(json{{"kind", b.kind == Break::kSync ? "sync" : b.kind == Break::kInsn ? "insn" : "port"}, {"value", b.value}});
-      std::cout << json{{"breakpoints", arr}}.dump(2) << "\n";
-      return ok_result();
-    }
-    if (s.breaks.empty()) std::printf("no breakpoints\n");
-    for (std::size_t i = 0; i < s.breaks.size(); ++i) {
-      const Break& b = s.breaks[i];
-      std::printf("%zu  %s %s\n", i + 1, b.kind == Break::kSync ? "sync" : b.kind == Break::kInsn ? "insn" : "port",
-                  b.kind == Break::kPort ? hex(b.value).c_str() : std::to_string(b.value).c_str());
-    }
+    list_breaks(s);
     return ok_result();
   }
   if (w.size() == 2 && w[1] == "clear") {
     s.breaks.clear();
-    std::printf("breakpoints cleared\n");
-    return ok_result();
-  }
-  if (w.size() != 3) return make_error("usage: break [sync K | insn N | port P | del N | clear]");
-  if (w[1] == "del") {
+    said = "breakpoints cleared";
+  } else if (w.size() != 3) {
+    return make_error("usage: break [sync K | insn N | port P | del N | clear]");
+  } else if (w[1] == "del") {
     auto i = number(w[2], "breakpoint number");
     if (!i) return i.error();
     if (*i == 0 || *i > s.breaks.size()) return make_error("no breakpoint " + w[2] + " (see `break`)");
     s.breaks.erase(s.breaks.begin() + static_cast<std::ptrdiff_t>(*i - 1));
-    std::printf("deleted breakpoint %s\n", w[2].c_str());
-    return ok_result();
+    said = "deleted breakpoint " + w[2];
+  } else {
+    Break b;
+    if (w[1] == "sync") b.kind = Break::kSync;
+    else if (w[1] == "insn") b.kind = Break::kInsn;
+    else if (w[1] == "port") b.kind = Break::kPort;
+    else return make_error("break: '" + w[1] + "' is not one of sync, insn, port, del, clear");
+    std::optional<std::uint64_t> v = parse_u64(w[2]);
+    if (b.kind == Break::kPort && !v)
+      for (std::uint16_t p : {guests::kPortConsole, guests::kPortResultTag, guests::kPortResultLo, guests::kPortResultHi,
+                              guests::kPortSync, guests::kPortInput, guests::kPortExit})
+        if (const char* n = guests::port_name(p); n != nullptr && w[2] == n) v = p;
+    if (!v) return make_error("break " + w[1] + ": '" + w[2] + "' is not a number" + (b.kind == Break::kPort ? " or an ABI port name" : ""));
+    if (b.kind == Break::kPort && *v > 0xFFFF) return make_error("break port: ports are 0..0xffff");
+    b.value = *v;
+    if (b.kind == Break::kPort)  // the simulator stops on one port at a time
+      std::erase_if(s.breaks, [](const Break& x) { return x.kind == Break::kPort; });
+    s.breaks.push_back(b);
+    said = "breakpoint " + std::to_string(s.breaks.size()) + ": " + w[1] + " " + (b.kind == Break::kPort ? hex(b.value) : w[2]);
   }
-  Break b;
-  if (w[1] == "sync") b.kind = Break::kSync;
-  else if (w[1] == "insn") b.kind = Break::kInsn;
-  else if (w[1] == "port") b.kind = Break::kPort;
-  else return make_error("break: '" + w[1] + "' is not one of sync, insn, port, del, clear");
-  std::optional<std::uint64_t> v = parse_u64(w[2]);
-  if (b.kind == Break::kPort && !v)
-    for (std::uint16_t p : {guests::kPortConsole, guests::kPortResultTag, guests::kPortResultLo, guests::kPortResultHi,
-                            guests::kPortSync, guests::kPortInput, guests::kPortExit})
-      if (const char* n = guests::port_name(p); n != nullptr && w[2] == n) v = p;
-  if (!v) return make_error("break " + w[1] + ": '" + w[2] + "' is not a number" + (b.kind == Break::kPort ? " or an ABI port name" : ""));
-  if (b.kind == Break::kPort && *v > 0xFFFF) return make_error("break port: ports are 0..0xffff");
-  b.value = *v;
-  if (b.kind == Break::kPort)  // the simulator stops on one port at a time
-    std::erase_if(s.breaks, [](const Break& x) { return x.kind == Break::kPort; });
-  s.breaks.push_back(b);
-  std::printf("breakpoint %zu: %s %s\n", s.breaks.size(), w[1].c_str(), b.kind == Break::kPort ? hex(b.value).c_str() : w[2].c_str());
+  if (s.json) list_breaks(s);
+  else std::printf("%s\n", said.c_str());
   return ok_result();
 }
 
