@@ -1,5 +1,7 @@
 // baton explore: the session (a simulator VM, its replayable history and named states) and the
 // commands that act on it: run, step, break, inject, migrate, check, time travel, load, backend.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -387,6 +389,9 @@ Result<void> cmd_migrate(Session& s, const Args& a) {
     }
   }
   if (s.pending) opt.fault = *s.pending;
+  // Progress on a terminal, as baton migrate shows it (the replay and the checks take a while).
+  if (!s.json && isatty(fileno(stderr)) != 0)
+    opt.progress = [](const std::string& line) { std::fprintf(stderr, "  .. %s\n", line.c_str()); };
   const std::vector<Step> steps = s.steps;
   const sim::RunEvent at = s.last_event;
   auto prep = [&](sim::SimMachine& m) -> Result<sim::RunEvent> {
