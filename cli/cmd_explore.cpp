@@ -94,6 +94,11 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
     for (const explore::Command& x : explore::commands()) c.emplace_back(x.name);
   } else if (cmd == "load" && n == 1) {
     for (const guests::BuiltinGuest& g : guests::builtin_guests()) c.push_back(g.name);
+  } else if (cmd == "load" && (w.back() == "-p" || w.back() == "--param")) {
+    if (const guests::BuiltinGuest* g = guests::find_builtin(w[1]))
+      for (const guests::ParamSpec& p : g->params) c.push_back(p.name + "=");
+  } else if (cmd == "load" && w.back() == "--pages") {
+    add({"4k", "2m", "1g"});
   } else if (cmd == "load") {
     add({"-p", "--mem", "--pages"});
   } else if (cmd == "regs") {
@@ -172,7 +177,8 @@ char** complete(const char* text, int start, int) {
   g_matches.clear();
   for (std::string& c : candidates(before, t))
     if (c.rfind(t, 0) == 0) g_matches.push_back(std::move(c));
-  if (g_matches.size() == 1 && !g_matches[0].empty() && g_matches[0].back() == ':') rl_completion_append_character = '\0';
+  if (g_matches.size() == 1 && !g_matches[0].empty() && (g_matches[0].back() == ':' || g_matches[0].back() == '='))
+    rl_completion_append_character = '\0';
   return rl_completion_matches(text, generate);
 }
 

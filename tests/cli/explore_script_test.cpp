@@ -223,3 +223,22 @@ TEST_CASE("explore: migrate from the session gives baton migrate's timeline, che
     CHECK(a["checks"][i]["summary"] == b["checks"][i]["summary"]);
   }
 }
+
+TEST_CASE("explore: check @A @B proves or refutes a handover between two states", "[cli][explore]") {
+  ScratchDir d;
+  const auto s = script(d, "c.bsc",
+                        "load memtouch --mem 64M\nrun to sync 1\nsnapshot clean\ninject ept:0x400000\n"
+                        "migrate local-adopt\ncheck @migrate.before @migrate.after\nexpect verdict refuted conformance\n"
+                        "check @clean @now equivalence\nexpect verdict refuted equivalence\n"
+                        "check @clean @clean equivalence\nexpect verdict proven equivalence\n"
+                        "vmcs ept_pointer @migrate.after\nmemslots @clean\nept dump --tree @clean\n");
+  auto r = run_baton(d, "explore --script " + s);
+  INFO(r.out << r.err);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("L1[  0] gpa"));
+  // A view of a migration's side cannot be restored: it has no history to replay.
+  const auto s2 = script(d, "c2.bsc", "run to sync 1\nmigrate local-adopt\nrestore migrate.after\n");
+  auto r2 = run_baton(d, "explore memtouch --mem 64M --script " + s2);
+  CHECK(r2.code == 2);
+  CHECK_THAT(r2.err, Catch::Contains(":3: @migrate.after comes from a migration: it can be viewed, checked and saved, not restored"));
+}
