@@ -185,11 +185,16 @@ char** complete(const char* text, int start, int) {
 // Runs one line and prints its error; returns the error, if any.
 std::optional<std::string> run_line(Session& s, const std::string& line) {
   explore::g_interrupted = 0;
-  auto r = explore::execute(s, line);
+  std::optional<std::string> error;
+  try {
+    auto r = explore::execute(s, line);
+    if (!r) error = r.error().message;
+  } catch (const std::exception& e) {  // one command's failure never ends the session
+    error = std::string("internal error: ") + e.what();
+  }
   explore::g_interrupted = 0;
   std::fflush(stdout);
-  if (r) return std::nullopt;
-  return r.error().message;
+  return error;
 }
 
 // Whether a line leaves the REPL.
