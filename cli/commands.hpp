@@ -33,6 +33,8 @@ void register_bench_migrate(CLI::App& bench);
 void register_bench_kvm(CLI::App& bench);
 // `baton vmm-worker` (cli/cmd_vmm.cpp): the receiving VMM process of a local migration.
 void register_vmm_worker(CLI::App& app);
+// `baton explore` (cli/cmd_explore*.cpp): the interactive REPL and --script.
+void register_explore(CLI::App& app);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);
+  baton::cli::register_explore(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

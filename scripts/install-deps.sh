@@ -16,6 +16,7 @@ packages=(
   libtbb-dev                         # parallel normalisation and proofs
   libbenchmark-dev                   # baton bench baselines
   libreadline-dev                    # interactive explore
+  tmux                               # explore tests on a real pseudo-terminal
   gnuplot-nox                        # baton compare --plot
   qemu-system-x86 busybox-static cpio xz-utils   # the nested KVM host (scripts/nested-kvm.sh)
 )

@@ -48,6 +48,47 @@ double since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+Result<std::string> plant_source_fault(SimMachine& src, const Fault& f) {
+  Hypervisor& hv = src.hypervisor();
+  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
+    return std::string();  // the guest state is captured from the VMCS at the pause: planted there
+  if (f.kind == FaultKind::kVmcsBit)
+    return flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
+  if (f.kind != FaultKind::kEptBit) return std::string();
+  Gpa gpa;
+  if (f.gpa) {
+    gpa = Gpa{*f.gpa};
+  } else {
+    // The middle of what the guest has mapped so far.
+    auto set = model::MappingSet::from_tree(hv.eptp(), *src.host(), hv.config().ept);
+    if (!set) return set.error();
+    std::uint64_t total = 0;
+    for (const model::MappingRun& r : set->runs())
+      if (r.kind == model::RunKind::kMapped) total += r.size;
+    if (total == 0) return make_error("fault ept: the old tree maps nothing yet; migrate later (--at-sync)");
+    std::uint64_t half = total / 2;
+    for (const model::MappingRun& r : set->runs()) {
+      if (r.kind != model::RunKind::kMapped) continue;
+      if (half < r.size) {
+        gpa = Gpa{(r.gpa.value + half) & ~model::kPageMask};
+        break;
+      }
+      half -= r.size;
+    }
+  }
+  const model::WalkResult w = hv.walk(gpa, model::Access::kRead);
+  if (!w.translated())
+    return make_error("fault ept: GPA " + hexs(gpa.value) + " has no present leaf in the old tree (it is " +
+                      model::to_string(w.kind) + ")");
+  const model::WalkStep& leaf = w.path[w.path_len - 1];
+  const unsigned bit = f.bit.value_or(12 + 9 * (leaf.level - 1));
+  const model::EptEntry flipped = leaf.entry.flipped(bit);
+  BATON_TRY_VOID(hv.write_entry(gpa, leaf.level, flipped));
+  return "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
+               std::to_string(leaf.level) + ") bit " + std::to_string(bit) + ": " + hexs(leaf.entry.raw()) + " -> " +
+               hexs(flipped.raw());
+}
+
 namespace {
 
 checker::Verdict overall(const std::vector<CheckLine>& lines, std::size_t from = 0) {
@@ -59,8 +100,8 @@ checker::Verdict overall(const std::vector<CheckLine>& lines, std::size_t from =
 class SimBackend final : public MigrationBackend {
  public:
   SimBackend(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
-             const NeighbourOptions& nb)
-      : image_(image), base_(base), opt_(opt), nb_(nb), prof_(base.profile) {}
+             const NeighbourOptions& nb, const SourcePrep& source)
+      : image_(image), base_(base), opt_(opt), nb_(nb), source_(source), prof_(base.profile) {}
 
   Capabilities capabilities() const override { return {}; }
   void begin(MigrationResult& r) override {
@@ -130,6 +171,7 @@ class SimBackend final : public MigrationBackend {
   SimConfig base_;
   MigrationOptions opt_;
   const NeighbourOptions& nb_;
+  const SourcePrep& source_;
   CostProfile prof_;
   std::shared_ptr<HostMemory> host_;
   MigrationResult* res_ = nullptr;
@@ -172,44 +214,7 @@ Result<void> SimBackend::run_reference(std::uint64_t switch_insn) {
 Result<std::string> SimBackend::plant_source_fault(const Fault& f) { return plant_fault_in_tree(*src_, f); }
 
 Result<std::string> SimBackend::plant_fault_in_tree(SimMachine& src, const Fault& f) {
-  Hypervisor& hv = src.hypervisor();
-  if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
-    return std::string();  // the guest state is captured from the VMCS at the pause: planted there
-  if (f.kind == FaultKind::kVmcsBit)
-    return flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
-  if (f.kind != FaultKind::kEptBit) return std::string();
-  Gpa gpa;
-  if (f.gpa) {
-    gpa = Gpa{*f.gpa};
-  } else {
-    // The middle of what the guest has mapped so far.
-    auto set = model::MappingSet::from_tree(hv.eptp(), *host_, hv.config().ept);
-    if (!set) return set.error();
-    std::uint64_t total = 0;
-    for (const model::MappingRun& r : set->runs())
-      if (r.kind == model::RunKind::kMapped) total += r.size;
-    if (total == 0) return make_error("fault ept: the old tree maps nothing yet; migrate later (--at-sync)");
-    std::uint64_t half = total / 2;
-    for (const model::MappingRun& r : set->runs()) {
-      if (r.kind != model::RunKind::kMapped) continue;
-      if (half < r.size) {
-        gpa = Gpa{(r.gpa.value + half) & ~model::kPageMask};
-        break;
-      }
-      half -= r.size;
-    }
-  }
-  const model::WalkResult w = hv.walk(gpa, model::Access::kRead);
-  if (!w.translated())
-    return make_error("fault ept: GPA " + hexs(gpa.value) + " has no present leaf in the old tree (it is " +
-                      model::to_string(w.kind) + ")");
-  const model::WalkStep& leaf = w.path[w.path_len - 1];
-  const unsigned bit = f.bit.value_or(12 + 9 * (leaf.level - 1));
-  const model::EptEntry flipped = leaf.entry.flipped(bit);
-  BATON_TRY_VOID(hv.write_entry(gpa, leaf.level, flipped));
-  return "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
-               std::to_string(leaf.level) + ") bit " + std::to_string(bit) + ": " + hexs(leaf.entry.raw()) + " -> " +
-               hexs(flipped.raw());
+  return sim::plant_source_fault(src, f);
 }
 
 Result<std::string> SimBackend::plant_package_fault(const Fault& f, model::HandoverSnapshot& pkg) {
@@ -518,7 +523,14 @@ Result<RunEvent> SimBackend::run_to_point(const RunLimits& point) {
   tracer_ = src_.get();
   BATON_TRY_VOID(src_->load(image_));
   progress("running " + base_.guest_name + " to the migration point");
-  const RunEvent at = src_->run(point);
+  RunEvent at;
+  if (source_) {
+    auto e = source_(*src_);
+    if (!e) return e.error();
+    at = *e;
+  } else {
+    at = src_->run(point);
+  }
   src_->trace_phase(1, 0);  // start
   return at;
 }
@@ -659,8 +671,8 @@ Result<void> SimBackend::epilogue() {
 }  // namespace
 
 Result<MigrationResult> migrate(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
-                                const NeighbourOptions& neighbour) {
-  SimBackend b(image, base, opt, neighbour);
+                                const NeighbourOptions& neighbour, const SourcePrep& source) {
+  SimBackend b(image, base, opt, neighbour, source);
   std::optional<std::uint64_t> expected;
   if (auto ex = guests::expected_result(base.guest_name, image.params)) expected = *ex;
   return drive_migration(b, opt, expected);

@@ -33,6 +33,7 @@ const char* to_string(StopReason r) {
     case StopReason::kHlt: return "hlt";
     case StopReason::kEntryFailure: return "entry-failure";
     case StopReason::kError: return "error";
+    case StopReason::kPort: return "port";
   }
   return "?";
 }
@@ -258,6 +259,7 @@ struct SimMachine::Impl final : VcpuExits {
                                     size, value));
 #endif
     const guests::PortEvent ev = ports.out(port, size, value);
+    stop_on_port(port, "OUT", value);
     switch (ev.kind) {
       case guests::PortEventKind::kConsole: out.console.push_back(static_cast<char>(ev.value)); break;
       case guests::PortEventKind::kResult: out.results.push_back(ev.result); break;
@@ -280,6 +282,13 @@ struct SimMachine::Impl final : VcpuExits {
     }
   }
 
+  // Stops the run after this access when RunLimits::port asks for it (a later stop wins).
+  void stop_on_port(std::uint16_t port, const char* dir, std::uint64_t value) {
+    if (!limits.port || *limits.port != port || pending) return;
+    pending = RunEvent{StopReason::kPort, std::string(dir) + " port " + hexs(port) + " value " + hexs(value), stage()};
+    vcpu->request_stop();
+  }
+
   std::uint32_t port_in(std::uint16_t port, unsigned size) override {
     take_exit(ExitReason::kIo, io_qualification(port, size, true), 0);
     const guests::PortEvent ev = ports.in(port, size);
@@ -288,6 +297,7 @@ struct SimMachine::Impl final : VcpuExits {
       v = ev.value;
       out.inputs = ports.run().inputs;
     }
+    stop_on_port(port, "IN", v);
 #ifdef BATON_SIM_HAVE_TRACES
     if (trace)
       trace->write(traces::io_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(), port, true,

@@ -24,6 +24,7 @@ enum class StopReason : std::uint8_t {
   kHlt,           // the guest halted with nothing to wake it
   kEntryFailure,  // VM entry failed a guest-state check
   kError,         // the backend failed (unmapped access, misconfigured non-MMIO entry, ...)
+  kPort,          // the guest accessed the requested port (RunLimits::port)
 };
 // Names a stop reason ("exited", "hang", ...).
 const char* to_string(StopReason r);
@@ -33,6 +34,7 @@ struct RunLimits {
   std::uint64_t budget = 0;              // total instructions before the run counts as a hang
   std::optional<std::uint32_t> sync;     // stop right after this sync point is announced
   std::uint64_t until_insn = 0;          // stop once this many instructions have retired
+  std::optional<std::uint16_t> port;     // stop right after an IN or OUT on this port
 };
 
 // What stopped a run.

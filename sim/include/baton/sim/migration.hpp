@@ -245,7 +245,15 @@ checker::Verdict overall_verdict(const std::vector<CheckLine>& lines, std::size_
 // handover, and runs it to the end on the new instance. `base` configures both instances
 // (vm ids, pages, profile, trace). Errors are problems with the request; a refuted handover is
 // a result.
+// `source`, when set, brings the freshly loaded source to the migration point instead of
+// running it to `opt.at_sync`/`opt.at_insn` (baton explore replays its session through it).
+using SourcePrep = std::function<Result<RunEvent>(SimMachine& source)>;
 Result<MigrationResult> migrate(const guests::GuestImage& image, const SimConfig& base, const MigrationOptions& opt,
-                                const NeighbourOptions& neighbour = {});
+                                const NeighbourOptions& neighbour = {}, const SourcePrep& source = {});
+
+// Plants the source part of a fault in a running simulator VM (an EPT leaf bit, or a bit of a
+// VMCS field outside the guest state), as the migration does; returns its description, or ""
+// when the fault belongs in the handover package (memslots, VMCS guest state).
+Result<std::string> plant_source_fault(SimMachine& vm, const Fault& f);
 
 }  // namespace baton::sim
