@@ -152,12 +152,13 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
       equal(fb[k].name, fb[k].value, fa[k].value, "the guest state must be preserved");
     if (k < fb.size() || k < fa.size())
       items.push_back(Item{p + "layout", "", "", "the register blobs differ in size", c.bool_val(false), false});
-    // MSRs: the same set of indices with the same values, except IA32_TSC.
+    // MSRs: the same set of indices with the same values, except the clocks (IA32_TSC, whose
+    // relation follows; Hyper-V's reference time, which counts the VM's own kvmclock).
     std::set<std::uint32_t> idx;
     for (const auto& [m, v] : vb.msrs) idx.insert(m);
     for (const auto& [m, v] : va.msrs) idx.insert(m);
     for (std::uint32_t m : idx) {
-      if (m == model::kMsrTsc) continue;
+      if (model::is_clock_msr(m)) continue;
       const auto ib = vb.msrs.find(m), ia = va.msrs.find(m);
       const std::string name = p + "msr[" + hex(m) + "]";
       if (ib == vb.msrs.end() || ia == va.msrs.end()) {

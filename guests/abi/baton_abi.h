@@ -42,6 +42,8 @@
 #define BATON_GPA_BOOT_PAGE 0x1000u /* boot parameters (struct baton_boot), RDI at entry */
 #define BATON_GPA_GDT 0x2000u       /* GDT; the 64-bit TSS follows at BATON_GPA_TSS */
 #define BATON_GPA_TSS 0x2080u
+#define BATON_TSS_IOMAP 104u  /* the TSS's I/O permission bitmap starts right after its 104 bytes */
+#define BATON_TSS_LIMIT (BATON_TSS_IOMAP + (BATON_PORT_LAST + 1u) / 8u) /* bitmap up to the ABI's last port, then 0xFF */
 #define BATON_GPA_IDT 0x3000u          /* IDT: one interrupt gate per vector 0..31 into the trap handler */
 #define BATON_GPA_TRAP 0x4000u         /* the loader's ring-0 trap handler (guests/trap/trap.S) */
 #define BATON_GPA_FAULT_RECORD 0x5000u /* struct baton_fault, written by the trap handler */

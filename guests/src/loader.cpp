@@ -296,25 +296,34 @@ std::uint64_t seg_desc(unsigned type, unsigned dpl, bool l, bool db) {
   return d;
 }
 
-// Builds the GDT (null, kernel code/data, user data/code, busy 64-bit TSS) and the TSS.
+// Builds the GDT (null, kernel code/data, user data/code, busy 64-bit TSS) and the TSS with an
+// I/O permission bitmap that grants exactly the ABI's ports 0x500-0x51F.
 std::vector<std::uint8_t> build_gdt_tss() {
-  std::vector<std::uint8_t> b(kTssGpa - kGdtGpa + 104, 0);
+  const std::size_t tss = kTssGpa - kGdtGpa;
+  std::vector<std::uint8_t> b(tss + kTssLimit + 1, 0);
   const std::uint64_t gdt[5] = {0, seg_desc(0xB, 0, true, false), seg_desc(0x3, 0, false, true),
                                 seg_desc(0x3, 3, false, true), seg_desc(0xB, 3, true, false)};
   std::memcpy(b.data(), gdt, sizeof gdt);
-  // 16-byte TSS descriptor (SDM Vol. 3A §8.2.3, figure 8-4): limit 0x67, type 0xB (busy), P.
+  // 16-byte TSS descriptor (SDM Vol. 3A §8.2.3, figure 8-4): limit, type 0xB (busy), P.
   const std::uint64_t base = kTssGpa;
-  const std::uint64_t lo = 0x67 | ((base & 0xFFFFFF) << 16) | (std::uint64_t{0xB} << 40) | (std::uint64_t{1} << 47) |
-                           (((base >> 24) & 0xFF) << 56);
+  const std::uint64_t lo = kTssLimit | ((base & 0xFFFFFF) << 16) | (std::uint64_t{0xB} << 40) |
+                           (std::uint64_t{1} << 47) | (((base >> 24) & 0xFF) << 56);
   const std::uint64_t hi = base >> 32;
   std::memcpy(b.data() + kSelTss, &lo, 8);
   std::memcpy(b.data() + kSelTss + 8, &hi, 8);
-  // TSS (figure 8-11): RSP0 at offset 4 (the trap handler's stack); I/O map base at 102 = 104
-  // (no bitmap: IOPL=3 rules where the CPU honours it, the trap handler elsewhere).
+  // TSS (figure 8-11): RSP0 at offset 4, the trap handler's stack; the I/O map base at 102.
   const std::uint64_t rsp0 = kRing0StackTop;
-  std::memcpy(b.data() + (kTssGpa - kGdtGpa) + 4, &rsp0, 8);
-  const std::uint16_t iomap = 104;
-  std::memcpy(b.data() + (kTssGpa - kGdtGpa) + 102, &iomap, 2);
+  std::memcpy(b.data() + tss + 4, &rsp0, 8);
+  const std::uint16_t iomap = kTssIomap;
+  std::memcpy(b.data() + tss + 102, &iomap, 2);
+  // The bitmap (SDM Vol. 1 §19.5.2): bit p clear allows port p when CPL > IOPL. Ports below
+  // 0x500 are refused, 0x500-0x51F allowed, and the last byte is 0xFF as the SDM requires;
+  // ports past the limit are refused. IOPL = 3 makes it moot on VT-x, SVM and Unicorn; PVM,
+  // which runs ring 3 at IOPL 0, honours it (docs/guest-abi.md §2.1).
+  std::uint8_t* map = b.data() + tss + kTssIomap;
+  std::memset(map, 0xFF, kTssLimit + 1 - kTssIomap);
+  for (unsigned port = BATON_PORT_FIRST; port <= BATON_PORT_LAST; ++port)
+    map[port / 8] &= static_cast<std::uint8_t>(~(1u << (port % 8)));
   return b;
 }
 
@@ -409,7 +418,7 @@ model::VcpuState initial_state(const GuestImage& im) {
   s.cs = flat_segment(cs, 0xB, dpl, true);
   s.ss = s.ds = s.es = s.fs = s.gs = flat_segment(ds, 0x3, dpl, false);
   s.tr.base = kTssGpa;
-  s.tr.limit = 0x67;
+  s.tr.limit = kTssLimit;
   s.tr.selector = kSelTss;
   s.tr.type = 0xB;  // busy 64-bit TSS, as VM entry requires (SDM Vol. 3C §27.3.1.2)
   s.tr.present = 1;

@@ -5,6 +5,7 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "baton/hw/kvm.hpp"
@@ -12,6 +13,17 @@
 namespace baton::hw {
 
 namespace {
+
+// kvmclock's system-time MSRs (Documentation/virt/kvm/x86/msr.rst): bit 0 enables the clock.
+constexpr std::uint32_t kMsrKvmSystemTime = 0x12;
+constexpr std::uint32_t kMsrKvmSystemTimeNew = 0x4b564d01;
+
+// Formats a 32-bit value as 0x...
+std::string hex32(std::uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "0x%x", v);
+  return b;
+}
 
 Result<void> xio(int fd, unsigned long req, const char* name, unsigned vcpu, void* arg) {
   for (;;) {
@@ -141,7 +153,8 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
     if (xcrs.xcrs[i].xcr == 0) s.xcr0 = xcrs.xcrs[i].value;
 
   // MSRs: KVM_GET_MSRS stops at the first MSR it cannot read and returns how many it read;
-  // skip that one and go on, so one unreadable MSR does not hide the rest.
+  // record that one in unreadable_msrs() and go on, so one unreadable MSR does not hide the rest.
+  unreadable_msrs_.clear();
   std::vector<std::uint32_t> idx;
   for (std::uint32_t m : opt.msr_indices)
     if (m != model::kMsrTsc) idx.push_back(m);
@@ -156,6 +169,7 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
       return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(id_) + ", nmsrs=" + std::to_string(n) +
                         ") failed: " + std::strerror(errno));
     for (int i = 0; i < got; ++i) s.msrs[b.get()->entries[i].index] = b.get()->entries[i].data;
+    if (static_cast<std::size_t>(got) < n) unreadable_msrs_.push_back(idx[from + static_cast<std::size_t>(got)]);
     from += static_cast<std::size_t>(got) + 1;  // the MSR at `got` could not be read
   }
 
@@ -221,6 +235,13 @@ Result<void> KvmVcpu::try_set_boot_state(const model::VcpuState& s) {
 
 Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOptions& opt) {
   const int fd = this->fd();
+  // kvmclock is per-VM state (KVM_GET/SET_CLOCK) that a vCPU state does not carry: a guest that
+  // enabled it would see its clock jump in a new VM. baton's guests never enable it; refuse
+  // rather than restore a wrong clock.
+  for (std::uint32_t m : {kMsrKvmSystemTime, kMsrKvmSystemTimeNew})
+    if (auto it = s.msrs.find(m); it != s.msrs.end() && (it->second & 1) != 0)
+      return make_error("the guest enabled kvmclock (MSR " + hex32(m) +
+                        " bit 0); carrying the VM clock (KVM_SET_CLOCK) is not implemented");
   // XSAVE and XCRs first; the sregs (with the APIC base) before the MSRs and the LAPIC; the
   // regs last. KVM checks XSAVE against what it supports, not against the current XCR0.
   if (!s.xsave.empty()) {

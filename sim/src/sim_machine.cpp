@@ -340,11 +340,12 @@ struct SimMachine::Impl final : VcpuExits {
 
   void exception(std::uint32_t vector) override {
     take_exit(ExitReason::kException, vector, 0);
-    // The guests run without an IDT: delivery fails, #DF fails, the CPU shuts down.
+    // Unicorn delivers no exception through the IDT, so the simulator stops at every guest
+    // exception and calls it a triple fault (on KVM the loader's trap handler reports it).
     take_exit(ExitReason::kTripleFault, 0, 0);
     pending = RunEvent{StopReason::kTripleFault,
                        "exception vector " + std::to_string(vector) + " at RIP " + hexs(vcpu->reg(UC_X86_REG_RIP)) +
-                           " with no usable IDT: triple fault", stage()};
+                           ": the simulator delivers no exception (triple fault)", stage()};
   }
 
   // Installs the default MMIO device: an echoing register file, offset 0 reads a magic value.
@@ -612,12 +613,12 @@ RunEvent SimMachine::run(const RunLimits& limits) {
         if (vmx_exit_reason(mnemonic, &r)) {
           m.take_exit(r, 0, 0);  // no nested VMX: the hypervisor injects #UD
           m.take_exit(ExitReason::kTripleFault, 0, 0);
-          return RunEvent{StopReason::kTripleFault, mnemonic + " at " + hexs(s.rip) + ": #UD injected (no nested VMX), no IDT",
+          return RunEvent{StopReason::kTripleFault, mnemonic + " at " + hexs(s.rip) + ": #UD injected (no nested VMX), not delivered",
                           m.stage()};
         }
         m.exception(6);
         return RunEvent{StopReason::kTripleFault, "invalid opcode" + (mnemonic.empty() ? "" : " (" + mnemonic + ")") +
-                                                      " at " + hexs(s.rip) + " with no IDT: triple fault", m.stage()};
+                                                      " at " + hexs(s.rip) + ": the simulator delivers no exception (triple fault)", m.stage()};
       }
       case UC_ERR_READ_UNMAPPED: case UC_ERR_WRITE_UNMAPPED: case UC_ERR_FETCH_UNMAPPED:
         m.take_exit(ExitReason::kEptViolation, 0, 0);

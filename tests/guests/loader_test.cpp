@@ -129,7 +129,7 @@ TEST_CASE("the initial vCPU state is exactly what the ABI says", "[loader]") {
   CHECK(v.tr.selector == 0x28);
   CHECK(v.tr.type == 0xB);  // busy 64-bit TSS
   CHECK(v.tr.base == kTssGpa);
-  CHECK(v.tr.limit == 0x67);
+  CHECK(v.tr.limit == kTssLimit);
   CHECK(v.tr.s == 0);
   CHECK(v.tr.present == 1);
   CHECK(v.tr.unusable == 0);
@@ -156,6 +156,20 @@ TEST_CASE("the initial vCPU state is exactly what the ABI says", "[loader]") {
     std::uint64_t rsp0 = 0;
     std::memcpy(&rsp0, chunk(im, "gdt+tss").bytes.data() + (kTssGpa - kGdtGpa) + 4, 8);
     CHECK(rsp0 == kRing0StackTop);
+    // The I/O permission bitmap (SDM Vol. 1 §19.5.2) grants exactly the ABI's ports.
+    CHECK((((tss_lo & 0xFFFF) | (((tss_lo >> 48) & 0xF) << 16))) == kTssLimit);
+    const std::uint8_t* tss = chunk(im, "gdt+tss").bytes.data() + (kTssGpa - kGdtGpa);
+    REQUIRE(chunk(im, "gdt+tss").bytes.size() == (kTssGpa - kGdtGpa) + kTssLimit + 1);
+    std::uint16_t iomap = 0;
+    std::memcpy(&iomap, tss + 102, 2);
+    CHECK(iomap == 104);
+    auto allowed = [&](unsigned port) {
+      const unsigned byte = iomap + port / 8;
+      return byte <= kTssLimit && (tss[byte] & (1u << (port % 8))) == 0;
+    };
+    for (unsigned port : {0x500u, 0x504u, 0x514u, 0x518u, 0x51Cu, 0x51Fu}) CHECK(allowed(port));
+    for (unsigned port : {0x0u, 0x20u, 0x80u, 0x3F8u, 0x4FFu, 0x520u, 0xCF8u, 0xFFFFu}) CHECK_FALSE(allowed(port));
+    CHECK(tss[kTssLimit] == 0xFF);  // the byte the SDM requires after the bitmap
   }
   SECTION("the IDT sends every exception vector to the trap handler at ring 0") {
     // 64-bit interrupt gates (SDM Vol. 3A §6.14.1, figure 6-8): type 0xE, DPL 0, P, IST 0,

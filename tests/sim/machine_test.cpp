@@ -133,7 +133,7 @@ TEST_CASE("CPUID exits and returns the modelled vendor", "[sim]") {
   CHECK(m->instructions() == 5);  // mov, cpuid, mov, mov, out: the exit stops right after the OUT
 }
 
-TEST_CASE("VMCALL exits and returns -KVM_ENOSYS; VMXON gets #UD and, with no IDT, a triple fault", "[sim]") {
+TEST_CASE("VMCALL exits and returns -KVM_ENOSYS; VMXON gets #UD, which the simulator ends as a triple fault", "[sim]") {
   guests::GuestImage im = image("io", 64u << 20, guests::PageSize::k4K);
   std::vector<std::uint8_t> code = {0x0F, 0x01, 0xC1};
   append_exit(code);
@@ -154,7 +154,7 @@ TEST_CASE("VMCALL exits and returns -KVM_ENOSYS; VMXON gets #UD and, with no IDT
   CHECK(ev2.detail.find("vmxon") != std::string::npos);
 }
 
-TEST_CASE("an exception with no IDT ends the run as a triple fault", "[sim]") {
+TEST_CASE("a guest exception ends the simulated run as a triple fault (Unicorn delivers none)", "[sim]") {
   guests::GuestImage im = image("io", 64u << 20, guests::PageSize::k4K);
   patch_entry(im, {0x0F, 0x0B});  // ud2
   auto m = machine(im);

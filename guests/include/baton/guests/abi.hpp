@@ -42,6 +42,9 @@ inline constexpr std::uint32_t kExitSelfcheck = BATON_EXIT_SELFCHECK;
 inline constexpr std::uint64_t kBootPageGpa = BATON_GPA_BOOT_PAGE;
 inline constexpr std::uint64_t kGdtGpa = BATON_GPA_GDT;
 inline constexpr std::uint64_t kTssGpa = BATON_GPA_TSS;
+inline constexpr std::uint32_t kTssIomap = BATON_TSS_IOMAP;  // offset of the I/O permission bitmap
+inline constexpr std::uint32_t kTssLimit = BATON_TSS_LIMIT;  // 104 + 164 bitmap bytes + the 0xFF byte - 1
+static_assert(kTssLimit == 0x10C, "docs/guest-abi.md gives the TSS limit as 0x10C");
 inline constexpr std::uint64_t kIdtGpa = BATON_GPA_IDT;
 inline constexpr std::uint64_t kTrapGpa = BATON_GPA_TRAP;
 inline constexpr std::uint64_t kFaultRecordGpa = BATON_GPA_FAULT_RECORD;

@@ -184,6 +184,9 @@ class KvmVcpu {
   // vCPU events, debug registers, MP state and the TSC (guest = host + offset).
   Result<model::VcpuState> try_get_state(const StateOptions& opt);
   model::VcpuState get_state(const StateOptions& opt) { return or_throw(try_get_state(opt)); }
+  // The listed MSRs that KVM_GET_MSRS refused in the last capture (not in its state): empty on
+  // every host measured so far (PVM, nested SVM); tests assert it, so a refusal is never silent.
+  const std::vector<std::uint32_t>& unreadable_msrs() const { return unreadable_msrs_; }
   // Restores a captured state (XSAVE, XCRs, sregs, MSRs, TSC, LAPIC, events, MP state, debug
   // registers, regs; sregs before the MSRs and the LAPIC, regs last). The guest TSC
   // keeps its offset to the host TSC, so it stays monotonic and continuous.
@@ -199,6 +202,7 @@ class KvmVcpu {
   unsigned id_ = 0;
   void* run_ = nullptr;
   std::size_t run_size_ = 0;
+  std::vector<std::uint32_t> unreadable_msrs_;
 };
 
 }  // namespace baton::hw

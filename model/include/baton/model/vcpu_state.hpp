@@ -100,12 +100,17 @@ inline constexpr std::uint32_t kMsrGsBase = 0xC0000101;
 inline constexpr std::uint32_t kMsrKernelGsBase = 0xC0000102;
 inline constexpr std::uint32_t kMsrTsc = 0x10;
 inline constexpr std::uint32_t kMsrPat = 0x277;
+inline constexpr std::uint32_t kMsrHvVpRuntime = 0x40000010;     // Hyper-V TLFS: virtual processor run time
 inline constexpr std::uint32_t kMsrHvTimeRefCount = 0x40000020;  // Hyper-V TLFS: partition reference time
 
 // Returns whether an MSR is a clock: its value moves on by itself, so two captures of the same
-// vCPU differ in it. IA32_TSC travels as tsc_offset instead; Hyper-V's reference time counter
-// (in KVM's MSR list) counts the VM's kvmclock in 100 ns units and is read-only to the host.
-constexpr bool is_clock_msr(std::uint32_t index) { return index == kMsrTsc || index == kMsrHvTimeRefCount; }
+// vCPU differ in it. IA32_TSC travels as tsc_offset instead. Of the Hyper-V MSRs in KVM's list,
+// the VP run time counts the vCPU thread's run time (a host write sets its offset, so a restore
+// carries it on) and the reference time counter counts the VM's kvmclock (read-only to the
+// host), both in 100 ns units.
+constexpr bool is_clock_msr(std::uint32_t index) {
+  return index == kMsrTsc || index == kMsrHvVpRuntime || index == kMsrHvTimeRefCount;
+}
 
 // Names a general-purpose register ("rax" ...).
 const char* gpr_name(unsigned index);
