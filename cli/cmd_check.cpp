@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "baton/checker/check.hpp"
 #include "baton/checker/mutation.hpp"
@@ -105,6 +106,35 @@ std::string leaf_text(const NoCopySide& side, std::uint64_t gfn) {
          std::to_string(it->second.event);
 }
 
+// What an ftrace import left out of a trace, from the counts it recorded in the header.
+struct ImportLoss {
+  std::uint64_t malformed_lines = 0, unknown_lines = 0, unknown_levels = 0, lost_events = 0;
+  // The sum of all counts.
+  std::uint64_t total() const { return malformed_lines + unknown_lines + unknown_levels + lost_events; }
+  // Lists the non-zero counts: "2 malformed lines, 1 lost event".
+  std::string text() const {
+    std::string out;
+    const std::tuple<std::uint64_t, const char*, const char*> parts[] = {
+        {malformed_lines, "malformed line", "malformed lines"},
+        {unknown_lines, "unknown line", "unknown lines"},
+        {unknown_levels, "leaf event of an unknown level", "leaf events of unknown levels"},
+        {lost_events, "lost event", "lost events"}};
+    for (const auto& [n, one, many] : parts)
+      if (n != 0) out += (out.empty() ? "" : ", ") + std::to_string(n) + " " + (n == 1 ? one : many);
+    return out;
+  }
+};
+
+// Reads the import counts from a trace header (0 when absent, as in simulator traces).
+ImportLoss import_loss(const traces::Trace& t) {
+  auto get = [&](const char* key) -> std::uint64_t {
+    auto it = t.header.meta.find(key);
+    if (it == t.header.meta.end()) return 0;
+    return parse_u64(it->second).value_or(1);  // an unreadable count still counts as a loss
+  };
+  return ImportLoss{get("malformed_lines"), get("unknown_lines"), get("unknown_levels"), get("lost_events")};
+}
+
 // baton check --no-copy TRACE --source VM --dest VM
 void run_no_copy(const CheckCliOptions& o) {
   if (!o.snapshots.empty() || !o.spec.empty() || !o.properties.empty() || !o.junit.empty() || !o.smt2_dir.empty())
@@ -151,21 +181,36 @@ void run_no_copy(const CheckCliOptions& o) {
   no.decompose = !o.monolithic;
   auto r = checker::check_no_copy(sides[0].set, sides[1].set, no);
   if (!r) return fail(r.error().message);
+  // What the import left out: a proof over a trace that lost lines is no proof.
+  const ImportLoss loss = import_loss(*t);
+  if (loss.total() != 0 && r->verdict == checker::Verdict::kProven) {
+    r->verdict = checker::Verdict::kUnknown;
+    r->unknown_reason = "the trace import skipped " + loss.text() +
+                        "; the events read agree, but a proof over an "
+                        "incomplete trace is no proof";
+    r->summary = "inconclusive: " + r->unknown_reason;
+  }
   const char* verdict = checker::to_string(r->verdict);
   if (o.json) {
-    nlohmann::json j{{"trace", o.no_copy},
-                     {"property", "no-copy"},
-                     {"verdict", verdict},
-                     {"seconds", r->seconds},
-                     {"summary", r->summary},
-                     {"source", {{"vm", sides[0].vm}, {"at", sides[0].at}, {"leaves", sides[0].leaves.size()},
-                                 {"frames", r->source_frames}}},
-                     {"dest", {{"vm", sides[1].vm}, {"at", sides[1].at}, {"leaves", sides[1].leaves.size()},
-                               {"frames", r->dest_frames}}},
-                     {"shared_frames", r->shared_frames},
-                     {"segments", r->segments},
-                     {"z3_queries", r->z3_queries},
-                     {"counterexample", nullptr}};
+    nlohmann::json j{
+        {"trace", o.no_copy},
+        {"property", "no-copy"},
+        {"verdict", verdict},
+        {"seconds", r->seconds},
+        {"summary", r->summary},
+        {"source",
+         {{"vm", sides[0].vm}, {"at", sides[0].at}, {"leaves", sides[0].leaves.size()}, {"frames", r->source_frames}}},
+        {"dest",
+         {{"vm", sides[1].vm}, {"at", sides[1].at}, {"leaves", sides[1].leaves.size()}, {"frames", r->dest_frames}}},
+        {"shared_frames", r->shared_frames},
+        {"segments", r->segments},
+        {"z3_queries", r->z3_queries},
+        {"import_skipped",
+         {{"malformed_lines", loss.malformed_lines},
+          {"unknown_lines", loss.unknown_lines},
+          {"unknown_levels", loss.unknown_levels},
+          {"lost_events", loss.lost_events}}},
+        {"counterexample", nullptr}};
     if (r->counterexample) {
       const auto& cx = *r->counterexample;
       j["counterexample"] = {{"gfn", hex(cx.gfn)},
@@ -189,6 +234,7 @@ void run_no_copy(const CheckCliOptions& o) {
     std::printf("  shared %llu gfns in %llu segment(s), %llu Z3 quer%s\n",
                 static_cast<unsigned long long>(r->shared_frames), static_cast<unsigned long long>(r->segments),
                 static_cast<unsigned long long>(r->z3_queries), r->z3_queries == 1 ? "y" : "ies");
+    if (loss.total() != 0) std::printf("  import skipped %s (see `baton trace import`)\n", loss.text().c_str());
     if (r->counterexample) {
       const auto& cx = *r->counterexample;
       std::printf("\nno-copy refuted at gfn %s (gpa %s):\n", hex(cx.gfn).c_str(), hex(cx.gfn << 12).c_str());

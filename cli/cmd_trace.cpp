@@ -89,9 +89,14 @@ void run_import(const TraceOptions& o) {
            {"malformed_lines", st.malformed_lines},
            {"filtered_lines", st.filtered_lines},
            {"skipped_sptes", st.skipped_sptes},
+           {"unknown_levels", st.unknown_levels},
            {"backfilled_gpas", st.backfilled_gpas},
            {"lost_events", st.lost_events},
-           {"samples", st.samples}};
+           {"samples", [&] {
+              std::vector<std::string> v;
+              for (const auto& s : st.samples) v.push_back(printable(s));
+              return v;
+            }()}};
     std::cout << j.dump(2) << "\n";
     return;
   }
@@ -107,7 +112,10 @@ void run_import(const TraceOptions& o) {
   for (const auto& [k, n] : kinds) std::printf(" %s %zu", k.c_str(), n);
   std::printf("\n");
   if (st.lost_events) std::printf("  WARNING: the capture lost %zu events; maps may be incomplete\n", st.lost_events);
-  for (const auto& s : st.samples) std::printf("  skipped %s\n", s.c_str());
+  if (st.unknown_levels)
+    std::printf("  WARNING: %zu leaf SPTE event(s) with a level outside 1..3 were dropped; maps may be incomplete\n",
+                st.unknown_levels);
+  for (const auto& s : st.samples) std::printf("  skipped %s\n", printable(s).c_str());
 }
 
 // Builds the JSON rows of one VM's map.

@@ -434,8 +434,8 @@ class Importer {
     for (auto t : toks)
       if (t.size() >= 5 && t.front() == '(' && t.back() == ')') perms = t.substr(1, t.size() - 2);
     if (perms.size() < 3) return false;
-    if (*l < 1 || *l > 3) {
-      ++st_.skipped_sptes;
+    if (*l < 1 || *l > 3) {  // KVM installs leaves at 4K, 2M and 1G only
+      ++st_.unknown_levels;
       return true;
     }
     const std::uint32_t p = (perms[0] == 'r' ? 1u : 0u) | (perms[1] == 'w' ? 2u : 0u) | (perms[2] == 'x' ? 4u : 0u);
@@ -450,7 +450,7 @@ class Importer {
     const auto g = parse_hex(*gfn), p = parse_hex(*pfn), l = parse_dec(*level);
     if (!g || !p || !l) return false;
     if (*l < 1 || *l > 3) {
-      ++st_.skipped_sptes;
+      ++st_.unknown_levels;
       return true;
     }
     emit_set(h, vm, *g, *p, static_cast<unsigned>(*l), kEptPermsUnknown | kEptOriginSpteRequested << kEptOriginShift);
@@ -547,6 +547,7 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
   hd.meta["lines"] = std::to_string(st.lines);
   hd.meta["unknown_lines"] = std::to_string(st.unknown_lines);
   hd.meta["malformed_lines"] = std::to_string(st.malformed_lines);
+  hd.meta["unknown_levels"] = std::to_string(st.unknown_levels);
   hd.meta["lost_events"] = std::to_string(st.lost_events);
   if (options.pid) hd.meta["pid"] = std::to_string(*options.pid);
   return r;
