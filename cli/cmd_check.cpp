@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -13,6 +12,7 @@
 #include "baton/checker/mutation.hpp"
 #include "baton/checker/no_copy.hpp"
 #include "baton/checker/report.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "baton/traces/ftrace.hpp"
 #include "baton/traces/trace.hpp"
@@ -31,6 +31,7 @@ struct CheckCliOptions {
   double timeout = 60.0;
   bool json = false;
   bool monolithic = false;
+  bool force = false;  // replace existing --junit, --smt2-dir files and --out
   // bit-relevance
   std::string out;
   unsigned samples = 4;
@@ -43,12 +44,11 @@ struct CheckCliOptions {
 // Returns whether stderr is a terminal (progress lines go there).
 bool tty() { return isatty(fileno(stderr)) != 0; }
 
-// Writes a text file, replacing it; returns an error naming the file.
-Result<void> write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::trunc);
-  f << text;
-  f.close();
-  if (!f) return make_error("cannot write " + path);
+// Checks the output paths of a check before any work: --junit, --smt2-dir, --out.
+Result<void> check_outputs(const CheckCliOptions& o) {
+  if (!o.junit.empty()) BATON_TRY_VOID(model::check_output_path(o.junit, o.force, "--junit"));
+  if (!o.smt2_dir.empty()) BATON_TRY_VOID(model::check_output_dir(o.smt2_dir, "--smt2-dir"));
+  if (!o.out.empty()) BATON_TRY_VOID(model::check_output_path(o.out, o.force, "--out"));
   return ok_result();
 }
 
@@ -59,9 +59,9 @@ void finish(const checker::Report& rep, const CheckCliOptions& o) {
   else
     std::cout << checker::to_text(rep);
   if (!o.junit.empty())
-    if (auto r = write_text(o.junit, checker::to_junit(rep)); !r) return fail(r.error().message);
+    if (auto r = model::write_text(o.junit, checker::to_junit(rep), o.force); !r) return fail(r.error().message);
   if (!o.smt2_dir.empty()) {
-    auto n = checker::write_smt2(rep, o.smt2_dir);
+    auto n = checker::write_smt2(rep, o.smt2_dir, o.force);
     if (!n) return fail(n.error().message);
     if (tty() && *n != 0) std::fprintf(stderr, "wrote %u SMT-LIB2 file(s) to %s\n", *n, o.smt2_dir.c_str());
   }
@@ -253,6 +253,7 @@ void run_no_copy(const CheckCliOptions& o) {
 
 // baton check BEFORE AFTER | baton check --spec SNAPSHOT
 void run_check(const CheckCliOptions& o) {
+  if (auto r = check_outputs(o); !r) return fail(r.error().message);
   if (!o.no_copy.empty()) return run_no_copy(o);
   if (!o.source.empty() || !o.dest.empty() || !o.source_at.empty() || !o.dest_at.empty())
     return fail("--source, --dest, --source-at and --dest-at go with --no-copy TRACE");
@@ -301,6 +302,7 @@ void run_bit_relevance(const CheckCliOptions& o) {
   bo.cfg.maxphyaddr = o.maxphyaddr;
   bo.timeout_s = o.timeout;
   if (o.samples == 0) return fail("--samples must be at least 1");
+  if (auto r = check_outputs(o); !r) return fail(r.error().message);
   if (o.maxphyaddr < 36 || o.maxphyaddr > 52) return fail("--maxphyaddr must be within 36..52");
   if (tty())
     bo.progress = [](unsigned done, unsigned total) {
@@ -311,7 +313,7 @@ void run_bit_relevance(const CheckCliOptions& o) {
   if (!t) return fail(t.error().message);
   const std::string md = checker::to_markdown(*t);
   if (!o.out.empty()) {
-    if (auto r = write_text(o.out, md); !r) return fail(r.error().message);
+    if (auto r = model::write_text(o.out, md, o.force); !r) return fail(r.error().message);
     if (tty()) std::fprintf(stderr, "wrote %s\n", o.out.c_str());
   }
   if (o.json)
@@ -337,18 +339,22 @@ void register_check(CLI::App& app) {
   c->add_option("--smt2-dir", o->smt2_dir, "Save the SMT-LIB2 query of every refuted or unknown property here");
   c->add_option("--timeout", o->timeout, "Seconds per property before the verdict is unknown")->capture_default_str();
   c->add_option("--junit", o->junit, "Write a JUnit XML report (one testcase per property)");
+  c->add_flag("--force", o->force, "Replace an existing --junit file or --smt2-dir files");
   c->add_flag("--monolithic", o->monolithic, "One faithful formula per property, no decomposition (small trees only)");
   c->add_option("--no-copy", o->no_copy,
                 "Prove from a trace (format v1) that every gfn mapped by both --source and --dest maps to the same "
                 "host pfn (no memory copied); refute with a gfn and both pfns");
   c->add_option("--source", o->source, "--no-copy: the source VM id (for ftrace imports, the VMM's pid)");
   c->add_option("--dest", o->dest, "--no-copy: the destination VM id");
-  c->add_option("--source-at", o->source_at, "--no-copy: take the source map before this event index (default: end)");
-  c->add_option("--dest-at", o->dest_at, "--no-copy: take the destination map before this event index (default: end)");
+  c->add_option("--source-at", o->source_at,
+                "--no-copy: take the source map before this event index (as `trace mappings --at`; default: end)");
+  c->add_option("--dest-at", o->dest_at,
+                "--no-copy: take the destination map before this event index (as `trace mappings --at`; default: end)");
 
   CLI::App* b = c->add_subcommand(
       "bit-relevance", "Flip each of the 64 bits of sampled entries at every level; tabulate harmful vs harmless");
   b->add_option("--out", o->out, "Write the markdown table here (docs/ept-bit-relevance.md)");
+  b->add_flag("--force", o->force, "Replace an existing --out file");
   b->add_option("--samples", o->samples, "Entries sampled per kind")->capture_default_str();
   b->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
   b->add_option("--maxphyaddr", o->maxphyaddr, "MAXPHYADDR of the modelled machine")->capture_default_str();

@@ -9,6 +9,7 @@
 
 #include "baton/guests/registry.hpp"
 #include "baton/hw/machine.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/sim/sim_machine.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
@@ -32,6 +33,7 @@ struct RunOptions {
   std::string dirty = "off";
   bool no_ad = false;
   bool json_out = false;
+  bool force = false;  // replace an existing --trace file
 };
 
 // The simulator options within the run options.
@@ -103,12 +105,15 @@ void run_guest(const RunOptions& o) {
   if (o.dirty == "wp") dirty = sim::DirtyMode::kWriteProtect;
   else if (o.dirty == "pml") dirty = sim::DirtyMode::kPml;
   else if (o.dirty != "off") return fail("--dirty '" + o.dirty + "' is not one of off, wp, pml");
+  if (!o.trace.empty())
+    if (auto r = model::check_output_path(o.trace, o.force, "--trace"); !r) return fail(r.error().message);
   auto setup = make_sim_setup(sim_options(o));
   if (!setup) return fail(setup.error().message);
   const guests::GuestImage* image = &setup->image;
   sim::SimConfig& cfg = setup->cfg;
   cfg.hv.dirty = dirty;
   cfg.trace_path = o.trace;
+  cfg.trace_overwrite = o.force;
   cfg.guest_name = o.guest;
   cfg.trace_params = {{"mem", o.mem}, {"pages", o.pages}, {"dirty", o.dirty}};
   auto m = sim::SimMachine::create(cfg);
@@ -218,6 +223,7 @@ void register_run(CLI::App& app) {
   c->add_option("--pages", o->pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
   c->add_option("--profile", o->profile, "Cost profile (JSON, see docs/cost-model.md)");
   c->add_option("--trace", o->trace, "Write a trace (format v1) to this file");
+  c->add_flag("--force", o->force, "Replace an existing --trace file");
   c->add_option("--budget", o->budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
   c->add_option("--backend", o->backend, "Backend: sim, or kvm (needs /dev/kvm; --budget counts exits there)")
       ->capture_default_str();

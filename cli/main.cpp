@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <exception>
 
+#include "baton/model/file_io.hpp"
 #include "commands.hpp"
 
 namespace baton::cli {
@@ -19,8 +20,10 @@ void fail(const std::string& message) {
 }  // namespace baton::cli
 
 int main(int argc, char** argv) {
+  // SIGINT/SIGTERM remove temporary output files before the process ends.
+  baton::model::install_output_cleanup();
   CLI::App app{"baton: simulate and model-check local VM migration (EPT handover, vCPU state, faults)"};
-  app.set_version_flag("--version", std::string("baton ") + BATON_VERSION);
+  app.set_version_flag("--version", baton::cli::version_text());
   app.require_subcommand(1);
   app.fallthrough(false);
   baton::cli::register_ept(app);

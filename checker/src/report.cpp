@@ -3,8 +3,9 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "baton/model/file_io.hpp"
 
 namespace baton::checker {
 
@@ -146,18 +147,17 @@ std::string to_junit(const Report& r, const std::string& suite) {
   return out;
 }
 
-Result<unsigned> write_smt2(const Report& r, const std::string& dir) {
+Result<unsigned> write_smt2(const Report& r, const std::string& dir, bool overwrite) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return make_error("cannot create " + dir + ": " + ec.message());
+  if (ec) return make_error("cannot create '" + dir + "': " + ec.message());
   unsigned n = 0;
   for (const PropertyResult& p : r.results) {
     if (p.verdict == Verdict::kProven || p.smt2.empty()) continue;
     std::string name = to_string(p.property);
     const std::string path = (std::filesystem::path(dir) / (name + ".smt2")).string();
-    std::ofstream f(path);
-    f << "; baton check: " << name << " " << to_string(p.verdict) << "\n; " << p.summary << "\n" << p.smt2;
-    if (!f) return make_error("cannot write " + path);
+    const std::string text = "; baton check: " + name + " " + to_string(p.verdict) + "\n; " + p.summary + "\n" + p.smt2;
+    BATON_TRY_VOID(model::write_text(path, text, overwrite));
     ++n;
   }
   return n;

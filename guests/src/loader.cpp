@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "baton/guests/abi.hpp"
+#include "baton/model/file_io.hpp"
 
 namespace baton::guests {
 
@@ -504,11 +505,7 @@ Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConf
 }
 
 Result<std::vector<std::uint8_t>> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "'");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return make_error("cannot read '" + path + "'");
-  return bytes;
+  return model::read_file(path, kMaxElfFile, "guest ELF");
 }
 
 bool ImageMemory::read_u64(model::Gpa a, std::uint64_t* out) const {

@@ -746,6 +746,7 @@ Result<MigrationResult> Engine::run() {
     const GuestOutput& o = src->output();
     res_.console = o.console;
     res_.checksum = o.checksum();
+    BATON_TRY_VOID(src->close_trace());
   } else {
     std::unique_ptr<SimMachine> d = std::move(*dest);
     phase("state-load", static_cast<double>(prof_.vcpu_state_load), true, 3);
@@ -793,7 +794,7 @@ Result<MigrationResult> Engine::run() {
     append_output(out, d->output());
     res_.console = out.console;
     res_.checksum = out.checksum();
-    (void)d->close_trace();
+    BATON_TRY_VOID(d->close_trace());  // a trace that cannot be written is an error, not silence
   }
   res_.total = clock_;
   if (!res_.switched && !res_.rejected) res_.final_event = RunEvent{StopReason::kError, "no handover", res_.at_stage};

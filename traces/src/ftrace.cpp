@@ -9,6 +9,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "baton/model/file_io.hpp"
+
 namespace baton::traces {
 
 namespace {
@@ -573,14 +575,11 @@ Result<std::map<std::uint32_t, std::uint32_t>> parse_saved_tgids(std::string_vie
 }
 
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return make_error("cannot read '" + path + "'");
+  auto text = model::read_text_file(path, kMaxFtraceText, "ftrace text capture");
+  if (!text) return text.error();
   FtraceImportOptions o = options;
   if (o.input_name.empty()) o.input_name = path;
-  auto r = parse_ftrace(ss.str(), o);
+  auto r = parse_ftrace(*text, o);
   if (!r) return make_error(path + ": " + r.error().message);
   return r;
 }

@@ -59,6 +59,8 @@ struct FtraceImport {
 // Parses ftrace text. Fails only when the text holds no trace line at all (unless
 // allow_empty), or the pid filter matches none of the handled events.
 Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptions& options = {});
+// The largest ftrace text capture baton imports (it is parsed in memory).
+inline constexpr std::uint64_t kMaxFtraceText = std::uint64_t{4} << 30;
 // Reads and parses an ftrace text file; errors name the file.
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options = {});
 
