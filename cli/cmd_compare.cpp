@@ -176,10 +176,12 @@ void run_compare(const CompareCmd& o) {
                 "refaults", "slowdown-cyc", "verdict", "checksum", "outcome");
     for (const Row& row : rows) {
       const sim::MigrationResult& r = row.r;
-      std::printf("%-6s %-14s %12.1f %12.1f %10s %9llu %12.0f %-8s %-10s %s\n", row.mem.c_str(), sim::to_string(r.method),
+      const std::string slow = slowdown_measured(r) ? std::to_string(static_cast<long long>(std::llround(r.slowdown())))
+                                                    : std::string("n/a");
+      std::printf("%-6s %-14s %12.1f %12.1f %10s %9llu %12s %-8s %-10s %s\n", row.mem.c_str(), sim::to_string(r.method),
                   r.micros(r.downtime), r.micros(r.total), format_size(r.bytes_copied).c_str(),
-                  static_cast<unsigned long long>(r.refaults), r.finished_before_switch ? NAN : r.slowdown(),
-                  checker::to_string(r.verdict), r.checksum_ok() ? "match" : "MISMATCH", migration_outcome(r).c_str());
+                  static_cast<unsigned long long>(r.refaults), slow.c_str(), checker::to_string(r.verdict),
+                  r.checksum_ok() ? "match" : "MISMATCH", migration_outcome(r).c_str());
     }
     for (const Row& row : rows)
       if (row.r.finished_before_switch)

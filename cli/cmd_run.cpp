@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "baton/guests/registry.hpp"
+#include "baton/hw/kvm.hpp"
 #include "baton/hw/machine.hpp"
 #include "baton/model/file_io.hpp"
 #include "baton/sim/sim_machine.hpp"
@@ -67,6 +68,12 @@ void run_guest_kvm(const RunOptions& o) {
   const guests::GuestRun& out = (*m)->ports();
   auto expected = guests::expected_result(o.guest, image->params);
   const bool match = expected && out.exited && out.checksum == *expected;
+  // What this host's KVM lacks, when that explains the failure (design.md, PVM).
+  std::string why;
+  if (r->stop == hw::KvmStop::kShutdown && !out.exited && out.stages.empty() && hw::host_flavour() == "pvm")
+    why =
+        "this host's KVM is PVM, which does not honour IOPL=3: a ring-3 guest's first port I/O raises #GP and, "
+        "without an IDT, triple-faults (docs/kvm-backend.md)";
   if (o.json_out) {
     json j;
     j["guest"] = o.guest;
@@ -81,6 +88,7 @@ void run_guest_kvm(const RunOptions& o) {
     j["stages"] = out.stages;
     j["exits"] = r->exits;
     j["wall_s"] = wall;
+    if (!why.empty()) j["why"] = why;
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("guest        %s on kvm (%s pages, mem %s)\n", o.guest.c_str(), o.pages.c_str(), o.mem.c_str());
@@ -92,6 +100,7 @@ void run_guest_kvm(const RunOptions& o) {
                 expected ? hex(*expected).c_str() : "-", match ? "match" : "MISMATCH");
     std::printf("exits        %llu to user space\n", static_cast<unsigned long long>(r->exits));
     std::printf("wall         %.3f s\n", wall);
+    if (!why.empty()) std::printf("why          %s\n", why.c_str());
   }
   if (r->stop != hw::KvmStop::kExited) exit_code() = kExitError;
   else if (!match) exit_code() = kExitRefuted;

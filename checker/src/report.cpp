@@ -28,7 +28,7 @@ json cex_json(const Counterexample& c) {
   if (!c.field.empty()) {
     j["field"] = c.field;
     j["before"] = c.before;
-    j["after"] = c.after;
+    j["after"] = c.after.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.after);
   }
   j["explanation"] = c.explanation;
   j["confirmed_concretely"] = c.confirmed_concretely;
@@ -60,7 +60,9 @@ std::string pad(std::string s, std::size_t w) {
 
 std::string to_text(const Counterexample& c) {
   std::string out = c.explanation + "\n";
-  if (!c.field.empty() && c.walks.empty()) out += "  " + c.field + ": before " + c.before + ", after " + c.after + "\n";
+  // A single-snapshot counterexample (an invalid EPTP) has one value only.
+  if (!c.field.empty() && c.walks.empty())
+    out += "  " + c.field + ": " + (c.after.empty() ? c.before : "before " + c.before + ", after " + c.after) + "\n";
   for (const WalkView& w : c.walks) out += " " + w.tree + " at gpa " + hex(w.gpa) + ":\n" + w.text;
   if (!c.confirmed_concretely) out += "  (warning: the concrete walks do not show this violation)\n";
   return out;

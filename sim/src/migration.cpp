@@ -136,7 +136,9 @@ Result<Fault> parse_fault(const std::string& spec) {
       const model::VmcsField* fld = nullptr;
       if (auto e = number(p[1])) fld = model::find_vmcs_field(static_cast<std::uint32_t>(*e));
       else fld = model::find_vmcs_field(p[1] == "eptp" ? std::string("ept_pointer") : p[1]);
-      if (fld == nullptr) return make_error("fault '" + spec + "': no VMCS field '" + p[1] + "' (see `baton` docs/formats.md)");
+      if (fld == nullptr)
+        return make_error("fault '" + spec + "': no VMCS field '" + p[1] +
+                          "' (give an encoding such as 0x201a or a name such as ept_pointer)");
       f.vmcs_field = fld->encoding;
     }
     BATON_TRY_VOID(bit_at(2, 63));
@@ -205,7 +207,7 @@ class Engine {
   }
   Result<void> run_reference(std::uint64_t switch_insn);
   Result<void> plant_fault_in_tree(SimMachine& src);
-  void plant_fault_in_package(model::HandoverSnapshot& pkg);
+  Result<void> plant_fault_in_package(model::HandoverSnapshot& pkg);
   Result<void> precopy_rounds(SimMachine& src);
   std::uint64_t copy_pages(const std::vector<Gfn>& gfns, CopyRound& round);
   Result<std::unique_ptr<SimMachine>> hand_over(Method m, const model::HandoverSnapshot& pkg);
@@ -316,13 +318,13 @@ Result<void> Engine::plant_fault_in_tree(SimMachine& src) {
   return ok_result();
 }
 
-void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
+Result<void> Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
   const Fault& f = opt_.fault;
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState) {
     res_.fault = flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0));
-    return;
+    return ok_result();
   }
-  if (f.kind != FaultKind::kMemslotBit) return;
+  if (f.kind != FaultKind::kMemslotBit) return ok_result();
   for (model::Memslot& s : pkg.memslots) {
     if (s.id != f.slot) continue;
     std::uint64_t* field = f.slot_field == "gpa" ? &s.gpa.value : f.slot_field == "hpa" ? &s.hpa.value : &s.size;
@@ -334,9 +336,12 @@ void Engine::plant_fault_in_package(model::HandoverSnapshot& pkg) {
     *field ^= std::uint64_t{1} << bit;
     res_.fault = "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " +
                  hexs(old) + " -> " + hexs(*field);
-    return;
+    return ok_result();
   }
-  res_.fault = "memslot " + std::to_string(f.slot) + " does not exist: nothing planted";
+  // An unplantable fault is an error, as an EPT fault at an unmapped GPA is.
+  std::string ids;
+  for (const model::Memslot& s : pkg.memslots) ids += (ids.empty() ? "" : ", ") + std::to_string(s.id);
+  return make_error("--fault: memslot " + std::to_string(f.slot) + " does not exist (memslots: " + ids + ")");
 }
 
 std::uint64_t Engine::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round) {
@@ -658,7 +663,7 @@ Result<MigrationResult> Engine::run() {
   before->meta["guest"] = base_.guest_name;
   phase("state-save", static_cast<double>(prof_.vcpu_state_save), true, 3);
   model::HandoverSnapshot pkg = *before;
-  plant_fault_in_package(pkg);
+  BATON_TRY_VOID(plant_fault_in_package(pkg));
   // The old instance's memslot table and VMCS are what is wrong: "before" shows it.
   if (opt_.fault.kind == FaultKind::kMemslotBit) before->memslots = pkg.memslots;
   if (opt_.fault.kind == FaultKind::kVmcsBit) before->vmcs = pkg.vmcs;
