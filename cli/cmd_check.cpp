@@ -3,15 +3,16 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "baton/checker/check.hpp"
 #include "baton/checker/mutation.hpp"
 #include "baton/checker/no_copy.hpp"
 #include "baton/checker/report.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "baton/traces/ftrace.hpp"
 #include "baton/traces/trace.hpp"
@@ -30,6 +31,7 @@ struct CheckCliOptions {
   double timeout = 60.0;
   bool json = false;
   bool monolithic = false;
+  bool force = false;  // replace existing --junit, --smt2-dir files and --out
   // bit-relevance
   std::string out;
   unsigned samples = 4;
@@ -42,12 +44,11 @@ struct CheckCliOptions {
 // Returns whether stderr is a terminal (progress lines go there).
 bool tty() { return isatty(fileno(stderr)) != 0; }
 
-// Writes a text file, replacing it; returns an error naming the file.
-Result<void> write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::trunc);
-  f << text;
-  f.close();
-  if (!f) return make_error("cannot write " + path);
+// Checks the output paths of a check before any work: --junit, --smt2-dir, --out.
+Result<void> check_outputs(const CheckCliOptions& o) {
+  if (!o.junit.empty()) BATON_TRY_VOID(model::check_output_path(o.junit, o.force, "--junit"));
+  if (!o.smt2_dir.empty()) BATON_TRY_VOID(model::check_output_dir(o.smt2_dir, "--smt2-dir"));
+  if (!o.out.empty()) BATON_TRY_VOID(model::check_output_path(o.out, o.force, "--out"));
   return ok_result();
 }
 
@@ -58,9 +59,9 @@ void finish(const checker::Report& rep, const CheckCliOptions& o) {
   else
     std::cout << checker::to_text(rep);
   if (!o.junit.empty())
-    if (auto r = write_text(o.junit, checker::to_junit(rep)); !r) return fail(r.error().message);
+    if (auto r = model::write_text(o.junit, checker::to_junit(rep), o.force); !r) return fail(r.error().message);
   if (!o.smt2_dir.empty()) {
-    auto n = checker::write_smt2(rep, o.smt2_dir);
+    auto n = checker::write_smt2(rep, o.smt2_dir, o.force);
     if (!n) return fail(n.error().message);
     if (tty() && *n != 0) std::fprintf(stderr, "wrote %u SMT-LIB2 file(s) to %s\n", *n, o.smt2_dir.c_str());
   }
@@ -103,6 +104,35 @@ std::string leaf_text(const NoCopySide& side, std::uint64_t gfn) {
   const char* size = it->second.level == 3 ? "1G" : it->second.level == 2 ? "2M" : "4K";
   return std::string(size) + " leaf at gfn " + hex(it->first) + ", installed by event " +
          std::to_string(it->second.event);
+}
+
+// What an ftrace import left out of a trace, from the counts it recorded in the header.
+struct ImportLoss {
+  std::uint64_t malformed_lines = 0, unknown_lines = 0, unknown_levels = 0, lost_events = 0;
+  // The sum of all counts.
+  std::uint64_t total() const { return malformed_lines + unknown_lines + unknown_levels + lost_events; }
+  // Lists the non-zero counts: "2 malformed lines, 1 lost event".
+  std::string text() const {
+    std::string out;
+    const std::tuple<std::uint64_t, const char*, const char*> parts[] = {
+        {malformed_lines, "malformed line", "malformed lines"},
+        {unknown_lines, "unknown line", "unknown lines"},
+        {unknown_levels, "leaf event of an unknown level", "leaf events of unknown levels"},
+        {lost_events, "lost event", "lost events"}};
+    for (const auto& [n, one, many] : parts)
+      if (n != 0) out += (out.empty() ? "" : ", ") + std::to_string(n) + " " + (n == 1 ? one : many);
+    return out;
+  }
+};
+
+// Reads the import counts from a trace header (0 when absent, as in simulator traces).
+ImportLoss import_loss(const traces::Trace& t) {
+  auto get = [&](const char* key) -> std::uint64_t {
+    auto it = t.header.meta.find(key);
+    if (it == t.header.meta.end()) return 0;
+    return parse_u64(it->second).value_or(1);  // an unreadable count still counts as a loss
+  };
+  return ImportLoss{get("malformed_lines"), get("unknown_lines"), get("unknown_levels"), get("lost_events")};
 }
 
 // baton check --no-copy TRACE --source VM --dest VM
@@ -151,21 +181,36 @@ void run_no_copy(const CheckCliOptions& o) {
   no.decompose = !o.monolithic;
   auto r = checker::check_no_copy(sides[0].set, sides[1].set, no);
   if (!r) return fail(r.error().message);
+  // What the import left out: a proof over a trace that lost lines is no proof.
+  const ImportLoss loss = import_loss(*t);
+  if (loss.total() != 0 && r->verdict == checker::Verdict::kProven) {
+    r->verdict = checker::Verdict::kUnknown;
+    r->unknown_reason = "the trace import skipped " + loss.text() +
+                        "; the events read agree, but a proof over an "
+                        "incomplete trace is no proof";
+    r->summary = "inconclusive: " + r->unknown_reason;
+  }
   const char* verdict = checker::to_string(r->verdict);
   if (o.json) {
-    nlohmann::json j{{"trace", o.no_copy},
-                     {"property", "no-copy"},
-                     {"verdict", verdict},
-                     {"seconds", r->seconds},
-                     {"summary", r->summary},
-                     {"source", {{"vm", sides[0].vm}, {"at", sides[0].at}, {"leaves", sides[0].leaves.size()},
-                                 {"frames", r->source_frames}}},
-                     {"dest", {{"vm", sides[1].vm}, {"at", sides[1].at}, {"leaves", sides[1].leaves.size()},
-                               {"frames", r->dest_frames}}},
-                     {"shared_frames", r->shared_frames},
-                     {"segments", r->segments},
-                     {"z3_queries", r->z3_queries},
-                     {"counterexample", nullptr}};
+    nlohmann::json j{
+        {"trace", o.no_copy},
+        {"property", "no-copy"},
+        {"verdict", verdict},
+        {"seconds", r->seconds},
+        {"summary", r->summary},
+        {"source",
+         {{"vm", sides[0].vm}, {"at", sides[0].at}, {"leaves", sides[0].leaves.size()}, {"frames", r->source_frames}}},
+        {"dest",
+         {{"vm", sides[1].vm}, {"at", sides[1].at}, {"leaves", sides[1].leaves.size()}, {"frames", r->dest_frames}}},
+        {"shared_frames", r->shared_frames},
+        {"segments", r->segments},
+        {"z3_queries", r->z3_queries},
+        {"import_skipped",
+         {{"malformed_lines", loss.malformed_lines},
+          {"unknown_lines", loss.unknown_lines},
+          {"unknown_levels", loss.unknown_levels},
+          {"lost_events", loss.lost_events}}},
+        {"counterexample", nullptr}};
     if (r->counterexample) {
       const auto& cx = *r->counterexample;
       j["counterexample"] = {{"gfn", hex(cx.gfn)},
@@ -189,6 +234,7 @@ void run_no_copy(const CheckCliOptions& o) {
     std::printf("  shared %llu gfns in %llu segment(s), %llu Z3 quer%s\n",
                 static_cast<unsigned long long>(r->shared_frames), static_cast<unsigned long long>(r->segments),
                 static_cast<unsigned long long>(r->z3_queries), r->z3_queries == 1 ? "y" : "ies");
+    if (loss.total() != 0) std::printf("  import skipped %s (see `baton trace import`)\n", loss.text().c_str());
     if (r->counterexample) {
       const auto& cx = *r->counterexample;
       std::printf("\nno-copy refuted at gfn %s (gpa %s):\n", hex(cx.gfn).c_str(), hex(cx.gfn << 12).c_str());
@@ -207,6 +253,7 @@ void run_no_copy(const CheckCliOptions& o) {
 
 // baton check BEFORE AFTER | baton check --spec SNAPSHOT
 void run_check(const CheckCliOptions& o) {
+  if (auto r = check_outputs(o); !r) return fail(r.error().message);
   if (!o.no_copy.empty()) return run_no_copy(o);
   if (!o.source.empty() || !o.dest.empty() || !o.source_at.empty() || !o.dest_at.empty())
     return fail("--source, --dest, --source-at and --dest-at go with --no-copy TRACE");
@@ -255,6 +302,7 @@ void run_bit_relevance(const CheckCliOptions& o) {
   bo.cfg.maxphyaddr = o.maxphyaddr;
   bo.timeout_s = o.timeout;
   if (o.samples == 0) return fail("--samples must be at least 1");
+  if (auto r = check_outputs(o); !r) return fail(r.error().message);
   if (o.maxphyaddr < 36 || o.maxphyaddr > 52) return fail("--maxphyaddr must be within 36..52");
   if (tty())
     bo.progress = [](unsigned done, unsigned total) {
@@ -265,7 +313,7 @@ void run_bit_relevance(const CheckCliOptions& o) {
   if (!t) return fail(t.error().message);
   const std::string md = checker::to_markdown(*t);
   if (!o.out.empty()) {
-    if (auto r = write_text(o.out, md); !r) return fail(r.error().message);
+    if (auto r = model::write_text(o.out, md, o.force); !r) return fail(r.error().message);
     if (tty()) std::fprintf(stderr, "wrote %s\n", o.out.c_str());
   }
   if (o.json)
@@ -291,18 +339,22 @@ void register_check(CLI::App& app) {
   c->add_option("--smt2-dir", o->smt2_dir, "Save the SMT-LIB2 query of every refuted or unknown property here");
   c->add_option("--timeout", o->timeout, "Seconds per property before the verdict is unknown")->capture_default_str();
   c->add_option("--junit", o->junit, "Write a JUnit XML report (one testcase per property)");
+  c->add_flag("--force", o->force, "Replace an existing --junit file or --smt2-dir files");
   c->add_flag("--monolithic", o->monolithic, "One faithful formula per property, no decomposition (small trees only)");
   c->add_option("--no-copy", o->no_copy,
                 "Prove from a trace (format v1) that every gfn mapped by both --source and --dest maps to the same "
                 "host pfn (no memory copied); refute with a gfn and both pfns");
   c->add_option("--source", o->source, "--no-copy: the source VM id (for ftrace imports, the VMM's pid)");
   c->add_option("--dest", o->dest, "--no-copy: the destination VM id");
-  c->add_option("--source-at", o->source_at, "--no-copy: take the source map before this event index (default: end)");
-  c->add_option("--dest-at", o->dest_at, "--no-copy: take the destination map before this event index (default: end)");
+  c->add_option("--source-at", o->source_at,
+                "--no-copy: take the source map before this event index (as `trace mappings --at`; default: end)");
+  c->add_option("--dest-at", o->dest_at,
+                "--no-copy: take the destination map before this event index (as `trace mappings --at`; default: end)");
 
   CLI::App* b = c->add_subcommand(
       "bit-relevance", "Flip each of the 64 bits of sampled entries at every level; tabulate harmful vs harmless");
   b->add_option("--out", o->out, "Write the markdown table here (docs/ept-bit-relevance.md)");
+  b->add_flag("--force", o->force, "Replace an existing --out file");
   b->add_option("--samples", o->samples, "Entries sampled per kind")->capture_default_str();
   b->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
   b->add_option("--maxphyaddr", o->maxphyaddr, "MAXPHYADDR of the modelled machine")->capture_default_str();

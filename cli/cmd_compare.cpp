@@ -11,6 +11,7 @@
 #include <iostream>
 #include <memory>
 
+#include "baton/model/file_io.hpp"
 #include "baton/sim/migration.hpp"
 #include "commands.hpp"
 #include "migrate_render.hpp"
@@ -53,7 +54,7 @@ std::vector<std::string> split_list(const std::string& s) {
 // Writes the gnuplot script and data next to each other in a temporary directory, runs
 // gnuplot, and moves the SVG into place. Returns an error naming what failed.
 Result<void> write_plot(const std::vector<Row>& rows, const std::vector<sim::Method>& methods, const std::string& guest,
-                        const std::string& out) {
+                        const std::string& out, bool overwrite) {
   char tmpl[] = "/tmp/baton-plot-XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return make_error("--plot: cannot create a temporary directory");
   const std::filesystem::path dir(tmpl);
@@ -102,10 +103,9 @@ Result<void> write_plot(const std::vector<Row>& rows, const std::vector<sim::Met
     return make_error(WIFEXITED(status) && WEXITSTATUS(status) == 127
                           ? "--plot: gnuplot is not installed (Debian package gnuplot-nox; `make deps` installs it)"
                           : "--plot: gnuplot failed");
-  std::error_code ec;
-  std::filesystem::copy_file(svg, out, std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) return make_error("--plot: cannot write " + out + ": " + ec.message());
-  return ok_result();
+  auto bytes = model::read_file(svg, std::uint64_t{64} << 20, "gnuplot SVG");
+  if (!bytes) return make_error("--plot: " + bytes.error().message);
+  return model::write_file(out, *bytes, overwrite);
 }
 
 void run_compare(const CompareCmd& o) {
@@ -123,8 +123,8 @@ void run_compare(const CompareCmd& o) {
     mems.emplace_back(m, *b);
   }
   if (mems.empty()) return fail("--mem is empty");
-  if (!o.plot.empty() && !o.force && std::filesystem::exists(o.plot))
-    return fail(o.plot + " exists; pass --force to overwrite it");
+  if (!o.plot.empty())
+    if (auto r = model::check_output_path(o.plot, o.force, "--plot"); !r) return fail(r.error().message);
   auto opt = make_migration_options(o.mig);
   if (!opt) return fail(opt.error().message);
   const bool tty = isatty(fileno(stderr)) != 0;
@@ -152,7 +152,7 @@ void run_compare(const CompareCmd& o) {
     all_ok = all_ok && (oc == "ok" || oc == "fell-back");
   }
   if (!o.plot.empty())
-    if (auto p = write_plot(rows, methods, o.sim.guest, o.plot); !p) return fail(p.error().message);
+    if (auto p = write_plot(rows, methods, o.sim.guest, o.plot, o.force); !p) return fail(p.error().message);
   if (o.json_out) {
     nlohmann::json j;
     j["guest"] = o.sim.guest;
@@ -176,10 +176,12 @@ void run_compare(const CompareCmd& o) {
                 "refaults", "slowdown-cyc", "verdict", "checksum", "outcome");
     for (const Row& row : rows) {
       const sim::MigrationResult& r = row.r;
-      std::printf("%-6s %-14s %12.1f %12.1f %10s %9llu %12.0f %-8s %-10s %s\n", row.mem.c_str(), sim::to_string(r.method),
+      const std::string slow = slowdown_measured(r) ? std::to_string(static_cast<long long>(std::llround(r.slowdown())))
+                                                    : std::string("n/a");
+      std::printf("%-6s %-14s %12.1f %12.1f %10s %9llu %12s %-8s %-10s %s\n", row.mem.c_str(), sim::to_string(r.method),
                   r.micros(r.downtime), r.micros(r.total), format_size(r.bytes_copied).c_str(),
-                  static_cast<unsigned long long>(r.refaults), r.finished_before_switch ? NAN : r.slowdown(),
-                  checker::to_string(r.verdict), r.checksum_ok() ? "match" : "MISMATCH", migration_outcome(r).c_str());
+                  static_cast<unsigned long long>(r.refaults), slow.c_str(), checker::to_string(r.verdict),
+                  r.checksum_ok() ? "match" : "MISMATCH", migration_outcome(r).c_str());
     }
     for (const Row& row : rows)
       if (row.r.finished_before_switch)

@@ -1,7 +1,6 @@
 // baton guests: list the built-in guests, show a guest image (layout, initial state, page
 // tables walked with the model's guest walker), and extract an embedded ELF.
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -9,6 +8,7 @@
 #include "baton/guests/abi.hpp"
 #include "baton/guests/loader.hpp"
 #include "baton/guests/registry.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/model/guest_walk.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "commands.hpp"
@@ -24,7 +24,7 @@ struct GuestsOptions {
   std::string name, elf_path, mem = "128M", pages = "4k", out;
   std::vector<std::string> params, walks;
   unsigned ring = 3;
-  bool json = false;
+  bool json = false, force = false;
 };
 
 // One sample walk that `show` performs.
@@ -268,14 +268,11 @@ void run_show(const GuestsOptions& o) {
   if (!paging) exit_code() = kExitRefuted;
 }
 
-// baton guests extract NAME --out PATH
+// baton guests extract NAME OUT
 void run_extract(const GuestsOptions& o) {
   auto g = guests::get_builtin(o.name);
   if (!g) return fail(g.error().message);
-  std::ofstream out(o.out, std::ios::binary);
-  out.write(reinterpret_cast<const char*>((*g)->elf.data()), static_cast<std::streamsize>((*g)->elf.size()));
-  out.close();
-  if (!out) return fail("cannot write '" + o.out + "'");
+  if (auto r = model::write_file(o.out, (*g)->elf, o.force); !r) return fail(r.error().message);
   std::printf("wrote %s (%zu bytes)\n", o.out.c_str(), (*g)->elf.size());
 }
 
@@ -305,7 +302,8 @@ void register_guests(CLI::App& app) {
 
   CLI::App* extract = cmd->add_subcommand("extract", "Write a built-in guest's embedded ELF to a file");
   extract->add_option("name", o->name, "Built-in guest name")->required();
-  extract->add_option("--out,-o", o->out, "Output path")->required();
+  extract->add_option("out", o->out, "Output ELF file (a positional OUT, as every command's main output)")->required();
+  extract->add_flag("--force", o->force, "Replace an existing output file");
   extract->callback([o] { run_extract(*o); });
 }
 

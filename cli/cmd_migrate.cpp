@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "baton/guests/registry.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "baton/hw/kvm.hpp"
 #include "baton/sim/kvm_migration.hpp"
@@ -71,8 +72,8 @@ void run_migrate_kvm(const MigrateCmd& o) {
   auto opt = make_migration_options(o.mig);
   if (!opt) return fail(opt.error().message);
   opt->method = *method;
-  if (!o.capture.empty() && !o.force && access(o.capture.c_str(), F_OK) == 0)
-    return fail(o.capture + " exists; pass --force to overwrite it");
+  if (!o.capture.empty())
+    if (auto c = model::check_output_path(o.capture, o.force, "--capture"); !c) return fail(c.error().message);
   const std::string device = hw::kvm_device();
   if (auto why = hw::kvm_unavailable_reason(device)) return fail(*why);
   auto image = make_guest_image(o.sim);
@@ -104,20 +105,27 @@ void run_migrate(const MigrateCmd& o) {
   opt->method = *method;
   sim::NeighbourOptions nb;
   if (auto r = make_neighbour(o.mig, o.sim, nb); !r) return fail(r.error().message);
-  if (!o.save.empty() && !o.force)
+  // Every output path is checked before the run.
+  if (!o.trace.empty())
+    if (auto r = model::check_output_path(o.trace, o.force, "--trace"); !r) return fail(r.error().message);
+  if (!o.save.empty())
     for (const char* side : {".before.snap", ".after.snap"})
-      if (access((o.save + side).c_str(), F_OK) == 0)
-        return fail(o.save + side + " exists; pass --force to overwrite it");
+      if (auto r = model::check_output_path(o.save + side, o.force, "--save"); !r) return fail(r.error().message);
   setup->cfg.trace_path = o.trace;
+  setup->cfg.trace_overwrite = o.force;
   setup->cfg.trace_params["method"] = o.method;
   const bool tty = isatty(fileno(stderr)) != 0 && !o.json_out;
   if (tty) opt->progress = [](const std::string& s) { std::fprintf(stderr, "  .. %s\n", s.c_str()); };
   auto r = sim::migrate(setup->image, setup->cfg, *opt, nb);
   if (!r) return fail(r.error().message);
   if (!o.save.empty()) {
-    if (auto w = model::save_snapshot(r->before, o.save + ".before.snap", o.force); !w) return fail(w.error().message);
-    if (r->switched || r->after.eptp.raw() != 0)
-      if (auto w = model::save_snapshot(r->after, o.save + ".after.snap", o.force); !w) return fail(w.error().message);
+    // Both files of the pair appear, or neither does.
+    if (!r->switched && r->after.eptp.raw() == 0)
+      return fail("--save: the handover produced no after snapshot, so no pair was saved");
+    if (auto w =
+            model::save_snapshot_pair(r->before, o.save + ".before.snap", r->after, o.save + ".after.snap", o.force);
+        !w)
+      return fail("--save: " + w.error().message);
   }
   report(o, *r);
 }
@@ -141,7 +149,7 @@ void register_migrate(CLI::App& app) {
   add_migrate_options(*c, o->mig);
   c->add_option("--trace", o->trace, "Write a trace (format v1) covering both instances to this file");
   c->add_option("--save", o->save, "Write the handover pair to PREFIX.before.snap and PREFIX.after.snap");
-  c->add_flag("--force", o->force, "Overwrite existing --save or --capture files");
+  c->add_flag("--force", o->force, "Replace existing --save, --trace and --capture files");
   c->add_flag("--json", o->json_out, "Print JSON");
   c->callback([o] { run_migrate(*o); });
 }

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "baton/guests/registry.hpp"
+#include "baton/hw/kvm.hpp"
 #include "baton/hw/machine.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/sim/sim_machine.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
@@ -32,6 +34,7 @@ struct RunOptions {
   std::string dirty = "off";
   bool no_ad = false;
   bool json_out = false;
+  bool force = false;  // replace an existing --trace file
 };
 
 // The simulator options within the run options.
@@ -68,6 +71,12 @@ void run_guest_kvm(const RunOptions& o) {
   const guests::GuestRun& out = (*m)->ports();
   auto expected = guests::expected_result(o.guest, image->params);
   const bool match = expected && out.exited && out.checksum == *expected;
+  // What this host's KVM lacks, when that explains the failure (design.md, PVM).
+  std::string why;
+  if (r->stop == hw::KvmStop::kShutdown && !out.exited && out.stages.empty() && hw::host_flavour() == "pvm")
+    why =
+        "this host's KVM is PVM, which does not honour IOPL=3: a ring-3 guest's first port I/O raises #GP and, "
+        "without an IDT, triple-faults (docs/kvm-backend.md)";
   if (o.json_out) {
     json j;
     j["guest"] = o.guest;
@@ -83,6 +92,7 @@ void run_guest_kvm(const RunOptions& o) {
     j["stages"] = out.stages;
     j["exits"] = r->exits;
     j["wall_s"] = wall;
+    if (!why.empty()) j["why"] = why;
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("guest        %s on kvm (%s, %s pages, mem %s)\n", o.guest.c_str(), hw::host_flavour().c_str(),
@@ -95,6 +105,7 @@ void run_guest_kvm(const RunOptions& o) {
                 expected ? hex(*expected).c_str() : "-", match ? "match" : "MISMATCH");
     std::printf("exits        %llu to user space\n", static_cast<unsigned long long>(r->exits));
     std::printf("wall         %.3f s\n", wall);
+    if (!why.empty()) std::printf("why          %s\n", why.c_str());
   }
   if (r->stop != hw::KvmStop::kExited) exit_code() = kExitError;
   else if (!match) exit_code() = kExitRefuted;
@@ -108,12 +119,15 @@ void run_guest(const RunOptions& o) {
   if (o.dirty == "wp") dirty = sim::DirtyMode::kWriteProtect;
   else if (o.dirty == "pml") dirty = sim::DirtyMode::kPml;
   else if (o.dirty != "off") return fail("--dirty '" + o.dirty + "' is not one of off, wp, pml");
+  if (!o.trace.empty())
+    if (auto r = model::check_output_path(o.trace, o.force, "--trace"); !r) return fail(r.error().message);
   auto setup = make_sim_setup(sim_options(o));
   if (!setup) return fail(setup.error().message);
   const guests::GuestImage* image = &setup->image;
   sim::SimConfig& cfg = setup->cfg;
   cfg.hv.dirty = dirty;
   cfg.trace_path = o.trace;
+  cfg.trace_overwrite = o.force;
   cfg.guest_name = o.guest;
   cfg.trace_params = {{"mem", o.mem}, {"pages", o.pages}, {"dirty", o.dirty}};
   auto m = sim::SimMachine::create(cfg);
@@ -223,6 +237,7 @@ void register_run(CLI::App& app) {
   c->add_option("--pages", o->pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
   c->add_option("--profile", o->profile, "Cost profile (JSON, see docs/cost-model.md)");
   c->add_option("--trace", o->trace, "Write a trace (format v1) to this file");
+  c->add_flag("--force", o->force, "Replace an existing --trace file");
   c->add_option("--budget", o->budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
   c->add_option("--backend", o->backend, "Backend: sim, or kvm (needs /dev/kvm; --budget counts exits there)")
       ->capture_default_str();

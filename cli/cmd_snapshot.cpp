@@ -5,6 +5,7 @@
 
 #include "baton/model/ept_builder.hpp"
 #include "baton/model/ept_walk.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/model/sample.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "commands.hpp"
@@ -21,19 +22,25 @@ struct SnapshotOptions {
   std::uint64_t seed = 1;
   double touched = 1.0;
   unsigned level = 1, bit = 0;
+  unsigned maxphyaddr = 46;  // import-raw: the dumping host's capabilities
+  bool no_execute_only = false, mbec = false;
   bool no_mmio = false, force = false, json = false;
 };
 
-// Reads an optional small text file; an empty path gives an empty string.
-Result<std::string> read_text(const std::string& path) {
+// Reads an optional small JSON file; an empty path gives an empty string, an empty file an error
+// (it states nothing, and silently importing nothing would look like an answer).
+Result<std::string> read_json_text(const std::string& path, const char* what) {
   if (path.empty()) return std::string{};
-  auto b = model::read_file_bytes(path);
-  if (!b) return b.error();
-  return std::string(b->begin(), b->end());
+  auto text = model::read_text_file(path, model::kMaxSmallFile, what);
+  if (!text) return text.error();
+  if (text->find_first_not_of(" \t\r\n") == std::string::npos)
+    return make_error("'" + path + "' is empty; a " + std::string(what) + " file holds a JSON array");
+  return text;
 }
 
 // baton snapshot make-sample OUT
 void run_make_sample(const SnapshotOptions& o) {
+  if (auto r = model::check_output_path(o.out, o.force); !r) return fail(r.error().message);
   auto mem = parse_size(o.mem);
   if (!mem) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
   auto level = parse_page_level(o.pages);
@@ -58,15 +65,40 @@ void run_make_sample(const SnapshotOptions& o) {
 
 // baton snapshot import-raw OUT --eptp HEX --pages FILE
 void run_import_raw(const SnapshotOptions& o) {
+  if (auto r = model::check_output_path(o.out, o.force); !r) return fail(r.error().message);
   auto eptp = parse_u64(o.eptp);
   if (!eptp) return fail("--eptp '" + o.eptp + "' is not a number");
-  auto pages = model::read_file_bytes(o.pages_file);
-  if (!pages) return fail(pages.error().message);
-  auto slots = read_text(o.memslots_file);
+  model::RawImport in;
+  in.eptp = *eptp;
+  if (o.maxphyaddr < 36 || o.maxphyaddr > 52) return fail("--maxphyaddr must be within 36..52");
+  in.cfg.maxphyaddr = o.maxphyaddr;
+  in.cfg.execute_only = !o.no_execute_only;
+  in.cfg.mode_based_exec = o.mbec;
+  auto slots = read_json_text(o.memslots_file, "memslots");
   if (!slots) return fail(slots.error().message);
-  auto owners = read_text(o.owners_file);
+  if (!slots->empty()) {
+    auto m = model::memslots_and_mmio_from_json(*slots);
+    if (!m) return fail(o.memslots_file + ": " + m.error().message);
+    in.memslots = std::move(m->first);
+    in.mmio = std::move(m->second);
+  }
+  auto owners = read_json_text(o.owners_file, "owners");
   if (!owners) return fail(owners.error().message);
-  auto s = model::import_raw(*eptp, *pages, *slots, *owners);
+  if (!owners->empty()) {
+    auto m = model::owners_from_json(*owners);
+    if (!m) return fail(o.owners_file + ": " + m.error().message);
+    in.owners = std::move(*m);
+  }
+  // The dump last (the small files are cheap to check), read in place: only the pages reachable
+  // from the root are copied.
+  auto dump = model::InputFile::open(o.pages_file, model::kMaxRawPages * model::kRawRecordSize, "raw EPT dump");
+  if (!dump) return fail(dump.error().message);
+  if (dump->size() % model::kRawRecordSize != 0)
+    return fail(o.pages_file + ": raw dump size " + std::to_string(dump->size()) +
+                " is not a multiple of 4104-byte records (truncated?)");
+  auto pages = dump->map();
+  if (!pages) return fail(pages.error().message);
+  auto s = model::import_raw(*pages, in);
   if (!s) return fail(o.pages_file + ": " + s.error().message);
   if (auto r = model::save_snapshot(*s, o.out, o.force); !r) return fail(r.error().message);
   if (o.json) {
@@ -74,8 +106,9 @@ void run_import_raw(const SnapshotOptions& o) {
     j["file"] = o.out;
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("imported %zu reachable table pages into %s\n%s", s->tables.size(), o.out.c_str(),
-                snapshot_summary_text(*s).c_str());
+    std::printf("imported %zu reachable table pages into %s (host: MAXPHYADDR %u, execute-only %s, MBEC %s)\n%s",
+                s->tables.size(), o.out.c_str(), in.cfg.maxphyaddr, in.cfg.execute_only ? "on" : "off",
+                in.cfg.mode_based_exec ? "on" : "off", snapshot_summary_text(*s).c_str());
   }
 }
 
@@ -94,6 +127,7 @@ void run_flip_bit(const SnapshotOptions& o) {
   if (o.level < 1 || o.level > 4) return fail("--level must be 1 (PTE) .. 4 (PML4E)");
   if (o.bit > 63) return fail("--bit must be 0..63");
   if (o.in == o.out && !o.force) return fail("refusing to overwrite the input snapshot; give another OUT or --force");
+  if (auto r = model::check_output_path(o.out, o.force); !r) return fail(r.error().message);
   auto s = model::load_snapshot(o.in);
   if (!s) return fail(s.error().message);
   // Follow the walk to the entry at the requested level.
@@ -145,6 +179,11 @@ void register_snapshot(CLI::App& app) {
   r->add_option("--pages", o->pages_file, "Raw dump: records of 8-byte LE HPA + 4096-byte page")->required();
   r->add_option("--memslots", o->memslots_file, "Memslots JSON file");
   r->add_option("--owners", o->owners_file, "Owner map JSON file");
+  r->add_option("--maxphyaddr", o->maxphyaddr, "MAXPHYADDR of the host the dump comes from (36..52)")
+      ->capture_default_str();
+  r->add_flag("--no-execute-only", o->no_execute_only,
+              "The host does not support execute-only EPT entries (IA32_VMX_EPT_VPID_CAP bit 0 clear)");
+  r->add_flag("--mbec", o->mbec, "The host uses mode-based execute control (bit 10 is user-execute)");
   r->add_flag("--force", o->force, "Overwrite OUT if it exists");
   r->add_flag("--json", o->json, "Print JSON");
   r->callback([o] { run_import_raw(*o); });

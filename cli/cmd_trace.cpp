@@ -4,6 +4,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "baton/model/file_io.hpp"
 #include "baton/model/snapshot_io.hpp"
 #include "baton/traces/ftrace.hpp"
 #include "baton/traces/trace.hpp"
@@ -24,11 +25,12 @@ struct TraceOptions {
   bool force = false, json = false;
 };
 
-// Reads a whole text file.
-Result<std::string> read_text(const std::string& path) {
-  auto b = model::read_file_bytes(path);
-  if (!b) return b.error();
-  return std::string(b->begin(), b->end());
+// Reads a small text file that must state something (an empty one is an error).
+Result<std::string> read_text(const std::string& path, const char* what) {
+  auto text = model::read_text_file(path, model::kMaxSmallFile, what);
+  if (!text) return text.error();
+  if (text->find_first_not_of(" \t\r\n") == std::string::npos) return make_error("'" + path + "' is empty");
+  return text;
 }
 
 // Names permission bits as "rwx" with dashes, or "?" when unknown.
@@ -58,10 +60,11 @@ bool parse_u32_opt(const std::string& text, const char* flag, std::optional<std:
 
 // baton trace import FTRACE_TEXT OUT [--pid PID] [--tgids FILE] [--force] [--json]
 void run_import(const TraceOptions& o) {
+  if (auto r = model::check_output_path(o.out, o.force); !r) return fail(r.error().message);
   traces::FtraceImportOptions io;
   if (!parse_u32_opt(o.pid, "--pid", io.pid)) return;
   if (!o.tgids.empty()) {
-    auto text = read_text(o.tgids);
+    auto text = read_text(o.tgids, "saved_tgids");
     if (!text) return fail(text.error().message);
     auto m = traces::parse_saved_tgids(*text);
     if (!m) return fail(o.tgids + ": " + m.error().message);
@@ -89,9 +92,14 @@ void run_import(const TraceOptions& o) {
            {"malformed_lines", st.malformed_lines},
            {"filtered_lines", st.filtered_lines},
            {"skipped_sptes", st.skipped_sptes},
+           {"unknown_levels", st.unknown_levels},
            {"backfilled_gpas", st.backfilled_gpas},
            {"lost_events", st.lost_events},
-           {"samples", st.samples}};
+           {"samples", [&] {
+              std::vector<std::string> v;
+              for (const auto& s : st.samples) v.push_back(printable(s));
+              return v;
+            }()}};
     std::cout << j.dump(2) << "\n";
     return;
   }
@@ -107,7 +115,10 @@ void run_import(const TraceOptions& o) {
   for (const auto& [k, n] : kinds) std::printf(" %s %zu", k.c_str(), n);
   std::printf("\n");
   if (st.lost_events) std::printf("  WARNING: the capture lost %zu events; maps may be incomplete\n", st.lost_events);
-  for (const auto& s : st.samples) std::printf("  skipped %s\n", s.c_str());
+  if (st.unknown_levels)
+    std::printf("  WARNING: %zu leaf SPTE event(s) with a level outside 1..3 were dropped; maps may be incomplete\n",
+                st.unknown_levels);
+  for (const auto& s : st.samples) std::printf("  skipped %s\n", printable(s).c_str());
 }
 
 // Builds the JSON rows of one VM's map.

@@ -71,10 +71,12 @@ json migration_json(const sim::MigrationResult& r) {
                       {"guest_instructions", c.guest_insns}});
   j["rounds"] = rounds;
   j["refaults"] = r.refaults;
-  j["slowdown"] = {{"window_instructions", r.window},
+  const bool measured = slowdown_measured(r);
+  j["slowdown"] = {{"measured", measured},
+                   {"window_instructions", r.window},
                    {"cycles", r.window_cycles},
                    {"reference_cycles", r.reference_window_cycles},
-                   {"extra_cycles", r.slowdown()}};
+                   {"extra_cycles", measured ? json(r.slowdown()) : json(nullptr)}};
   j["frames_freed"] = r.frames_freed;
   j["frames_handed_over"] = r.frames_handed_over;
   json checks = json::array();
@@ -103,6 +105,10 @@ json migration_json(const sim::MigrationResult& r) {
   return j;
 }
 
+bool slowdown_measured(const sim::MigrationResult& r) {
+  return r.switched && !r.finished_before_switch && r.window > 0 && r.reference_window_cycles > 0;
+}
+
 std::string migration_text(const sim::MigrationResult& r) {
   std::string o;
   o += fmt("method       %s", sim::to_string(r.method));
@@ -123,7 +129,7 @@ std::string migration_text(const sim::MigrationResult& r) {
            static_cast<unsigned long long>(r.pages_copied), r.rounds.size());
   if (r.switched && !measured) {
     o += fmt("refaults     %llu EPT violations on the new instance\n", static_cast<unsigned long long>(r.refaults));
-    if (r.window > 0)
+    if (slowdown_measured(r))
       o += fmt("slowdown     %+.0f cycles over the next %llu instructions (%.0f vs %.0f unmigrated, %+.2f%%)\n",
                r.slowdown(), static_cast<unsigned long long>(r.window), r.window_cycles, r.reference_window_cycles,
                r.reference_window_cycles > 0 ? 100.0 * r.slowdown() / r.reference_window_cycles : 0.0);

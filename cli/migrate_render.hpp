@@ -12,6 +12,10 @@ namespace baton::cli {
 nlohmann::json migration_json(const sim::MigrationResult& r);
 // One migration for people: timeline, metrics, verdicts with counterexamples, outcome.
 std::string migration_text(const sim::MigrationResult& r);
+// Returns whether the slowdown after the switch was measured: the guest ran on the new instance
+// for a window and the unmigrated reference ran too. Otherwise it is "n/a", not 0 (0 means
+// "measured: no slowdown").
+bool slowdown_measured(const sim::MigrationResult& r);
 // The one-word outcome of a migration: "ok", "rejected", "fell-back", "MISMATCH", ...
 std::string migration_outcome(const sim::MigrationResult& r);
 

@@ -14,7 +14,8 @@ void add_sim_options(CLI::App& c, SimOptions& o) {
 
 void add_migrate_options(CLI::App& c, MigrateOptions& o) {
   c.add_option("--at-sync", o.at_sync, "Migrate when the guest announces this sync point")->capture_default_str();
-  c.add_option("--at-insn", o.at_insn, "Migrate once this many instructions have retired (overrides --at-sync)");
+  c.add_option("--at-insn", o.at_insn, "Migrate once this many instructions have retired (overrides --at-sync)")
+      ->check(CLI::Range(std::uint64_t{1}, ~std::uint64_t{0}));
   c.add_option("--fault", o.fault,
                "Plant a fault in the old instance: none, ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]], memslot[:ID[:FIELD[:BIT]]]")
       ->capture_default_str();

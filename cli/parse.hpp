@@ -23,4 +23,8 @@ std::string format_size(std::uint64_t bytes);
 // Formats a number as 0x-hex.
 std::string hex(std::uint64_t v);
 
+// Makes text safe to print on one line: control characters (newlines included), DEL and bytes
+// of invalid UTF-8 become \xNN escapes.
+std::string printable(const std::string& text);
+
 }  // namespace baton::cli

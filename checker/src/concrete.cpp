@@ -124,9 +124,12 @@ Result<ConcreteVerdict> concrete_conformance(const TreeRef& t, const std::vector
 
 namespace {
 // Visits every table frame the walks read (the root and each table entry's target), depth-first,
-// and reports the first one that is not an EPT table of `vm`, with a GPA whose walk reads it.
+// and reports the first one that is not an EPT table of `vm`, with a GPA whose walk reads it. A
+// (frame, level) already visited is not visited again: its answer does not depend on the GPA.
 std::optional<ConcreteVerdict> bad_table_frame(const TreeRef& t, const model::OwnerMap& owners, std::uint32_t vm,
-                                               model::Hfn h, unsigned level, std::uint64_t base, std::uint64_t limit) {
+                                               model::Hfn h, unsigned level, std::uint64_t base, std::uint64_t limit,
+                                               std::set<std::pair<std::uint64_t, unsigned>>& seen) {
+  if (!seen.emplace(h.value, level).second) return std::nullopt;
   const model::OwnerRange o = owners.owner_of(h);
   if (o.kind != model::OwnerKind::kEptTable || o.vm != vm) {
     char buf[160];
@@ -143,7 +146,7 @@ std::optional<ConcreteVerdict> bad_table_frame(const TreeRef& t, const model::Ow
     std::memcpy(&raw, p + std::size_t{i} * 8, 8);
     const model::EptEntry e{raw};
     if (e.classify(level, t.cfg) != model::EntryKind::kTable) continue;
-    if (auto bad = bad_table_frame(t, owners, vm, e.table_hfn(), level - 1, g, limit)) return bad;
+    if (auto bad = bad_table_frame(t, owners, vm, e.table_hfn(), level - 1, g, limit, seen)) return bad;
   }
   return std::nullopt;
 }
@@ -156,7 +159,8 @@ Result<ConcreteVerdict> concrete_isolation(const TreeRef& t, const model::OwnerM
   auto consider = [&](ConcreteVerdict v) {
     if (!worst || v.witness->value < worst->witness->value) worst = std::move(v);
   };
-  if (auto bad = bad_table_frame(t, owners, vm, t.eptp.root(), 4, 0, limit_of(t))) consider(*bad);
+  std::set<std::pair<std::uint64_t, unsigned>> seen;
+  if (auto bad = bad_table_frame(t, owners, vm, t.eptp.root(), 4, 0, limit_of(t), seen)) consider(*bad);
   std::vector<MappingRun> mapped;
   for (const MappingRun& r : n->runs()) {
     if (r.kind == RunKind::kUnknown) {

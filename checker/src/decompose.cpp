@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <unordered_set>
 
 #include "baton/model/ept_walk.hpp"
 
@@ -226,6 +227,34 @@ void push_linear(Split& out, std::uint64_t base, std::uint64_t size, Pred pred, 
   out.obligations.push_back(ob);
 }
 
+// Returns whether a split may go on; records why not the first time a work bound is passed.
+bool within_budget(Split& out, const CheckOptions& opt) {
+  if (!out.truncated.empty()) return false;
+  if (out.stats.pages > opt.max_split_pages) {
+    out.truncated = "the split visited more than " + std::to_string(opt.max_split_pages) +
+                    " table pages (tables reached along many walks, shared or cyclic), baton's limit";
+  } else if (out.obligations.size() > opt.max_regions || out.pieces.size() / 8 > opt.max_regions) {
+    out.truncated = "the split found more than " + std::to_string(opt.max_regions) +
+                    " regions to check (tables reached along many walks, shared or cyclic), baton's limit";
+  }
+  return out.truncated.empty();
+}
+
+// The key of a table page (or page pair) with its inherited permissions, for the memo of pages
+// whose whole part was discharged.
+struct PageKey {
+  std::uint64_t a = 0, b = 0;
+  std::uint32_t level_ctx = 0;
+  friend bool operator==(const PageKey&, const PageKey&) = default;
+};
+// Hashes a PageKey.
+struct PageKeyHash {
+  std::size_t operator()(const PageKey& k) const {
+    return std::hash<std::uint64_t>{}(k.a * 0x9e3779b97f4a7c15ULL ^ (k.b + 0x7f4a7c15ULL) ^
+                                      (std::uint64_t{k.level_ctx} << 52));
+  }
+};
+
 // Splits a two-tree property top-down.
 class PairSplitter {
  public:
@@ -308,17 +337,25 @@ class PairSplitter {
     return PageSide{false, Hfn{}, s, s.ctx};
   }
 
-  // Compares a page-sized region at `level` entry by entry.
+  // Compares a page-sized region at `level` entry by entry. A page pair whose whole region was
+  // discharged (identical or trivial) is discharged again at once wherever it recurs.
   void visit_page(unsigned level, std::uint64_t base, const PageSide& a, const PageSide& b) {
+    if (!within_budget(out_, opt_)) return;
     ++out_.stats.pages;
     if (a.is_page && b.is_page && same_mem_ && a.hfn == b.hfn && a.ctx == b.ctx) {
+      ++out_.stats.identical;
+      return;
+    }
+    const bool memoable = a.is_page && b.is_page && base + page_span(level) <= limit_;
+    const PageKey key{a.hfn.value, b.hfn.value, (level << 16) | (std::uint32_t{a.ctx} << 8) | b.ctx};
+    if (memoable && discharged_.contains(key)) {
       ++out_.stats.identical;
       return;
     }
     const std::uint8_t* pa = a.is_page ? a_.ref().mem->frame(a.hfn) : nullptr;
     const std::uint8_t* pb = b.is_page ? b_.ref().mem->frame(b.hfn) : nullptr;
     const std::size_t mark = out_.obligations.size();
-    const std::uint64_t faithful_before = out_.stats.faithful;
+    const std::uint64_t faithful_before = out_.stats.faithful, linear_before = out_.stats.linear;
     const std::uint64_t span = level_span(level);
     for (unsigned i = 0; i < 512; ++i) {
       const std::uint64_t g = base + i * span;
@@ -332,6 +369,9 @@ class PairSplitter {
       out_.stats.faithful = faithful_before;
       faithful(base, page_span(level), node_of(a, level), node_of(b, level));
     }
+    if (memoable && out_.truncated.empty() && out_.stats.faithful == faithful_before &&
+        out_.stats.linear == linear_before)
+      discharged_.insert(key);
   }
 
   TreeView& a_;
@@ -342,6 +382,7 @@ class PairSplitter {
   bool same_mem_;
   std::uint64_t limit_;
   std::uint64_t ignored_;
+  std::unordered_set<PageKey, PageKeyHash> discharged_;  // page pairs whose whole region was discharged
 };
 
 // Splits a single-tree property top-down.
@@ -419,12 +460,20 @@ class SingleSplitter {
     linear(base, level_span(level), side_summary(t_, side, base).out);
   }
 
-  // Checks a table page entry by entry.
+  // Checks a table page entry by entry. A page whose whole region was trivial is trivial again
+  // at once wherever it recurs.
   void visit_page(unsigned level, std::uint64_t base, Hfn h, std::uint8_t ctx) {
+    if (!within_budget(out_, opt_)) return;
     ++out_.stats.pages;
+    const bool memoable = base + page_span(level) <= limit_;
+    const PageKey key{h.value, 0, (level << 16) | ctx};
+    if (memoable && trivial_.contains(key)) {
+      ++out_.stats.trivial;
+      return;
+    }
     const std::uint8_t* p = t_.ref().mem->frame(h);
-    const std::size_t mark = out_.obligations.size();
-    const std::uint64_t faithful_before = out_.stats.faithful;
+    const std::size_t mark = out_.obligations.size(), pieces_before = out_.pieces.size();
+    const std::uint64_t faithful_before = out_.stats.faithful, linear_before = out_.stats.linear;
     const std::uint64_t span = level_span(level);
     for (unsigned i = 0; i < 512; ++i) {
       const std::uint64_t g = base + i * span;
@@ -436,6 +485,9 @@ class SingleSplitter {
       out_.stats.faithful = faithful_before;
       faithful(base, page_span(level), Node{Node::Kind::kPage, h.value, level, ctx, {}});
     }
+    if (memoable && out_.truncated.empty() && out_.stats.faithful == faithful_before &&
+        out_.stats.linear == linear_before && out_.pieces.size() == pieces_before)
+      trivial_.insert(key);
   }
 
   TreeView& t_;
@@ -444,6 +496,7 @@ class SingleSplitter {
   const CheckOptions& opt_;
   Split& out_;
   std::uint64_t limit_;
+  std::unordered_set<PageKey, PageKeyHash> trivial_;  // pages whose whole region was trivial
 };
 
 }  // namespace

@@ -126,6 +126,9 @@ struct Split {
   const Spec* spec = nullptr;
   std::size_t linear_cap = ~std::size_t{0};
   std::size_t linear_kept = 0;
+  // Set when the split stopped at a work bound (CheckOptions::max_split_pages, max_regions):
+  // the obligations cover only part of the space, so they can refute but never prove.
+  std::string truncated;
 };
 
 // Splits a two-tree property (kSame or kSubset) top-down. With `decompose` false, the whole

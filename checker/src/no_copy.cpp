@@ -181,12 +181,18 @@ Result<NoCopyResult> check_no_copy(const model::MappingSet& source, const model:
   } else if (!res.unknown_reason.empty()) {
     res.verdict = Verdict::kUnknown;
     res.summary = "undecided: " + res.unknown_reason;
+  } else if (res.shared_frames == 0) {
+    // Nothing was compared, so nothing is proven: a capture without the destination's (or
+    // either VM's) mappings must not pass as a proof.
+    res.verdict = Verdict::kUnknown;
+    res.unknown_reason = res.source_frames == 0 && res.dest_frames == 0 ? "neither VM maps any gfn"
+                         : res.source_frames == 0                       ? "the source VM maps no gfn"
+                         : res.dest_frames == 0                         ? "the destination VM maps no gfn"
+                                                                        : "no gfn is mapped by both VMs";
+    res.summary = "inconclusive: " + res.unknown_reason + ", so there is nothing to compare";
   } else {
     res.verdict = Verdict::kProven;
-    if (res.shared_frames == 0)
-      res.summary = "no gfn is mapped by both VMs, so there is nothing to compare (vacuously proven)";
-    else
-      res.summary = "all " + std::to_string(res.shared_frames) + " gfns mapped by both VMs map to the same host pfn";
+    res.summary = "all " + std::to_string(res.shared_frames) + " gfns mapped by both VMs map to the same host pfn";
   }
   res.seconds = since(start);
   return res;

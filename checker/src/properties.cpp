@@ -214,8 +214,14 @@ void solve(Job& job, Split split) {
     obs.swap(keep);
   }
   const auto t0 = Clock::now();
+  // A split stopped at a work bound covers only part of the space: it can refute, never prove.
+  const auto undecided = [&] {
+    res.verdict = Verdict::kUnknown;
+    res.unknown_reason = split.truncated;
+  };
   if (obs.empty()) {
     // The decomposition discharged every region: nothing is left for Z3.
+    if (!split.truncated.empty()) return undecided();
     res.verdict = Verdict::kProven;
     return;
   }
@@ -286,6 +292,7 @@ void solve(Job& job, Split split) {
   }
   res.stats.z3_s = since(t0);
   res.verdict = unknown ? Verdict::kUnknown : Verdict::kProven;
+  if (res.verdict == Verdict::kProven && !split.truncated.empty()) undecided();
 }
 
 // Fills the summary line and timing of a finished job.

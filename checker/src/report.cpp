@@ -3,8 +3,9 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "baton/model/file_io.hpp"
 
 namespace baton::checker {
 
@@ -27,7 +28,7 @@ json cex_json(const Counterexample& c) {
   if (!c.field.empty()) {
     j["field"] = c.field;
     j["before"] = c.before;
-    j["after"] = c.after;
+    j["after"] = c.after.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.after);
   }
   j["explanation"] = c.explanation;
   j["confirmed_concretely"] = c.confirmed_concretely;
@@ -59,7 +60,9 @@ std::string pad(std::string s, std::size_t w) {
 
 std::string to_text(const Counterexample& c) {
   std::string out = c.explanation + "\n";
-  if (!c.field.empty() && c.walks.empty()) out += "  " + c.field + ": before " + c.before + ", after " + c.after + "\n";
+  // A single-snapshot counterexample (an invalid EPTP) has one value only.
+  if (!c.field.empty() && c.walks.empty())
+    out += "  " + c.field + ": " + (c.after.empty() ? c.before : "before " + c.before + ", after " + c.after) + "\n";
   for (const WalkView& w : c.walks) out += " " + w.tree + " at gpa " + hex(w.gpa) + ":\n" + w.text;
   if (!c.confirmed_concretely) out += "  (warning: the concrete walks do not show this violation)\n";
   return out;
@@ -146,18 +149,17 @@ std::string to_junit(const Report& r, const std::string& suite) {
   return out;
 }
 
-Result<unsigned> write_smt2(const Report& r, const std::string& dir) {
+Result<unsigned> write_smt2(const Report& r, const std::string& dir, bool overwrite) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return make_error("cannot create " + dir + ": " + ec.message());
+  if (ec) return make_error("cannot create '" + dir + "': " + ec.message());
   unsigned n = 0;
   for (const PropertyResult& p : r.results) {
     if (p.verdict == Verdict::kProven || p.smt2.empty()) continue;
     std::string name = to_string(p.property);
     const std::string path = (std::filesystem::path(dir) / (name + ".smt2")).string();
-    std::ofstream f(path);
-    f << "; baton check: " << name << " " << to_string(p.verdict) << "\n; " << p.summary << "\n" << p.smt2;
-    if (!f) return make_error("cannot write " + path);
+    const std::string text = "; baton check: " + name + " " + to_string(p.verdict) + "\n; " + p.summary + "\n" + p.smt2;
+    BATON_TRY_VOID(model::write_text(path, text, overwrite));
     ++n;
   }
   return n;

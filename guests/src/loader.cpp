@@ -12,6 +12,7 @@
 #include <iterator>
 
 #include "baton/guests/abi.hpp"
+#include "baton/model/file_io.hpp"
 
 // The loader's trap handler, guests/trap/trap.S assembled flat and embedded by guests/CMakeLists.txt.
 extern "C" const unsigned char baton_trap_bin[];
@@ -558,11 +559,7 @@ Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConf
 }
 
 Result<std::vector<std::uint8_t>> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "'");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return make_error("cannot read '" + path + "'");
-  return bytes;
+  return model::read_file(path, kMaxElfFile, "guest ELF");
 }
 
 bool ImageMemory::read_u64(model::Gpa a, std::uint64_t* out) const {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <unordered_map>
 
 namespace baton::model {
 
@@ -44,35 +45,100 @@ Result<MappingSet> MappingSet::from_runs(std::vector<MappingRun> runs) {
 }
 
 namespace {
-// Depth-first traversal state: the set being built and the ancestor chain for cycle checks.
+// Adds b to a, saturating at the largest count.
+std::uint64_t sat_add(std::uint64_t a, std::uint64_t b) { return a + b < a ? ~std::uint64_t{0} : a + b; }
+
+// Adds the counts of `b` to `a`, saturating.
+void add_stats(TreeStats& a, const TreeStats& b) {
+  a.tables = sat_add(a.tables, b.tables);
+  for (int i = 0; i < 4; ++i) a.leaves[i] = sat_add(a.leaves[i], b.leaves[i]);
+  a.misconfigured = sat_add(a.misconfigured, b.misconfigured);
+  a.absent_frames = sat_add(a.absent_frames, b.absent_frames);
+}
+
+// The key of a table page read at a level: (frame, level).
+std::uint64_t node_key(Hfn f, unsigned level) { return (f.value << 3) | level; }
+
+// Depth-first normalisation that follows every walk as the SDM does (four bounded steps, so a
+// table pointing back at itself or at an ancestor is simply read again one level lower). A
+// table page reached along several walks (shared, or cyclic) is normalised once per inherited
+// permission context and its runs are replayed at every other place it is reached.
 struct Traversal {
   const PhysicalMemory& mem;
   const EptConfig& cfg;
-  MappingSet& out;
-  TreeStats& stats;
-  std::uint64_t ancestors[5] = {};
-  std::string error;
+  std::uint64_t max_runs;
+  std::unordered_map<std::uint64_t, std::uint32_t> refs;  // node_key -> table entries that point at it
+  struct Memo {
+    std::vector<MappingRun> runs;  // relative to GPA 0
+    TreeStats stats;
+  };
+  std::unordered_map<std::uint64_t, Memo> memo;  // (node_key, context) of shared pages
+  std::uint64_t stored = 0;                      // runs held in `memo`
+  bool over = false;
 
-  // Visits the table at `table` for level `level`, covering GPAs from `base`. False on error.
-  bool visit(Hfn table, unsigned level, std::uint64_t base) {
+  // Counts, for every (table page, level) reachable from the root, how many entries point at it.
+  void count_refs(Hfn root) {
+    std::vector<std::pair<Hfn, unsigned>> todo{{root, 4}};
+    refs[node_key(root, 4)] = 1;
+    while (!todo.empty()) {
+      const auto [f, level] = todo.back();
+      todo.pop_back();
+      const std::uint8_t* page = mem.frame(f);
+      if (page == nullptr || level == 1) continue;
+      for (unsigned i = 0; i < 512; ++i) {
+        std::uint64_t raw;
+        std::memcpy(&raw, page + std::size_t{i} * 8, 8);
+        if ((raw & 7) == 0 && !cfg.mode_based_exec) continue;
+        const EptEntry e{raw};
+        if (e.classify(level, cfg) != EntryKind::kTable) continue;
+        if (++refs[node_key(e.table_hfn(), level - 1)] == 1) todo.emplace_back(e.table_hfn(), level - 1);
+      }
+    }
+  }
+
+  // Appends a run to `out`; false (and `over`) once the normal form passes the run limit.
+  bool emit(MappingSet& out, const MappingRun& r) {
+    out.append(r);
+    if (out.runs().size() > max_runs) over = true;
+    return !over;
+  }
+
+  // Normalises the table at `table` read at `level` into `out`, covering GPAs from `base`.
+  bool visit(MappingSet& out, TreeStats& stats, Hfn table, unsigned level, std::uint64_t base, Perms ctx) {
     const std::uint8_t* page = mem.frame(table);
     const std::uint64_t span = level_span(level);
     if (page == nullptr) {
       ++stats.absent_frames;
-      out.append(MappingRun{Gpa{base}, span * 512, RunKind::kUnknown, Hpa{}, Perms{}, 0, false});
-      return true;
+      return emit(out, MappingRun{Gpa{base}, span * 512, RunKind::kUnknown, Hpa{}, Perms{}, 0, false});
     }
-    for (unsigned up = level + 1; up <= 4; ++up) {
-      if (ancestors[up] == table.value) {
-        char buf[160];
-        std::snprintf(buf, sizeof buf,
-                      "EPT table cycle: the level-%u table at hfn 0x%llx is also its own level-%u ancestor",
-                      level, static_cast<unsigned long long>(table.value), up);
-        error = buf;
+    const auto it = refs.find(node_key(table, level));
+    if (it == refs.end() || it->second < 2) return walk_page(out, stats, page, level, base, ctx);
+    const std::uint64_t key = (node_key(table, level) << 3) | ctx.bits();
+    auto m = memo.find(key);
+    if (m == memo.end()) {
+      Memo fresh;
+      MappingSet sub;
+      if (!walk_page(sub, fresh.stats, page, level, 0, ctx)) return false;
+      fresh.runs = sub.runs();
+      stored += fresh.runs.size();
+      if (stored > max_runs) {
+        over = true;
         return false;
       }
+      m = memo.emplace(key, std::move(fresh)).first;
     }
-    ancestors[level] = table.value;
+    add_stats(stats, m->second.stats);
+    for (MappingRun r : m->second.runs) {
+      r.gpa = Gpa{r.gpa.value + base};
+      if (!emit(out, r)) return false;
+    }
+    return true;
+  }
+
+  // Normalises the 512 entries of one table page.
+  bool walk_page(MappingSet& out, TreeStats& stats, const std::uint8_t* page, unsigned level, std::uint64_t base,
+                 Perms ctx) {
+    const std::uint64_t span = level_span(level);
     ++stats.tables;
     std::uint64_t raw[512];
     std::memcpy(raw, page, sizeof raw);
@@ -85,47 +151,50 @@ struct Traversal {
         case EntryKind::kNotPresent: break;
         case EntryKind::kMisconfigured:
           ++stats.misconfigured;
-          out.append(MappingRun{Gpa{gpa}, span, RunKind::kMisconfig, Hpa{}, Perms{}, 0, false});
+          if (!emit(out, MappingRun{Gpa{gpa}, span, RunKind::kMisconfig, Hpa{}, Perms{}, 0, false})) return false;
           break;
         case EntryKind::kTable:
-          if (!visit_table(e, level, gpa)) return false;
+          if (!visit(out, stats, e.table_hfn(), level - 1, gpa, ctx & e.perms())) return false;
           break;
         default: {
           ++stats.leaves[level];
           // A leaf whose effective permissions are empty behaves exactly like a not-present
           // entry (every access faults with bits 5:3 of the qualification clear), so it
           // normalises to nothing.
-          const Perms eff = e.perms() & perm_ctx[level];
-          if (eff.bits() != 0)
-            out.append(MappingRun{Gpa{gpa}, span, RunKind::kMapped, e.leaf_base(level), eff,
-                                  static_cast<std::uint8_t>(e.memory_type()), e.ignore_pat()});
+          const Perms eff = e.perms() & ctx;
+          if (eff.bits() != 0 && !emit(out, MappingRun{Gpa{gpa}, span, RunKind::kMapped, e.leaf_base(level), eff,
+                                                       static_cast<std::uint8_t>(e.memory_type()), e.ignore_pat()}))
+            return false;
           break;
         }
       }
     }
-    ancestors[level] = ~std::uint64_t{0};
     return true;
   }
-
-  // Descends through a table entry, narrowing the effective permissions.
-  bool visit_table(EptEntry e, unsigned level, std::uint64_t gpa) {
-    perm_ctx[level - 1] = perm_ctx[level] & e.perms();
-    return visit(e.table_hfn(), level - 1, gpa);
-  }
-
-  Perms perm_ctx[5] = {};
 };
 }  // namespace
 
-Result<MappingSet> MappingSet::from_tree(Eptp eptp, const PhysicalMemory& mem, const EptConfig& cfg,
-                                         TreeStats* stats) {
+Result<MappingSet> MappingSet::from_tree(Eptp eptp, const PhysicalMemory& mem, const EptConfig& cfg, TreeStats* stats,
+                                         std::uint64_t max_runs) {
   MappingSet s;
   TreeStats local;
-  Traversal t{mem, cfg, s, stats != nullptr ? *stats : local, {}, {}};
-  for (auto& a : t.ancestors) a = ~std::uint64_t{0};
-  t.perm_ctx[4] = Perms{true, true, true};
-  if (!t.visit(eptp.root(), 4, 0)) return make_error(t.error);
+  Traversal t{mem, cfg, max_runs, {}, {}, 0, false};
+  t.count_refs(eptp.root());
+  if (!t.visit(s, stats != nullptr ? *stats : local, eptp.root(), 4, 0, Perms{true, true, true})) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "the EPT tree's normal form has more than %llu runs (table pages reached along many walks map "
+                  "frames at many GPAs); this is baton's limit",
+                  static_cast<unsigned long long>(max_runs));
+    return make_error(buf);
+  }
   return s;
+}
+
+bool MappingSet::equal(const MappingSet& o) const {
+  for (const MappingRun& r : runs_)
+    if (r.kind == RunKind::kUnknown) return false;
+  return runs_ == o.runs_;
 }
 
 std::uint64_t MappingSet::mapped_bytes() const {
@@ -144,9 +213,12 @@ std::optional<MappingRun> MappingSet::lookup(Gpa a) const {
 }
 
 namespace {
-// Returns whether two runs give the same outcome at every address of [lo, hi).
+// Returns whether two runs give the same outcome at every address of [lo, hi). An unknown run
+// (an absent table frame, which can hold anything) is never the same as anything, not even
+// another unknown run: two snapshots' absent frames are independent (docs/checker.md).
 bool same_on(const MappingRun* a, const MappingRun* b, Gpa lo) {
   if (a == nullptr || b == nullptr) return a == b;
+  if (a->kind == RunKind::kUnknown || b->kind == RunKind::kUnknown) return false;
   if (!a->same_outcome_shape(*b)) return false;
   return a->kind != RunKind::kMapped || a->hpa_at(lo) == b->hpa_at(lo);
 }

@@ -2,30 +2,38 @@
 #include "baton/model/snapshot.hpp"
 
 #include <cstring>
+#include <unordered_set>
 
 namespace baton::model {
 
 namespace {
-// Copies the table at `t` for `level` and recurses into its table entries.
+// Copies the table at `t` and, when it is read at a level with table entries (2..4), recurses
+// into them. A page reached again is not copied again; a page first reached as a level-1 table
+// is expanded when a walk later reads it at a higher level (a table pointing back up the tree),
+// since its entries then lead to further tables. Entries are tables at levels 2..4 alike, so one
+// expansion per frame is enough.
 void collect(Hfn t, unsigned level, const PhysicalMemory& mem, const EptConfig& cfg, FrameStore& out,
-             std::uint64_t& n) {
+             std::unordered_set<std::uint64_t>& expanded, std::uint64_t& n) {
   const std::uint8_t* page = mem.frame(t);
-  if (page == nullptr || out.contains(t)) return;  // absent frames stay absent; shared tables once
-  std::memcpy(out.frame_mut(t), page, kPageSize);
-  ++n;
-  if (level == 1) return;
+  if (page == nullptr) return;  // absent frames stay absent
+  if (!out.contains(t)) {
+    std::memcpy(out.frame_mut(t), page, kPageSize);
+    ++n;
+  }
+  if (level == 1 || !expanded.insert(t.value).second) return;
   for (unsigned i = 0; i < 512; ++i) {
     std::uint64_t raw = 0;
     std::memcpy(&raw, page + i * 8, 8);
     const EptEntry e{raw};
-    if (e.classify(level, cfg) == EntryKind::kTable) collect(e.table_hfn(), level - 1, mem, cfg, out, n);
+    if (e.classify(level, cfg) == EntryKind::kTable) collect(e.table_hfn(), level - 1, mem, cfg, out, expanded, n);
   }
 }
 }  // namespace
 
 std::uint64_t collect_tables(Eptp eptp, const PhysicalMemory& mem, const EptConfig& cfg, FrameStore& out) {
   std::uint64_t n = 0;
-  collect(eptp.root(), 4, mem, cfg, out, n);
+  std::unordered_set<std::uint64_t> expanded;
+  collect(eptp.root(), 4, mem, cfg, out, expanded, n);
   return n;
 }
 

@@ -4,12 +4,14 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "baton/model/file_io.hpp"
 
 namespace baton::model {
 
@@ -40,6 +42,8 @@ std::string hex(std::uint64_t v) {
 
 // Reads an unsigned number given as a JSON number or a "0x..." / decimal string.
 std::uint64_t get_u64(const json& j, const char* key) {
+  if (!j.is_object()) throw std::invalid_argument(std::string("expected an object holding '") + key + "'");
+  if (!j.contains(key)) throw std::invalid_argument(std::string("field '") + key + "' is missing");
   const json& v = j.at(key);
   if (v.is_number_unsigned()) return v.get<std::uint64_t>();
   if (v.is_number_integer() && v.get<std::int64_t>() >= 0) return static_cast<std::uint64_t>(v.get<std::int64_t>());
@@ -47,8 +51,15 @@ std::uint64_t get_u64(const json& j, const char* key) {
     const std::string s = v.get<std::string>();
     if (s.empty()) throw std::invalid_argument(std::string("field '") + key + "' is empty");
     std::size_t pos = 0;
-    const std::uint64_t n = std::stoull(s, &pos, 0);
-    if (pos != s.size()) throw std::invalid_argument(std::string("field '") + key + "' is not a number: " + s);
+    std::uint64_t n = 0;
+    const bool digits = std::isdigit(static_cast<unsigned char>(s[0])) != 0;
+    try {
+      n = digits ? std::stoull(s, &pos, 0) : 0;
+    } catch (const std::exception&) {
+      throw std::invalid_argument(std::string("field '") + key + "' is out of range for 64 bits: " + s);
+    }
+    if (!digits || pos != s.size())
+      throw std::invalid_argument(std::string("field '") + key + "' is not a number: " + s);
     return n;
   }
   throw std::invalid_argument(std::string("field '") + key + "' must be a number or a hex string");
@@ -215,6 +226,8 @@ std::vector<Memslot> memslots_parse(const json& a) {
   if (!a.is_array()) throw std::invalid_argument("memslots must be a JSON array");
   std::vector<Memslot> out;
   for (const json& j : a) {
+    if (!j.is_object() || !j.contains("id"))
+      throw std::invalid_argument("memslot #" + std::to_string(out.size()) + " has no 'id'");
     Memslot s;
     s.id = static_cast<std::uint32_t>(get_u64(j, "id"));
     s.gpa = Gpa{get_u64(j, "gpa")};
@@ -314,22 +327,37 @@ std::vector<std::uint8_t> encode_snapshot(const HandoverSnapshot& s) {
   return out;
 }
 
-Result<HandoverSnapshot> decode_snapshot(std::span<const std::uint8_t> bytes) {
-  if (bytes.size() < kHeaderSize) return make_error("not a baton snapshot: file is shorter than the 48-byte header");
-  Header h;
-  std::memcpy(&h, bytes.data(), kHeaderSize);
+namespace {
+// The most JSON a snapshot body may hold: far above any real one (a 16 GiB sample's is ~4 KiB).
+inline constexpr std::uint64_t kMaxJson = std::uint64_t{1} << 30;
+
+// Checks a snapshot header against the size of what follows it, before anything else is read.
+Result<void> check_header(const Header& h, std::uint64_t body) {
   if (std::memcmp(h.magic, kMagic, 8) != 0) return make_error("not a baton snapshot: bad magic");
   if (h.version != kSnapshotFormatVersion)
     return make_error("snapshot format version " + std::to_string(h.version) + " is not supported (this baton reads version " +
                       std::to_string(kSnapshotFormatVersion) + ")");
   if (h.header_size != kHeaderSize) return make_error("corrupt snapshot: header size field is wrong");
-  const std::uint64_t body = bytes.size() - kHeaderSize;
   if (h.json_len > body || h.pages_len > body - h.json_len)
     return make_error("truncated snapshot: expected " + std::to_string(h.json_len + h.pages_len) + " bytes after the header, found " +
                       std::to_string(body));
   if (h.json_len + h.pages_len != body) return make_error("corrupt snapshot: trailing bytes after the page data");
-  if (XXH64(bytes.data() + kHeaderSize, body, 0) != h.checksum) return make_error("corrupt snapshot: checksum mismatch");
   if (h.page_count > kMaxPages) return make_error("corrupt snapshot: page count exceeds 2^24");
+  if (h.json_len > kMaxJson) return make_error("corrupt snapshot: the JSON body is larger than 1 GiB");
+  if (h.pages_len > ZSTD_compressBound(h.page_count * kPageSize))
+    return make_error("corrupt snapshot: the page block is larger than its pages could compress to");
+  return ok_result();
+}
+}  // namespace
+
+Result<HandoverSnapshot> decode_snapshot(std::span<const std::uint8_t> bytes) {
+  if (bytes.size() < kHeaderSize) return make_error("not a baton snapshot: file is shorter than the 48-byte header");
+  Header h;
+  std::memcpy(&h, bytes.data(), kHeaderSize);
+  const std::uint64_t body = bytes.size() - kHeaderSize;
+  BATON_TRY_VOID(check_header(h, body));
+  if (XXH64(bytes.data() + kHeaderSize, body, 0) != h.checksum)
+    return make_error("corrupt snapshot: checksum mismatch");
 
   HandoverSnapshot s;
   try {
@@ -360,87 +388,146 @@ Result<HandoverSnapshot> decode_snapshot(std::span<const std::uint8_t> bytes) {
     const std::size_t n = ZSTD_decompress(raw.data(), raw.size(), bytes.data() + kHeaderSize + h.json_len, h.pages_len);
     if (ZSTD_isError(n) || n != raw.size()) return make_error("corrupt snapshot: page block does not decompress");
     for (std::size_t i = 0; i < frames.size(); ++i) {
+      if (!frames[i].is_number_unsigned())
+        return make_error("corrupt snapshot: table frame #" + std::to_string(i) + " is not a frame number");
       const Hfn f{frames[i].get<std::uint64_t>()};
+      if (f.value > (EptEntry::kAddrBitsMax >> kPageShift))
+        return make_error("corrupt snapshot: table frame " + hex(f.value) + " lies beyond 52-bit physical addresses");
+      if (i > 0 && f.value <= frames[i - 1].get<std::uint64_t>())
+        return make_error(
+            "corrupt snapshot: table frames are not in ascending order (the format lists each once, ascending)");
       if (s.tables.contains(f)) return make_error("corrupt snapshot: table frame listed twice");
       std::memcpy(s.tables.frame_mut(f), raw.data() + i * kPageSize, kPageSize);
     }
   } catch (const std::exception& e) {
-    return make_error(std::string("corrupt snapshot: ") + e.what());
+    return make_error(std::string("corrupt snapshot: ") + exception_text(e.what()));
   }
   if (std::string why = validate_snapshot(s); !why.empty()) return make_error("invalid snapshot: " + why);
   return s;
 }
 
 Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return make_error("cannot read '" + path + "'");
-  return data;
+  return read_file(path, kMaxSmallFile, "input");
 }
 
 Result<void> save_snapshot(const HandoverSnapshot& s, const std::string& path, bool overwrite) {
-  std::error_code ec;
-  if (!overwrite && std::filesystem::exists(path, ec))
-    return make_error("'" + path + "' already exists (refusing to overwrite; pass --force)");
+  auto out = OutputFile::create(path, overwrite);
+  if (!out) return out.error();
   const std::vector<std::uint8_t> bytes = encode_snapshot(s);
-  const std::string tmp = path + ".tmp-baton";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return make_error("cannot create '" + tmp + "': " + std::strerror(errno));
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!out) return make_error("cannot write '" + tmp + "'");
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    return make_error("cannot rename into '" + path + "'");
-  }
-  return ok_result();
+  BATON_TRY_VOID(out->write(bytes.data(), bytes.size()));
+  return out->commit();
+}
+
+Result<void> save_snapshot_pair(const HandoverSnapshot& a, const std::string& path_a, const HandoverSnapshot& b,
+                                const std::string& path_b, bool overwrite) {
+  auto fa = OutputFile::create(path_a, overwrite);
+  if (!fa) return fa.error();
+  auto fb = OutputFile::create(path_b, overwrite);
+  if (!fb) return fb.error();
+  const std::vector<std::uint8_t> ba = encode_snapshot(a);
+  BATON_TRY_VOID(fa->write(ba.data(), ba.size()));
+  const std::vector<std::uint8_t> bb = encode_snapshot(b);
+  BATON_TRY_VOID(fb->write(bb.data(), bb.size()));
+  return OutputFile::publish_all({&*fa, &*fb});
 }
 
 Result<HandoverSnapshot> load_snapshot(const std::string& path) {
-  auto bytes = read_file_bytes(path);
+  // The header first: a huge or foreign file is refused before its body is read.
+  auto f = InputFile::open(path, kHeaderSize + kMaxJson + ZSTD_compressBound(kMaxPages * kPageSize), "snapshot");
+  if (!f) return f.error();
+  if (f->size() < kHeaderSize)
+    return make_error(path + ": not a baton snapshot: file is shorter than the 48-byte header");
+  Header h;
+  BATON_TRY_VOID(f->read(0, &h, kHeaderSize));
+  if (auto r = check_header(h, f->size() - kHeaderSize); !r) return make_error(path + ": " + r.error().message);
+  auto bytes = f->read_all();
   if (!bytes) return bytes.error();
   auto s = decode_snapshot(*bytes);
   if (!s) return make_error(path + ": " + s.error().message);
   return s;
 }
 
-Result<HandoverSnapshot> import_raw(std::uint64_t eptp, std::span<const std::uint8_t> pages,
-                                    const std::string& memslots_json, const std::string& owners_json) {
-  constexpr std::size_t kRecord = 8 + kPageSize;
+namespace {
+// A raw dump's pages read in place, by host frame.
+class DumpView final : public PhysicalMemory {
+ public:
+  std::unordered_map<std::uint64_t, const std::uint8_t*> pages;
+  const std::uint8_t* frame(Hfn f) const override {
+    auto it = pages.find(f.value);
+    return it == pages.end() ? nullptr : it->second;
+  }
+};
+}  // namespace
+
+Result<HandoverSnapshot> import_raw(std::span<const std::uint8_t> pages, const RawImport& in) {
+  constexpr std::size_t kRecord = kRawRecordSize;
   if (pages.size() % kRecord != 0)
     return make_error("raw dump size " + std::to_string(pages.size()) + " is not a multiple of 4104-byte records (truncated?)");
-  FrameStore all;
+  if (pages.size() / kRecord > kMaxPages)
+    return make_error("raw dump holds " + std::to_string(pages.size() / kRecord) + " pages; at most 2^24 are imported");
+  if (in.cfg.maxphyaddr < 36 || in.cfg.maxphyaddr > 52)
+    return make_error("MAXPHYADDR " + std::to_string(in.cfg.maxphyaddr) + " is outside 36..52");
+  // The pages are read in place; only the reachable ones are copied into the snapshot.
+  DumpView all;
+  all.pages.reserve(pages.size() / kRecord);
   for (std::size_t off = 0; off < pages.size(); off += kRecord) {
     std::uint64_t hpa;
     std::memcpy(&hpa, pages.data() + off, 8);
     if (hpa & kPageMask) return make_error("raw dump record " + std::to_string(off / kRecord) + ": hpa " + hex(hpa) + " is not page-aligned");
-    if (all.contains(hfn_of(Hpa{hpa}))) return make_error("raw dump: page at hpa " + hex(hpa) + " appears twice");
-    std::memcpy(all.frame_mut(hfn_of(Hpa{hpa})), pages.data() + off + 8, kPageSize);
+    if (hpa > EptEntry::kAddrBitsMax)
+      return make_error("raw dump record " + std::to_string(off / kRecord) + ": hpa " + hex(hpa) +
+                        " lies beyond 52 bits");
+    if (!all.pages.emplace(hpa >> kPageShift, pages.data() + off + 8).second)
+      return make_error("raw dump: page at hpa " + hex(hpa) + " appears twice");
   }
   HandoverSnapshot s;
-  s.eptp = Eptp{eptp};
+  s.ept_config = in.cfg;
+  s.eptp = Eptp{in.eptp};
   if (std::string why = s.eptp.validate(s.ept_config); !why.empty()) return make_error("--eptp: " + why);
-  if (!all.contains(s.eptp.root())) return make_error("raw dump does not contain the EPT root page at hpa " + hex(hpa_of(s.eptp.root()).value));
-  try {
-    if (!memslots_json.empty()) {
-      const json j = json::parse(memslots_json);
-      if (j.is_object()) {
-        s.memslots = memslots_parse(j.at("memslots"));
-        if (j.contains("mmio")) s.mmio = ranges_parse(j.at("mmio"));
-      } else {
-        s.memslots = memslots_parse(j);
-      }
-    }
-    if (!owners_json.empty()) s.owners = owners_parse(json::parse(owners_json));
-  } catch (const std::exception& e) {
-    return make_error(std::string("bad memslots/owners JSON: ") + e.what());
-  }
+  if (all.frame(s.eptp.root()) == nullptr)
+    return make_error("raw dump does not contain the EPT root page at hpa " + hex(hpa_of(s.eptp.root()).value));
+  s.memslots = in.memslots;
+  s.mmio = in.mmio;
+  s.owners = in.owners;
+  if (std::string why = validate_snapshot(s); !why.empty()) return make_error(why);
   collect_tables(s.eptp, all, s.ept_config, s.tables);
   s.meta["source"] = "baton snapshot import-raw";
+  s.meta["maxphyaddr"] = std::to_string(in.cfg.maxphyaddr);
+  s.meta["execute_only"] = in.cfg.execute_only ? "true" : "false";
+  s.meta["mode_based_exec"] = in.cfg.mode_based_exec ? "true" : "false";
   return s;
+}
+
+Result<HandoverSnapshot> import_raw(std::uint64_t eptp, std::span<const std::uint8_t> pages,
+                                    const std::string& memslots_json, const std::string& owners_json) {
+  RawImport in;
+  in.eptp = eptp;
+  if (!memslots_json.empty()) {
+    auto m = memslots_and_mmio_from_json(memslots_json);
+    if (!m) return m.error();
+    in.memslots = std::move(m->first);
+    in.mmio = std::move(m->second);
+  }
+  if (!owners_json.empty()) {
+    auto o = owners_from_json(owners_json);
+    if (!o) return o.error();
+    in.owners = std::move(*o);
+  }
+  return import_raw(pages, in);
+}
+
+Result<std::pair<std::vector<Memslot>, std::vector<GpaRange>>> memslots_and_mmio_from_json(const std::string& text) {
+  try {
+    const json j = json::parse(text);
+    if (j.is_object()) {
+      if (!j.contains("memslots")) throw std::invalid_argument("the object has no \"memslots\" array");
+      return std::pair{memslots_parse(j.at("memslots")),
+                       j.contains("mmio") ? ranges_parse(j.at("mmio")) : std::vector<GpaRange>{}};
+    }
+    return std::pair{memslots_parse(j), std::vector<GpaRange>{}};
+  } catch (const std::exception& e) {
+    return make_error(std::string("bad memslots JSON: ") + exception_text(e.what()));
+  }
 }
 
 std::string memslots_to_json(const std::vector<Memslot>& slots) { return memslots_json(slots).dump(2); }
@@ -448,7 +535,7 @@ Result<std::vector<Memslot>> memslots_from_json(const std::string& text) {
   try {
     return memslots_parse(json::parse(text));
   } catch (const std::exception& e) {
-    return make_error(std::string("bad memslots JSON: ") + e.what());
+    return make_error(std::string("bad memslots JSON: ") + exception_text(e.what()));
   }
 }
 std::string owners_to_json(const OwnerMap& owners) { return owners_json(owners).dump(2); }
@@ -456,7 +543,7 @@ Result<OwnerMap> owners_from_json(const std::string& text) {
   try {
     return owners_parse(json::parse(text));
   } catch (const std::exception& e) {
-    return make_error(std::string("bad owners JSON: ") + e.what());
+    return make_error(std::string("bad owners JSON: ") + exception_text(e.what()));
   }
 }
 std::string vcpu_to_json(const VcpuState& v) { return vcpu_json(v).dump(2); }
@@ -464,7 +551,7 @@ Result<VcpuState> vcpu_from_json(const std::string& text) {
   try {
     return vcpu_parse(json::parse(text));
   } catch (const std::exception& e) {
-    return make_error(std::string("bad vcpu JSON: ") + e.what());
+    return make_error(std::string("bad vcpu JSON: ") + exception_text(e.what()));
   }
 }
 

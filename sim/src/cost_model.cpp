@@ -1,11 +1,13 @@
 // Cost profiles: defaults, JSON parsing with strict checking, and names.
 #include "baton/sim/cost_model.hpp"
 
-#include <fstream>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <set>
+
+#include "baton/model/file_io.hpp"
 
 namespace baton::sim {
 
@@ -72,61 +74,82 @@ struct Field {
   std::function<json(const CostProfile&)> write;
 };
 
-// Describes an unsigned integer field.
-Field u64_field(const char* key, std::uint64_t CostProfile::*m) {
+// Describes an unsigned integer field with its documented range [lo, hi] (docs/cost-model.md).
+Field u64_field(const char* key, std::uint64_t CostProfile::*m, std::uint64_t lo, std::uint64_t hi) {
   return Field{key,
-               [key, m](CostProfile& p, const json& v) -> Result<void> {
-                 if (!v.is_number_unsigned()) return make_error(std::string("\"") + key + "\" must be a non-negative integer");
+               [key, m, lo, hi](CostProfile& p, const json& v) -> Result<void> {
+                 if (!v.is_number_unsigned() || v.get<std::uint64_t>() < lo || v.get<std::uint64_t>() > hi)
+                   return make_error(std::string("\"") + key + "\" must be an integer within " + std::to_string(lo) +
+                                     ".." + std::to_string(hi) + ", not " + v.dump());
                  p.*m = v.get<std::uint64_t>();
                  return ok_result();
                },
                [m](const CostProfile& p) { return json(p.*m); }};
 }
 
-// Describes a positive floating-point field.
-Field double_field(const char* key, double CostProfile::*m) {
+// Formats a range bound without trailing zeros ("0.01", "1e+06").
+std::string bound(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// Describes a floating-point field with its documented range [lo, hi] (docs/cost-model.md).
+Field double_field(const char* key, double CostProfile::*m, double lo, double hi) {
   return Field{key,
-               [key, m](CostProfile& p, const json& v) -> Result<void> {
-                 if (!v.is_number() || v.get<double>() <= 0)
-                   return make_error(std::string("\"") + key + "\" must be a positive number");
+               [key, m, lo, hi](CostProfile& p, const json& v) -> Result<void> {
+                 if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi))
+                   return make_error(std::string("\"") + key + "\" must be a number within " + bound(lo) + ".." +
+                                     bound(hi) + ", not " + v.dump());
                  p.*m = v.get<double>();
                  return ok_result();
                },
                [m](const CostProfile& p) { return json(p.*m); }};
 }
 
+// The range of every per-event cycle cost: up to 10^7 cycles (about 5 ms at 2.1 GHz).
+constexpr std::uint64_t kMaxEventCycles = 10'000'000;
+// The range of migration step costs: up to 10^9 cycles (about 0.5 s).
+constexpr std::uint64_t kMaxStepCycles = 1'000'000'000;
+// The most TLB entries per page size (the model allocates one slot per entry).
+constexpr std::uint64_t kMaxTlbEntries = 65536;
+
 // Every field of a profile, in the order profile_json writes them.
 const std::vector<Field>& fields() {
   static const std::vector<Field> f = {
       Field{"name",
             [](CostProfile& p, const json& v) -> Result<void> {
-              if (!v.is_string()) return make_error("\"name\" must be a string");
+              if (!v.is_string() || v.get<std::string>().empty() || v.get<std::string>().size() > 64)
+                return make_error("\"name\" must be a string of 1..64 characters");
+              for (char c : v.get<std::string>())
+                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+                  return make_error("\"name\" must not hold control characters");
               p.name = v.get<std::string>();
               return ok_result();
             },
             [](const CostProfile& p) { return json(p.name); }},
-      double_field("frequency_ghz", &CostProfile::frequency_ghz),
-      double_field("base_cpi", &CostProfile::base_cpi),
-      u64_field("exit_round_trip", &CostProfile::exit_round_trip),
-      u64_field("handler_ept_violation", &CostProfile::handler_ept_violation),
-      u64_field("handler_ept_misconfig", &CostProfile::handler_ept_misconfig),
-      u64_field("handler_io", &CostProfile::handler_io),
-      u64_field("handler_cpuid", &CostProfile::handler_cpuid),
-      u64_field("handler_hlt", &CostProfile::handler_hlt),
-      u64_field("handler_vmcall", &CostProfile::handler_vmcall),
-      u64_field("handler_exception", &CostProfile::handler_exception),
-      u64_field("handler_pml_full", &CostProfile::handler_pml_full),
-      u64_field("handler_vmx_ud", &CostProfile::handler_vmx_ud),
-      u64_field("handler_other", &CostProfile::handler_other),
-      u64_field("ept_install_leaf", &CostProfile::ept_install_leaf),
-      u64_field("ept_table_alloc", &CostProfile::ept_table_alloc),
-      u64_field("pml_drain_per_entry", &CostProfile::pml_drain_per_entry),
-      u64_field("dirty_clear_per_page", &CostProfile::dirty_clear_per_page),
-      u64_field("invept", &CostProfile::invept),
-      u64_field("migrate_pause", &CostProfile::migrate_pause),
-      u64_field("vcpu_state_save", &CostProfile::vcpu_state_save),
-      u64_field("vcpu_state_load", &CostProfile::vcpu_state_load),
-      u64_field("memslot_register", &CostProfile::memslot_register),
+      double_field("frequency_ghz", &CostProfile::frequency_ghz, 0.1, 10),
+      double_field("base_cpi", &CostProfile::base_cpi, 0.01, 100),
+      u64_field("exit_round_trip", &CostProfile::exit_round_trip, 0, kMaxEventCycles),
+      u64_field("handler_ept_violation", &CostProfile::handler_ept_violation, 0, kMaxEventCycles),
+      u64_field("handler_ept_misconfig", &CostProfile::handler_ept_misconfig, 0, kMaxEventCycles),
+      u64_field("handler_io", &CostProfile::handler_io, 0, kMaxEventCycles),
+      u64_field("handler_cpuid", &CostProfile::handler_cpuid, 0, kMaxEventCycles),
+      u64_field("handler_hlt", &CostProfile::handler_hlt, 0, kMaxEventCycles),
+      u64_field("handler_vmcall", &CostProfile::handler_vmcall, 0, kMaxEventCycles),
+      u64_field("handler_exception", &CostProfile::handler_exception, 0, kMaxEventCycles),
+      u64_field("handler_pml_full", &CostProfile::handler_pml_full, 0, kMaxEventCycles),
+      u64_field("handler_vmx_ud", &CostProfile::handler_vmx_ud, 0, kMaxEventCycles),
+      u64_field("handler_other", &CostProfile::handler_other, 0, kMaxEventCycles),
+      u64_field("ept_install_leaf", &CostProfile::ept_install_leaf, 0, kMaxEventCycles),
+      u64_field("ept_table_alloc", &CostProfile::ept_table_alloc, 0, kMaxEventCycles),
+      u64_field("pml_drain_per_entry", &CostProfile::pml_drain_per_entry, 0, kMaxEventCycles),
+      u64_field("dirty_clear_per_page", &CostProfile::dirty_clear_per_page, 0, kMaxEventCycles),
+      u64_field("invept", &CostProfile::invept, 0, kMaxEventCycles),
+      u64_field("migrate_pause", &CostProfile::migrate_pause, 0, kMaxStepCycles),
+      u64_field("vcpu_state_save", &CostProfile::vcpu_state_save, 0, kMaxStepCycles),
+      u64_field("vcpu_state_load", &CostProfile::vcpu_state_load, 0, kMaxStepCycles),
+      u64_field("memslot_register", &CostProfile::memslot_register, 0, kMaxStepCycles),
       Field{"tlb_enabled",
             [](CostProfile& p, const json& v) -> Result<void> {
               if (!v.is_boolean()) return make_error("\"tlb_enabled\" must be true or false");
@@ -134,11 +157,11 @@ const std::vector<Field>& fields() {
               return ok_result();
             },
             [](const CostProfile& p) { return json(p.tlb_enabled); }},
-      u64_field("tlb_entries_4k", &CostProfile::tlb_entries_4k),
-      u64_field("tlb_entries_2m", &CostProfile::tlb_entries_2m),
-      u64_field("tlb_entries_1g", &CostProfile::tlb_entries_1g),
-      double_field("mem_ref_cycles", &CostProfile::mem_ref_cycles),
-      double_field("memcpy_bytes_per_cycle", &CostProfile::memcpy_bytes_per_cycle),
+      u64_field("tlb_entries_4k", &CostProfile::tlb_entries_4k, 1, kMaxTlbEntries),
+      u64_field("tlb_entries_2m", &CostProfile::tlb_entries_2m, 1, kMaxTlbEntries),
+      u64_field("tlb_entries_1g", &CostProfile::tlb_entries_1g, 1, kMaxTlbEntries),
+      double_field("mem_ref_cycles", &CostProfile::mem_ref_cycles, 0.1, 10000),
+      double_field("memcpy_bytes_per_cycle", &CostProfile::memcpy_bytes_per_cycle, 0.01, 4096),
   };
   return f;
 }
@@ -147,12 +170,22 @@ const std::vector<Field>& fields() {
 
 Result<CostProfile> parse_profile(const std::string& json_text) {
   json j;
+  std::set<std::string> seen;
+  std::string duplicate;
+  // Notes a key given twice at the top level (the JSON library would keep the last silently).
+  const json::parser_callback_t note_keys = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1 && parsed.is_string() &&
+        !seen.insert(parsed.get<std::string>()).second && duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = json::parse(json_text);
+    j = json::parse(json_text, note_keys);
   } catch (const json::parse_error& e) {
-    return make_error(std::string("not valid JSON: ") + e.what());
+    return make_error("not valid JSON: " + exception_text(e.what()));
   }
   if (!j.is_object()) return make_error("a cost profile must be a JSON object");
+  if (!duplicate.empty()) return make_error("key \"" + duplicate + "\" is given twice");
   CostProfile p = default_profile();
   for (auto it = j.begin(); it != j.end(); ++it) {
     const Field* f = nullptr;
@@ -161,17 +194,13 @@ Result<CostProfile> parse_profile(const std::string& json_text) {
     if (f == nullptr) return make_error("unknown key \"" + it.key() + "\" (see docs/cost-model.md)");
     BATON_TRY_VOID(f->read(p, it.value()));
   }
-  if (p.tlb_entries_4k == 0 || p.tlb_entries_2m == 0 || p.tlb_entries_1g == 0)
-    return make_error("TLB entry counts must be at least 1");
   return p;
 }
 
 Result<CostProfile> load_profile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return make_error("cannot read cost profile '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto p = parse_profile(ss.str());
+  auto text = model::read_text_file(path, std::uint64_t{1} << 20, "cost profile");
+  if (!text) return text.error();
+  auto p = parse_profile(*text);
   if (!p) return make_error("cost profile '" + path + "': " + p.error().message);
   return p;
 }

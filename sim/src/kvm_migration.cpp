@@ -6,7 +6,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +23,7 @@
 #include "baton/hw/machine.hpp"
 #include "baton/hw/tracefs.hpp"
 #include "baton/hw/worker.hpp"
+#include "baton/model/file_io.hpp"
 #include "baton/traces/ftrace.hpp"
 
 namespace baton::sim {
@@ -65,36 +65,6 @@ GuestOutput output_of(const guests::GuestRun& r) {
   if (r.exited) o.exit_code = r.exit_code;
   o.inputs = r.inputs;
   return o;
-}
-
-// Writes `text` to `path` through a temporary file in the same directory; an existing `path`
-// is replaced only with `overwrite` (otherwise the link fails and nothing is touched).
-Result<void> write_new_file(const std::string& path, const std::string& text, bool overwrite) {
-  std::string tmp = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(tmp.data());
-  if (fd < 0) return make_error(path + ": cannot create a temporary file beside it: " + std::strerror(errno));
-  std::size_t at = 0;
-  while (at < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + at, text.size() - at);
-    if (n <= 0) {
-      const int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return make_error(path + ": write failed: " + std::strerror(e));
-    }
-    at += static_cast<std::size_t>(n);
-  }
-  ::fchmod(fd, 0644);
-  if (::close(fd) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    return make_error(path + ": write failed: " + std::strerror(e));
-  }
-  const int r = overwrite ? ::rename(tmp.c_str(), path.c_str()) : ::link(tmp.c_str(), path.c_str());
-  const int e = errno;
-  if (!overwrite || r != 0) ::unlink(tmp.c_str());
-  if (r != 0) return make_error(path + ": " + std::strerror(e) + (e == EEXIST ? " (pass --force to replace it)" : ""));
-  return ok_result();
 }
 
 // The VMM worker as a child process on one end of a socketpair.
@@ -509,7 +479,7 @@ void KvmBackend::check_no_copy() {
   (void)capture_->remove();
   if (!d) return unknown("the capture failed: " + d.error().message);
   // The raw capture is the user's evidence: written whatever the verdict.
-  if (auto w = write_new_file(cfg_.capture_path, capture_text_, cfg_.overwrite_capture); !w)
+  if (auto w = model::write_text(cfg_.capture_path, capture_text_, cfg_.overwrite_capture); !w)
     return unknown(w.error().message);
   traces::FtraceImportOptions io;
   io.allow_empty = true;

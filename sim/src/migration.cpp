@@ -233,7 +233,10 @@ Result<std::string> SimBackend::plant_package_fault(const Fault& f, model::Hando
     return "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " + hexs(old) +
            " -> " + hexs(*field);
   }
-  return "memslot " + std::to_string(f.slot) + " does not exist: nothing planted";
+  // An unplantable fault is an error, as an EPT fault at an unmapped GPA is.
+  std::string ids;
+  for (const model::Memslot& s : pkg.memslots) ids += (ids.empty() ? "" : ", ") + std::to_string(s.id);
+  return make_error("--fault: memslot " + std::to_string(f.slot) + " does not exist (memslots: " + ids + ")");
 }
 
 std::uint64_t SimBackend::copy_pages(const std::vector<Gfn>& gfns, CopyRound& round) {
@@ -590,6 +593,7 @@ Result<void> SimBackend::resume_source() {
   res_->console = o.console;
   res_->checksum = o.checksum();
   res_->total = clock_;
+  BATON_TRY_VOID(src_->close_trace());  // a trace that cannot be written is an error, not silence
   return ok_result();
 }
 
@@ -641,7 +645,7 @@ Result<void> SimBackend::finish_on_new(Method m) {
   append_output(out, d->output());
   res_->console = out.console;
   res_->checksum = out.checksum();
-  (void)d->close_trace();
+  BATON_TRY_VOID(d->close_trace());  // a trace that cannot be written is an error, not silence
   res_->total = clock_;
   return ok_result();
 }

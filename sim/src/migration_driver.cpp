@@ -100,7 +100,9 @@ Result<Fault> parse_fault(const std::string& spec) {
       const model::VmcsField* fld = nullptr;
       if (auto e = number(p[1])) fld = model::find_vmcs_field(static_cast<std::uint32_t>(*e));
       else fld = model::find_vmcs_field(p[1] == "eptp" ? std::string("ept_pointer") : p[1]);
-      if (fld == nullptr) return make_error("fault '" + spec + "': no VMCS field '" + p[1] + "' (see `baton` docs/formats.md)");
+      if (fld == nullptr)
+        return make_error("fault '" + spec + "': no VMCS field '" + p[1] +
+                          "' (give an encoding such as 0x201a or a name such as ept_pointer)");
       f.vmcs_field = fld->encoding;
     }
     BATON_TRY_VOID(bit_at(2, 63));

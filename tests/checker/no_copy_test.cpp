@@ -231,13 +231,17 @@ TEST_CASE("no-copy: the whole-map formula refutes a moved run in any position an
   CHECK(r->counterexample->gfn == 0x11);
 }
 
-TEST_CASE("no-copy: empty and disjoint maps are vacuously proven", "[no-copy]") {
-  LeafMap a{{0x10, Mapping{0x500, 1, 7, true, 0}}}, b{{0x20, Mapping{0x999, 1, 7, true, 0}}};
+TEST_CASE("no-copy: empty and disjoint maps are inconclusive, never proven", "[no-copy]") {
+  LeafMap a{{0x10, Mapping{0x500, 1, 7, true, 0}}}, b{{0x20, Mapping{0x999, 1, 7, true, 0}}}, none;
   auto r = checker::check_no_copy(set_of(a), set_of(b));
   REQUIRE(r);
-  CHECK(r->verdict == checker::Verdict::kProven);
+  CHECK(r->verdict == checker::Verdict::kUnknown);
   CHECK(r->shared_frames == 0);
-  CHECK_THAT(r->summary, Catch::Contains("vacuously"));
+  CHECK_THAT(r->summary, Catch::Contains("no gfn is mapped by both VMs"));
+  auto e = checker::check_no_copy(set_of(none), set_of(none));
+  REQUIRE(e);
+  CHECK(e->verdict == checker::Verdict::kUnknown);
+  CHECK_THAT(e->summary, Catch::Contains("neither VM maps any gfn"));
 }
 
 TEST_CASE("no-copy: a 2 MiB leaf against 4 KiB leaves of the same frames is proven; one moved frame is found",

@@ -28,7 +28,7 @@ TEST_CASE("migrate: a clean local-adopt is proven and reaches the checksum (exit
   // --save never overwrites without --force.
   auto again = run_baton(d, "migrate memtouch --mem 64M --save " + (d / "h"));
   CHECK(again.code == 2);
-  CHECK_THAT(again.err, Catch::Contains("exists; pass --force"));
+  CHECK_THAT(again.err, Catch::Contains("already exists (refusing to overwrite; pass --force)"));
 }
 
 TEST_CASE("migrate: a planted EPT fault refutes local-adopt (exit 1) and fallback recovers (exit 0)", "[cli][migrate]") {
@@ -55,7 +55,7 @@ TEST_CASE("compare: all methods in one table, and an SVG plot that is never over
   CHECK_THAT(text, Catch::Contains("<svg") && Catch::Contains("downtime") && Catch::Contains("local-adopt"));
   auto again = run_baton(d, "compare memtouch --mem 64M --plot " + svg);
   CHECK(again.code == 2);
-  CHECK_THAT(again.err, Catch::Contains("exists; pass --force"));
+  CHECK_THAT(again.err, Catch::Contains("already exists (refusing to overwrite; pass --force)"));
   auto j = run_baton(d, "compare memtouch --mem 64M --methods adopt,lazy --json");
   REQUIRE(j.code == 0);
   CHECK(nlohmann::json::parse(j.out)["runs"].size() == 2);

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "baton/model/file_io.hpp"
+
 namespace baton::traces {
 
 namespace {
@@ -434,8 +436,8 @@ class Importer {
     for (auto t : toks)
       if (t.size() >= 5 && t.front() == '(' && t.back() == ')') perms = t.substr(1, t.size() - 2);
     if (perms.size() < 3) return false;
-    if (*l < 1 || *l > 3) {
-      ++st_.skipped_sptes;
+    if (*l < 1 || *l > 3) {  // KVM installs leaves at 4K, 2M and 1G only
+      ++st_.unknown_levels;
       return true;
     }
     const std::uint32_t p = (perms[0] == 'r' ? 1u : 0u) | (perms[1] == 'w' ? 2u : 0u) | (perms[2] == 'x' ? 4u : 0u);
@@ -450,7 +452,7 @@ class Importer {
     const auto g = parse_hex(*gfn), p = parse_hex(*pfn), l = parse_dec(*level);
     if (!g || !p || !l) return false;
     if (*l < 1 || *l > 3) {
-      ++st_.skipped_sptes;
+      ++st_.unknown_levels;
       return true;
     }
     emit_set(h, vm, *g, *p, static_cast<unsigned>(*l), kEptPermsUnknown | kEptOriginSpteRequested << kEptOriginShift);
@@ -547,6 +549,7 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
   hd.meta["lines"] = std::to_string(st.lines);
   hd.meta["unknown_lines"] = std::to_string(st.unknown_lines);
   hd.meta["malformed_lines"] = std::to_string(st.malformed_lines);
+  hd.meta["unknown_levels"] = std::to_string(st.unknown_levels);
   hd.meta["lost_events"] = std::to_string(st.lost_events);
   if (options.pid) hd.meta["pid"] = std::to_string(*options.pid);
   return r;
@@ -572,14 +575,11 @@ Result<std::map<std::uint32_t, std::uint32_t>> parse_saved_tgids(std::string_vie
 }
 
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return make_error("cannot read '" + path + "'");
+  auto text = model::read_text_file(path, kMaxFtraceText, "ftrace text capture");
+  if (!text) return text.error();
   FtraceImportOptions o = options;
   if (o.input_name.empty()) o.input_name = path;
-  auto r = parse_ftrace(ss.str(), o);
+  auto r = parse_ftrace(*text, o);
   if (!r) return make_error(path + ": " + r.error().message);
   return r;
 }

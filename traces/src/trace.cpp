@@ -2,19 +2,14 @@
 // file writer (docs/trace-format.md).
 #include "baton/traces/trace.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
 
-#include <cerrno>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 
+#include "baton/model/file_io.hpp"
 #include "baton/traces/ftrace.hpp"
 #include "trace_codec.hpp"
 
@@ -346,73 +341,39 @@ Result<Trace> decode(const std::uint8_t* data, std::size_t size) {
 Result<Trace> decode_trace(const std::vector<std::uint8_t>& bytes) { return decode(bytes.data(), bytes.size()); }
 
 Result<Trace> read_trace(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return make_error("cannot read '" + path + "'");
-  auto t = decode(data.data(), data.size());
+  auto f = model::InputFile::open(path, kMaxTraceFile, "trace");
+  if (!f) return f.error();
+  // The magic first: a foreign or huge file is refused before it is read.
+  std::uint8_t head[8] = {};
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(f->size(), 8));
+  BATON_TRY_VOID(f->read(0, head, n));
+  if (n == 8 && std::memcmp(head, kMagic, 8) != 0) return make_error(path + ": not a baton trace (bad magic)");
+  auto data = f->read_all();
+  if (!data) return data.error();
+  auto t = decode(data->data(), data->size());
   if (!t) return make_error(path + ": " + t.error().message);
   return t;
 }
 
 namespace {
-// Moves a finished temporary file into place; without `overwrite` an existing target is kept.
-Result<void> publish(const std::string& tmp, const std::string& path, bool overwrite) {
-  if (overwrite) {
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      return make_error("cannot rename into '" + path + "': " + std::strerror(errno));
-    return ok_result();
-  }
-  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0) return ok_result();
-  if (errno == EEXIST) return make_error("'" + path + "' already exists (refusing to overwrite; pass --force)");
-  if (errno != EINVAL && errno != ENOSYS)
-    return make_error("cannot rename into '" + path + "': " + std::strerror(errno));
-  // The file system lacks RENAME_NOREPLACE: link() also refuses an existing target.
-  if (::link(tmp.c_str(), path.c_str()) != 0) {
-    if (errno == EEXIST) return make_error("'" + path + "' already exists (refusing to overwrite; pass --force)");
-    return make_error("cannot link into '" + path + "': " + std::strerror(errno));
-  }
-  ::unlink(tmp.c_str());
-  return ok_result();
-}
-
-// Writes all bytes to a file descriptor, retrying short writes.
-bool write_all(int fd, const std::uint8_t* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
-}
-
-// The streaming writer: a temporary file next to the target, published by close().
+// The streaming writer: a temporary file next to the target (model::OutputFile), published by
+// close(); a writer destroyed unclosed, an error, or SIGINT/SIGTERM removes the temporary file.
 class FileTraceWriter final : public TraceWriter {
  public:
-  FileTraceWriter(int fd, std::string tmp, std::string path, bool overwrite)
-      : fd_(fd), tmp_(std::move(tmp)), path_(std::move(path)), overwrite_(overwrite), cctx_(ZSTD_createCCtx()) {
+  explicit FileTraceWriter(model::OutputFile out) : out_(std::move(out)), cctx_(ZSTD_createCCtx()) {
     raw_.reserve(std::size_t{kEventsPerChunk} * kEventSize);
   }
 
-  // Discards the temporary file of a writer that was never closed.
-  ~FileTraceWriter() override {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-    ZSTD_freeCCtx(cctx_);
-  }
+  ~FileTraceWriter() override { ZSTD_freeCCtx(cctx_); }
 
-  // Writes the prelude and header; false on I/O failure.
-  bool start(const TraceHeader& h) {
+  // Writes the prelude and header.
+  Result<void> start(const TraceHeader& h) {
     const auto prelude = encode_prelude(h);
-    return write_all(fd_, prelude.data(), prelude.size());
+    return out_.write(prelude.data(), prelude.size());
   }
 
   void write(const TraceEvent& e) override {
-    if (fd_ < 0) {
+    if (closed_) {
       if (error_.empty()) error_ = "write after close";
       return;
     }
@@ -421,58 +382,50 @@ class FileTraceWriter final : public TraceWriter {
   }
 
   Result<void> close() override {
-    if (fd_ < 0) return make_error("trace writer for '" + path_ + "' is already closed");
+    if (closed_) return make_error("trace writer for '" + out_.path() + "' is already closed");
+    closed_ = true;
     flush();
-    out_.clear();
-    encode_end(out_, chunks_, events_, chain_);
-    if (error_.empty() && !write_all(fd_, out_.data(), out_.size())) error_ = std::strerror(errno);
-    if (error_.empty() && ::fsync(fd_) != 0) error_ = std::strerror(errno);
-    if (::close(fd_) != 0 && error_.empty()) error_ = std::strerror(errno);
-    fd_ = -1;
+    out_buf_.clear();
+    encode_end(out_buf_, chunks_, events_, chain_);
+    if (error_.empty())
+      if (auto r = out_.write(out_buf_.data(), out_buf_.size()); !r) error_ = r.error().message;
     if (!error_.empty()) {
-      ::unlink(tmp_.c_str());
-      return make_error("cannot write trace '" + path_ + "': " + error_);
+      model::OutputFile dropped = std::move(out_);  // removes the temporary file
+      return make_error(error_);
     }
-    auto r = publish(tmp_, path_, overwrite_);
-    if (!r) ::unlink(tmp_.c_str());
-    return r;
+    return out_.commit();
   }
 
  private:
   // Compresses and writes the buffered events as one chunk.
   void flush() {
     if (pending_ == 0) return;
-    out_.clear();
-    chain_ = chain_next(chain_, encode_chunk(out_, raw_, pending_, cctx_));
+    out_buf_.clear();
+    chain_ = chain_next(chain_, encode_chunk(out_buf_, raw_, pending_, cctx_));
     ++chunks_;
     events_ += pending_;
     pending_ = 0;
     raw_.clear();
-    if (error_.empty() && !write_all(fd_, out_.data(), out_.size())) error_ = std::strerror(errno);
+    if (error_.empty())
+      if (auto r = out_.write(out_buf_.data(), out_buf_.size()); !r) error_ = r.error().message;
   }
 
-  int fd_;
-  std::string tmp_, path_;
-  bool overwrite_;
+  model::OutputFile out_;
   ZSTD_CCtx* cctx_;
-  std::vector<std::uint8_t> raw_, out_;
+  std::vector<std::uint8_t> raw_, out_buf_;
   std::uint32_t pending_ = 0, chunks_ = 0;
   std::uint64_t events_ = 0, chain_ = 0;
   std::string error_;
+  bool closed_ = false;
 };
 }  // namespace
 
 Result<std::unique_ptr<TraceWriter>> TraceWriter::open(const std::string& path, const TraceHeader& header,
                                                        bool overwrite) {
-  std::error_code ec;
-  if (!overwrite && std::filesystem::exists(path, ec))
-    return make_error("'" + path + "' already exists (refusing to overwrite; pass --force)");
-  std::string tmp = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(tmp.data());
-  if (fd < 0) return make_error("cannot create a temporary file next to '" + path + "': " + std::strerror(errno));
-  ::fchmod(fd, 0644);
-  auto w = std::make_unique<FileTraceWriter>(fd, tmp, path, overwrite);
-  if (!w->start(header)) return make_error("cannot write trace '" + path + "': " + std::strerror(errno));
+  auto out = model::OutputFile::create(path, overwrite);
+  if (!out) return out.error();
+  auto w = std::make_unique<FileTraceWriter>(std::move(*out));
+  BATON_TRY_VOID(w->start(header));
   return std::unique_ptr<TraceWriter>(std::move(w));
 }
 

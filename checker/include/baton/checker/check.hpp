@@ -114,6 +114,12 @@ struct CheckOptions {
   std::size_t linear_per_query = 512;   // linear relations per Z3 query
   std::size_t linear_z3_cap = 4096;     // above this many linear relations C++ discharges the true ones
   std::size_t page_collapse = 16;       // entry regions of one page pair before the page becomes one region
+  // Work bounds of the split. A table page reached along several walks (shared, or a table that
+  // points back at an ancestor) is split again at each place unless its part was discharged
+  // whole; past these bounds the split stops and, unless Z3 refutes the regions found so far,
+  // the verdict is unknown with the reason (never a proof).
+  std::uint64_t max_split_pages = std::uint64_t{1} << 22;  // table pages (or page pairs) visited
+  std::size_t max_regions = std::size_t{1} << 20;          // regions (and mapped pieces / 8) kept for Z3
 };
 
 // The results of several properties.

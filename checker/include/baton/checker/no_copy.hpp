@@ -49,8 +49,8 @@ struct NoCopyResult {
   std::string unknown_reason;
 };
 
-// Proves or refutes that every gfn mapped by both sets maps to the same pfn. Errors when a
-// mapped run is not 4 KiB aligned.
+// Proves or refutes that every gfn mapped by both sets maps to the same pfn; unknown (never
+// proven) when no gfn is mapped by both. Errors when a mapped run is not 4 KiB aligned.
 Result<NoCopyResult> check_no_copy(const model::MappingSet& source, const model::MappingSet& dest,
                                    const NoCopyOptions& opt = {});
 

@@ -19,9 +19,10 @@ std::string to_json(const Counterexample& c);
 std::string to_json(const Report& r);
 // Renders a report as JUnit XML: one testcase per property; refuted = failure, unknown = error.
 std::string to_junit(const Report& r, const std::string& suite = "baton check");
-// Writes the SMT-LIB2 query of every refuted or unknown property to DIR/<property>.smt2;
-// returns the number of files written.
-Result<unsigned> write_smt2(const Report& r, const std::string& dir);
+// Writes the SMT-LIB2 query of every refuted or unknown property to DIR/<property>.smt2
+// (creating DIR; an existing file is replaced only with `overwrite`); returns the number of
+// files written.
+Result<unsigned> write_smt2(const Report& r, const std::string& dir, bool overwrite = false);
 // Escapes a string for XML text and attributes.
 std::string xml_escape(const std::string& s);
 

@@ -86,7 +86,9 @@ struct GuestImage {
 // Builds the image for an ELF. Every malformed input gives one clear one-line error.
 Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConfig& cfg);
 
-// Reads a whole file (e.g. a user ELF) into memory.
+// The largest guest ELF baton reads (guest RAM images are far smaller).
+inline constexpr std::uint64_t kMaxElfFile = std::uint64_t{64} << 20;
+// Reads a whole regular file of at most kMaxElfFile bytes (e.g. a user ELF) into memory.
 Result<std::vector<std::uint8_t>> read_file(const std::string& path);
 
 // The initial guest-physical memory of an image, for the guest page walker: chunk bytes,

@@ -54,20 +54,28 @@ struct MappingDiff {
 
 // Counts of what a tree traversal found.
 struct TreeStats {
-  std::uint64_t tables = 0;           // paging-structure pages visited (with multiplicity)
+  std::uint64_t tables = 0;                // paging-structure pages visited (with multiplicity, saturating)
   std::uint64_t leaves[4] = {0, 0, 0, 0};  // index 1..3 = 4K, 2M, 1G leaves
   std::uint64_t misconfigured = 0;
   std::uint64_t absent_frames = 0;
 };
 
+// The most runs a normal form may hold (320 MiB of runs): a tree expressing more, which takes
+// shared or cyclic table pointers, is refused with one error line rather than exhausting memory.
+// A 64 GiB tree of 4 KiB leaves with a random half of its pages mapped holds ~4M runs.
+inline constexpr std::uint64_t kMaxNormalFormRuns = std::uint64_t{1} << 23;
+
 class MappingSet {
  public:
   MappingSet() = default;
 
-  // Normalises the tree under `eptp` by one traversal. A table that points to itself or to an
-  // ancestor ends the traversal with an error.
+  // Normalises the tree under `eptp`, following every walk as the SDM does: four bounded steps,
+  // so a table that points to itself or to an ancestor is read again one level lower (legal:
+  // a self-referencing PML4 maps the tables themselves). A table page reached along several
+  // walks is normalised once per permission context and replayed. Fails with one line when the
+  // normal form would exceed `max_runs` runs.
   static Result<MappingSet> from_tree(Eptp eptp, const PhysicalMemory& mem, const EptConfig& cfg = {},
-                                      TreeStats* stats = nullptr);
+                                      TreeStats* stats = nullptr, std::uint64_t max_runs = kMaxNormalFormRuns);
 
   // Appends a run that starts at or after the end of the last one, coalescing when possible.
   void append(const MappingRun& r);
@@ -80,14 +88,16 @@ class MappingSet {
   std::uint64_t mapped_bytes() const;
   // Returns the run covering `a`, if any.
   std::optional<MappingRun> lookup(Gpa a) const;
-  // Returns whether both sets give every GPA the same outcome.
-  bool equal(const MappingSet& o) const { return runs_ == o.runs_; }
-  // Lists the GPA ranges whose outcomes differ, coalesced.
+  // Returns whether both sets give every GPA the same known outcome: an unknown run (absent
+  // table frame) can hold anything, so a set with one is equal to no set, not even itself.
+  bool equal(const MappingSet& o) const;
+  // Lists the GPA ranges whose outcomes differ or are unknown on either side, coalesced.
   std::vector<MappingDiff> diff(const MappingSet& o) const;
-  // Returns whether every run of this set appears with the same outcome in `o`.
+  // Returns whether every run of this set appears with the same known outcome in `o`.
   bool is_subset_of(const MappingSet& o) const;
 
-  friend bool operator==(const MappingSet& a, const MappingSet& b) { return a.equal(b); }
+  // Returns whether both sets hold the same runs (the same normal form, unknown runs included).
+  friend bool operator==(const MappingSet& a, const MappingSet& b) { return a.runs_ == b.runs_; }
 
  private:
   std::vector<MappingRun> runs_;

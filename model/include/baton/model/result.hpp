@@ -60,6 +60,18 @@ class [[nodiscard]] Result<void> {
 // Returns a successful Result<void>.
 inline Result<void> ok_result() { return Result<void>{}; }
 
+// Turns a library exception's text into words for people: drops a JSON library's
+// "[json.exception.type_error.302] " tag and says "type must be ..." plainly.
+inline std::string exception_text(const char* what) {
+  std::string s = what;
+  if (s.rfind("[json.exception.", 0) == 0) {
+    const auto close = s.find("] ");
+    if (close != std::string::npos) s = s.substr(close + 2);
+  }
+  if (s == "stoull" || s == "stoul" || s == "stoi") s = "a number is out of range or not a number";
+  return s;
+}
+
 }  // namespace baton
 
 // Propagates the error of a Result expression, or evaluates to nothing on success.

@@ -21,7 +21,7 @@ struct SimConfig {
   HypervisorConfig hv;
   CostProfile profile = default_profile();
   std::string trace_path;                    // empty: no trace
-  bool trace_overwrite = true;
+  bool trace_overwrite = false;              // replace an existing trace_path (else refuse it)
   std::string guest_name;                    // recorded in the trace header
   std::map<std::string, std::string> trace_params;
   std::vector<model::GpaRange> mmio;         // carved out of RAM, served by the MMIO device

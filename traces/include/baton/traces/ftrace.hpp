@@ -42,6 +42,7 @@ struct FtraceImportStats {
   std::size_t filtered_lines = 0;                // handled event lines dropped by the pid filter
   std::size_t lost_events = 0;                   // from "[LOST n EVENTS]" markers
   std::size_t skipped_sptes = 0;                 // SPTE changes that install nothing (tables, SMM, MMIO, no-ops)
+  std::size_t unknown_levels = 0;                // leaf SPTE events with a level outside 1..3 (dropped)
   std::size_t backfilled_gpas = 0;               // exits given a GPA by the following kvm_page_fault / kvm_mmio
   std::map<std::string, std::size_t> per_event;  // handled event lines by event name
   std::vector<std::string> samples;              // the first few unknown or malformed lines, with their line numbers
@@ -58,6 +59,8 @@ struct FtraceImport {
 // Parses ftrace text. Fails only when the text holds no trace line at all (unless
 // allow_empty), or the pid filter matches none of the handled events.
 Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptions& options = {});
+// The largest ftrace text capture baton imports (it is parsed in memory).
+inline constexpr std::uint64_t kMaxFtraceText = std::uint64_t{4} << 30;
 // Reads and parses an ftrace text file; errors name the file.
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options = {});
 

@@ -15,6 +15,8 @@
 namespace baton::traces {
 
 inline constexpr std::uint32_t kTraceFormatVersion = 1;
+// The largest trace file baton reads (it decodes the whole file in memory).
+inline constexpr std::uint64_t kMaxTraceFile = std::uint64_t{16} << 30;
 
 // The kinds of event.
 enum class EventType : std::uint8_t {
