@@ -52,7 +52,7 @@ TEST_CASE("migrate --capture: local-lazy is proven no-copy from the capture of b
   // An existing capture file is never overwritten without --force.
   auto again = run_baton(d, "migrate memtouch --mem 64M --backend kvm --method local-lazy --capture " + cap);
   CHECK(again.code == 2);
-  CHECK_THAT(again.err, Catch::Contains("exists; pass --force"));
+  CHECK_THAT(again.err, Catch::Contains("already exists (refusing to overwrite; pass --force)"));
   CHECK(slurp(cap) == text);
 }
 
