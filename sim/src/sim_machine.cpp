@@ -770,6 +770,12 @@ SimStats SimMachine::stats() const {
     s.blocks_decoded = m.vcpu->blocks_decoded();
     s.rdtsc_fixed = m.vcpu->rdtsc_fixed();
     s.hook_toggles = m.vcpu->hook_toggles();
+    s.block_execs = m.vcpu->block_execs();
+    s.hookless_execs = m.vcpu->hookless_execs();
+    s.promotions = m.vcpu->promotions();
+    s.hookless_lost = m.vcpu->fast_lost();
+    s.read_hooks = m.vcpu->read_hooks();
+    s.write_hooks = m.vcpu->write_hooks();
   }
   return s;
 }

@@ -52,6 +52,9 @@ void tramp_mem(uc_engine*, uc_mem_type type, std::uint64_t addr, int size, std::
 void tramp_rdtsc(uc_engine*, std::uint64_t addr, std::uint32_t, void* user) {
   static_cast<UnicornVcpu*>(user)->on_rdtsc_next(addr);
 }
+void tramp_tb_generated(uc_engine*, uc_tb* cur, uc_tb*, void* user) {
+  static_cast<UnicornVcpu*>(user)->on_tb_generated(cur->pc, cur->size);
+}
 
 }  // namespace
 
@@ -79,9 +82,9 @@ struct UnicornVcpuHooks {
 
 UnicornVcpu::UnicornVcpu(VcpuExits& exits, std::uint64_t gpa_limit)
     : exits_(exits),
+      blocks_(kBlockCacheSize),
       flags_(gpa_limit >> model::kPageShift, 0),
       is_ram_(gpa_limit >> model::kPageShift, 0),
-      blocks_(kBlockCacheSize),
       ff_page_(model::kPageSize, 0xFF) {}
 
 UnicornVcpu::~UnicornVcpu() {
@@ -105,6 +108,10 @@ Result<void> UnicornVcpu::open() {
     return ok_result();
   };
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_BLOCK, reinterpret_cast<void*>(tramp_block), this, 1, 0), "block"));
+  // Reports every block the execution translates (not those uc_ctl_request_cache makes): a
+  // hook-less translation that was removed is replaced by one with the memory hooks.
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_EDGE_GENERATED, reinterpret_cast<void*>(tramp_tb_generated), this, 1, 0),
+                     "edge"));
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::out), &exits_, 1, 0,
                                  UC_X86_INS_OUT), "out"));
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::in), &exits_, 1, 0,
@@ -232,6 +239,7 @@ model::VcpuState UnicornVcpu::get_state(const model::VcpuState& base) const {
 void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t f) {
   const std::uint64_t end = std::min<std::uint64_t>(gfn + count, flags_.size());
   last_fetch_gfn_ = ~std::uint64_t{0};  // the page geometry (and so the TLB class) may change
+  new_epoch();                           // and fetch permissions
   auto exec_only = [](std::uint8_t x) { return (x & pageflag::kFetch) != 0 && (x & pageflag::kRead) == 0; };
   for (std::uint64_t g = gfn; g < end; ++g) {
     const std::uint8_t old = flags_[g];
@@ -246,8 +254,9 @@ void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t
     }
     flags_[g] = f;
   }
+  update_page_watch();
   if (slow_pages_ == 0 && mem_hook_ != 0 && !always_watch_ && !tlb_ && !record_writes_) {
-    maintenance_ = true;  // the hooks can come off: do it outside emulation
+    attend(kMaintenance);  // the hooks can come off: do it outside emulation
     request_stop();
   }
 }
@@ -260,6 +269,7 @@ void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::ui
   };
   tlb_ = on;
   last_fetch_gfn_ = ~std::uint64_t{0};
+  new_epoch();
   tlb4k_.assign(pow2(e4k), 0);
   tlb2m_.assign(pow2(e2m), 0);
   tlb1g_.assign(pow2(e1g), 0);
@@ -275,6 +285,7 @@ void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
   if (slot == tag) return;
   slot = tag;
   last_fetch_gfn_ = ~std::uint64_t{0};  // a miss may have evicted the last fetched page
+  new_epoch();                           // or the page of any block's fetch
   ++tlb_misses_;
   tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
 }
@@ -285,6 +296,7 @@ void UnicornVcpu::update_watch() {
     uc_hook h = 0;
     uc_hook_add(uc_, &h, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, reinterpret_cast<void*>(tramp_mem), this, 1, 0);
     mem_hook_ = h;
+    mem_hook_listed_ = true;
     if (readd_after_promote_) {
       readd_after_promote_ = false;  // the hook was only off to retranslate load-only blocks
     } else {
@@ -308,32 +320,81 @@ void UnicornVcpu::drop_translations() {
 
 void UnicornVcpu::unfast_all() {
   if (fast_count_ == 0) return;
-  for (Block& b : blocks_) {
-    b.fast = false;
-    b.hot = 0;
+  for (std::size_t idx : fast_list_) {
+    blocks_[idx].fast = false;
+    blocks_[idx].hot = 0;
   }
+  fast_list_.clear();
   fast_count_ = 0;
   ++fast_drops_;
+  new_epoch();
+}
+
+void UnicornVcpu::unfast_overlapping(std::uint64_t begin, std::uint64_t end, std::vector<std::size_t>* redo) {
+  for (std::size_t idx : fast_list_) {
+    Block& f = blocks_[idx];
+    if (!f.fast || f.addr >= end || f.addr + f.size <= begin) continue;
+    f.fast = false;
+    f.hot = 0;
+    if (redo != nullptr) redo->push_back(idx);
+  }
+  new_epoch();
 }
 
 void UnicornVcpu::retranslate_fast() {
   // The memory hook was deleted inside the last emulation, so Unicorn has dropped it from its
   // hook lists by now: what is translated here uses the inline softmmu fast path.
+  //
+  // Removing a block's translation removes every translation that overlaps its bytes (blocks
+  // that fall through into a loop head share its tail), hook-less ones included: those are
+  // retranslated here too, so a promotion never silently puts another block back on the hooks.
+  // All removals come first, since a removal after a retranslation would undo it.
+  std::vector<std::size_t> todo;
   for (std::size_t idx : promote_) {
     Block& b = blocks_[idx];
-    if (!b.load_only || b.fast) continue;
+    if (!b.load_only || b.fast || std::find(todo.begin(), todo.end(), idx) != todo.end()) continue;
     uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
+    todo.push_back(idx);
+  }
+  for (std::size_t i = 0, n = todo.size(); i < n; ++i) {
+    const Block& b = blocks_[todo[i]];
+    unfast_overlapping(b.addr, b.addr + b.size, &todo);
+  }
+  for (std::size_t idx : todo) {
+    Block& b = blocks_[idx];
+    if (b.fast) continue;  // listed twice
     uc_tb tb{};
     if (uc_ctl_request_cache(uc_, b.addr, &tb) == UC_ERR_OK && tb.pc == b.addr && tb.size == b.size) {
       b.fast = true;
+      b.hot = 0;
+      if (std::find(fast_list_.begin(), fast_list_.end(), idx) == fast_list_.end()) fast_list_.push_back(idx);
       ++fast_count_;
+      ++promotions_;
     } else {
-      // Not the same block (or no block): drop it and leave this address hooked.
-      uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
+      // Not the same block (or no block): drop it and leave this address hooked. The removal
+      // takes the overlapping hook-less translations with it; they are promoted again later.
+      const std::uint64_t end = b.addr + std::max<std::uint64_t>(b.size, tb.pc == b.addr ? tb.size : 0);
+      uc_ctl_remove_cache(uc_, b.addr, end);
       b.load_only = false;
+      unfast_overlapping(b.addr, end, nullptr);
     }
   }
+  // Keep the list to the blocks that are still fast.
+  fast_list_.erase(std::remove_if(fast_list_.begin(), fast_list_.end(), [&](std::size_t i) { return !blocks_[i].fast; }),
+                   fast_list_.end());
   promote_.clear();
+  new_epoch();
+}
+
+void UnicornVcpu::on_tb_generated(std::uint64_t pc, std::uint32_t size) {
+  // Translated while a memory hook is in Unicorn's lists: its loads call out.
+  if (!mem_hook_listed_) return;
+  Block& b = blocks_[block_index(pc, size)];
+  if (b.addr != pc || b.size != size || !b.fast) return;
+  b.fast = false;
+  b.hot = 0;
+  b.ready = 0;
+  ++fast_lost_;
 }
 
 void UnicornVcpu::flush_softmmu() {
@@ -346,16 +407,18 @@ void UnicornVcpu::flush_softmmu() {
 }
 
 void UnicornVcpu::request_stop() {
-  want_stop_ = true;
+  attend(kWantStop);
   if (uc_ != nullptr) uc_emu_stop(uc_);
 }
 
 VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
   update_watch();
   if (!flush_.empty()) {
-    for (const auto& [b, e] : flush_) uc_ctl_remove_cache(uc_, b, e);
+    for (const auto& [b, e] : flush_) {
+      uc_ctl_remove_cache(uc_, b, e);
+      unfast_overlapping(b, e, nullptr);
+    }
     flush_.clear();
-    unfast_all();
   }
   // Fast (hook-less) loads rely on Unicorn's softmmu TLB holding no page without kRead: an
   // executable-only page would get a readable entry from its code fetch, and a page that lost
@@ -366,38 +429,35 @@ VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
     read_lost_ = false;
   }
   limit_ = insn_limit;
-  want_stop_ = budget_stop_ = maintenance_ = false;
-  in_block_ = false;
-  prev_block_rdtsc_end_ = 0;
+  attention_ = 0;
+  update_page_watch();
+  new_epoch();  // hooks may have come on or off: promotion counting restarts
+  cur_ = nullptr;
+  cur_rdtsc_end_ = prev_rdtsc_end_ = 0;
   const std::uint64_t rip = reg(UC_X86_REG_RIP);
   VcpuStop s;
   has_stopped_before_ = false;
   s.uc_error = uc_emu_start(uc_, rip, ~std::uint64_t{0}, 0, 0);
+  if (mem_hook_ == 0) mem_hook_listed_ = false;  // Unicorn drops deleted hooks when the emulation ends
   if (has_stopped_before_ && s.uc_error == UC_ERR_OK) set_reg(UC_X86_REG_RIP, stopped_before_);
   if (!promote_.empty()) retranslate_fast();
   s.rip = reg(UC_X86_REG_RIP);
   // An error or a stop requested from an I/O hook can leave the block early: the
   // instructions from RIP on were counted at block entry but did not run.
-  if (s.uc_error != UC_ERR_OK || want_stop_) uncount_tail(s.rip);
-  s.requested = want_stop_;
-  s.budget = budget_stop_;
-  s.maintenance = maintenance_;
+  if (s.uc_error != UC_ERR_OK || (attention_ & kWantStop) != 0) uncount_tail(s.rip);
+  s.requested = (attention_ & kWantStop) != 0;
+  s.budget = (attention_ & kBudgetStop) != 0;
+  s.maintenance = (attention_ & kMaintenance) != 0;
   return s;
 }
 
 void UnicornVcpu::uncount_tail(std::uint64_t rip) {
-  if (!in_block_ || rip < cur_block_addr_ || rip >= cur_block_addr_ + cur_block_size_) return;
-  const Block& b = blocks_[cur_block_];
+  if (cur_ == nullptr || rip < cur_->addr || rip >= cur_->addr + cur_->size) return;
+  const Block& b = *cur_;
   std::uint64_t tail = 0;
   for (std::uint16_t off : b.offsets)
-    if (cur_block_addr_ + off >= rip) ++tail;
+    if (b.addr + off >= rip) ++tail;
   insns_ -= std::min(insns_, tail);
-}
-
-UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
-  Block& b = blocks_[block_index(addr, size)];
-  if (b.addr == addr && b.size == size) return b;
-  return decode(b, addr, size);
 }
 
 UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint32_t size) {
@@ -408,6 +468,9 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   code_hi_ = std::max(code_hi_, addr + size);
   b.load_only = false;
   b.fast = false;
+  b.plain = false;  // on_block_slow decides, once the block's RDTSC successors are hooked
+  b.ready = 0;
+  b.rdtsc_end = 0;
   b.hot = 0;
   b.offsets.clear();
   b.after_rdtsc.clear();
@@ -434,6 +497,7 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
   b.count = static_cast<std::uint32_t>(b.offsets.size());
   b.load_only = !stores && left == 0;
+  if (!b.after_rdtsc.empty() && b.after_rdtsc.back() == size) b.rdtsc_end = addr + size;
   return b;
 }
 
@@ -447,12 +511,12 @@ void UnicornVcpu::stop_before(std::uint64_t addr) {
   uc_emu_stop(uc_);
 }
 
-void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
+void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   // A stop is pending: Unicorn calls the block hook before its exit check, so this block
   // will not run. It must not be counted.
-  if (want_stop_ || maintenance_ || budget_stop_) return;
+  if ((attention_ & kStops) != 0) return;
   if (insns_ >= limit_) {
-    budget_stop_ = true;
+    attend(kBudgetStop);
     stop_before(addr);
     return;
   }
@@ -461,7 +525,7 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   Block& b = *bp;
   // RDTSC found for the first time: hook the next instruction, retranslate, restart here.
   bool fresh = false;
-  if (!b.after_rdtsc.empty()) for (std::uint16_t off : b.after_rdtsc) {
+  for (std::uint16_t off : b.after_rdtsc) {
     const std::uint64_t next = addr + off;
     if (std::find(rdtsc_hooked_.begin(), rdtsc_hooked_.end(), next) != rdtsc_hooked_.end()) continue;
     uc_hook h = 0;
@@ -472,17 +536,18 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
     fresh = true;
   }
   if (fresh) {
-    maintenance_ = true;
+    attend(kMaintenance);
     stop_before(addr);
     return;
   }
-  // Fetch check of the block's pages (one page, executable: the common case).
   const std::uint64_t g0 = addr >> model::kPageShift, g1 = (addr + size - 1) >> model::kPageShift;
+  b.plain = g0 == g1 && g1 < flags_.size();  // every RDTSC successor of the block is hooked by now
+  // Fetch check of the block's pages (one page, executable: the common case).
   if (g0 != g1 || g0 >= flags_.size() || (flags_[g0] & pageflag::kFetch) == 0) {
     for (std::uint64_t g = g0; g <= g1; ++g) {
       if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
       if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
-        want_stop_ = true;
+        attend(kWantStop);
         uc_emu_stop(uc_);
         return;
       }
@@ -498,37 +563,30 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
       mem_hook_ = 0;
       readd_after_promote_ = true;
     }
-    maintenance_ = true;
+    attend(kMaintenance);
     stop_before(addr);
     return;
   }
-  // A fetch from the page of the previous fetch, with no TLB miss and no flags change since,
-  // hits the entry that fetch left: the lookup would change nothing, so it is skipped.
-  if (tlb_ && g0 < flags_.size() && g0 != last_fetch_gfn_) {
-    tlb_access(g0, flags_[g0]);
-    last_fetch_gfn_ = g0;
-  }
-  // The previous block fell through from an RDTSC into this one?
-  prev_block_rdtsc_end_ = in_block_ && cur_ends_rdtsc_ && cur_block_addr_ + cur_block_size_ == addr ? addr : 0;
-  cur_block_ = idx;
-  cur_block_addr_ = addr;
-  cur_block_size_ = size;
-  cur_ends_rdtsc_ = !b.after_rdtsc.empty() && b.after_rdtsc.back() == size;
-  in_block_ = true;
-  insns_ += b.count;
+  if (g0 < flags_.size()) fetch_lookup(g0);
+  // Until the next epoch, on_block may skip all of the above for this block: its pages keep
+  // their flags and TLB entries (a lookup that hits changes nothing), no stop is pending, and
+  // it is not counting executions towards a promotion.
+  if (b.plain && attention_ == 0 && !(b.load_only && !b.fast) && (flags_[g0] & pageflag::kFetch) != 0) b.ready = epoch_;
+  enter(b);
 }
 
 void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
   // Only a fall-through from the RDTSC counts: inside the current block, or from the end of
   // the previous block when that block ended right before this address.
-  const Block& b = blocks_[cur_block_];
+  if (cur_ == nullptr) return;
+  const Block& b = *cur_;
   std::uint64_t before = 0;  // instructions of the block that precede `addr`
   bool after = false;
-  if (addr > cur_block_addr_ && addr < cur_block_addr_ + cur_block_size_) {
-    const std::uint16_t off = static_cast<std::uint16_t>(addr - cur_block_addr_);
+  if (addr > b.addr && addr < b.addr + b.size) {
+    const std::uint16_t off = static_cast<std::uint16_t>(addr - b.addr);
     after = std::find(b.after_rdtsc.begin(), b.after_rdtsc.end(), off) != b.after_rdtsc.end();
     for (std::uint16_t o : b.offsets) before += o < off ? 1 : 0;
-  } else if (addr == cur_block_addr_ && prev_block_rdtsc_end_ == addr) {
+  } else if (addr == b.addr && prev_rdtsc_end_ == addr) {
     after = true;
   }
   if (!after) return;
@@ -540,6 +598,7 @@ void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
 }
 
 void UnicornVcpu::on_mem(bool write, std::uint64_t addr, int size) {
+  ++(write ? write_hooks_ : read_hooks_);
   const std::uint64_t g0 = addr >> model::kPageShift;
   if (g0 >= flags_.size()) return;
   const std::uint8_t need = write ? pageflag::kWrite : pageflag::kRead;

@@ -83,3 +83,40 @@ TEST_CASE("the TLB model on or off changes only TLB cycles: same instructions, e
   CHECK(st[0].tlb_misses == 0);
   CHECK(st[1].tlb_misses > 0);
 }
+
+// The regression guard of the fast path (not a timing test): a long steady-state run must
+// spend its block executions on hook-less translations, and its loads must reach the memory
+// hook only on misses of Unicorn's own TLB. Each half fails on its own when hooks come back
+// silently: a block retranslated with the hooks behind the executor's back (it once happened
+// when a promotion removed an overlapping hook-less block, after round 7 of this run) still
+// counts as hook-less but sends every load through the hook.
+TEST_CASE("a long checksum run spends its blocks on the hook-less path, its loads off the hook", "[sim][fast]") {
+  for (bool tlb : {true, false}) {
+    CAPTURE(tlb);
+    const guests::GuestImage im = image("checksum", 64u << 20, guests::PageSize::k4K, {{"rounds", 16}});
+    SimConfig cfg;
+    cfg.profile.tlb_enabled = tlb;
+    auto m = machine(im, cfg);
+    REQUIRE(run_all(*m).reason == StopReason::kExited);
+    CHECK(m->output().checksum() == guests::expected_result("checksum", im.params).value());
+    const SimStats st = m->stats();
+    CAPTURE(st.instructions, st.block_execs, st.hookless_execs, st.read_hooks, st.promotions, st.hookless_lost);
+    REQUIRE(st.block_execs > 0);
+    // 16 rounds over 1 MiB: about 2 loads per 8 instructions, all but the start-up hook-less.
+    CHECK(static_cast<double>(st.hookless_execs) / static_cast<double>(st.block_execs) > 0.95);
+    CHECK(st.read_hooks * 100 < st.instructions);
+    CHECK(st.promotions >= 1);
+  }
+}
+
+TEST_CASE("the guard's counters see hooked runs: stores and start-up blocks take the hook", "[sim][fast]") {
+  // memtouch writes every page it touches: its stores reach the hook, one call per store.
+  const guests::GuestImage im = image("memtouch", 64u << 20, guests::PageSize::k4K,
+                                      {{"size", 1u << 20}, {"write_pct", 100}, {"passes", 2}});
+  auto m = machine(im);
+  REQUIRE(run_all(*m).reason == StopReason::kExited);
+  const SimStats st = m->stats();
+  CAPTURE(st.block_execs, st.hookless_execs, st.write_hooks);
+  CHECK(st.write_hooks >= 3 * (1u << 20) / model::kPageSize);  // init + 2 passes, one word per page
+  CHECK(st.hookless_execs < st.block_execs);
+}
