@@ -177,7 +177,8 @@ void run_guest(const RunOptions& o) {
   j["rdtsc_fixed"] = st.rdtsc_fixed;
   j["executor"] = {{"block_executions", st.block_execs}, {"hookless_executions", st.hookless_execs},
                    {"promotions", st.promotions}, {"hookless_lost", st.hookless_lost},
-                   {"read_hooks", st.read_hooks}, {"write_hooks", st.write_hooks}};
+                   {"read_hooks", st.read_hooks}, {"write_hooks", st.write_hooks},
+                   {"store_mismatches", st.store_mismatches}};
   j["wall_s"] = wall;
   j["mips"] = mips;
   if (o.json_out) {

@@ -14,32 +14,58 @@ namespace {
 
 constexpr std::size_t kBlockCacheSize = std::size_t{1} << 16;
 static_assert(kBlockCacheSize == (std::size_t{1} << 16), "block_index() masks with 16 bits");
-// Executions of a load-only block (translated with the memory hooks) before it is retranslated
-// without them.
+// Executions of a block (translated with the memory hooks) before it is retranslated without
+// them; its stores and loads are checked against the decoded ones meanwhile.
 constexpr std::uint32_t kPromoteAfter = 8;
 
-// Returns whether an instruction may write memory. Conservative: any memory operand that is
-// the destination (operand 0) or that capstone marks as written, and every instruction that
-// stores implicitly (stack, exchange, masked stores), count as writes.
-bool may_store(const cs_insn& insn) {
+// What the memory hooks see of one instruction: whether it may load, and how many stores it
+// makes per execution (-1: unknown or more than one, as for ENTER, PUSHA, far calls, interrupts,
+// masked stores and stores wider than 8 bytes, which Unicorn splits or makes in a helper).
+struct InsnMemory {
+  bool load = false;
+  int stores = 0;
+};
+
+// Classifies an instruction from capstone's operand access flags (see InsnMemory).
+InsnMemory classify(const cs_insn& insn) {
+  InsnMemory m;
+  const cs_x86* x = insn.detail != nullptr ? &insn.detail->x86 : nullptr;
+  bool mem_operand = false;
+  if (x != nullptr)
+    for (std::uint8_t i = 0; i < x->op_count; ++i) mem_operand = mem_operand || x->operands[i].type == X86_OP_MEM;
   switch (insn.id) {
-    case X86_INS_NOP: return false;  // multi-byte NOPs name a memory operand but do not access it
-    case X86_INS_PUSH: case X86_INS_PUSHF: case X86_INS_PUSHFD: case X86_INS_PUSHFQ: case X86_INS_PUSHAW:
-    case X86_INS_PUSHAL: case X86_INS_CALL: case X86_INS_LCALL: case X86_INS_ENTER: case X86_INS_XCHG:
-    case X86_INS_XADD: case X86_INS_CMPXCHG: case X86_INS_CMPXCHG8B: case X86_INS_CMPXCHG16B:
-    case X86_INS_MASKMOVQ: case X86_INS_MASKMOVDQU: case X86_INS_VMASKMOVDQU: case X86_INS_INT:
-    case X86_INS_INT1: case X86_INS_INT3: case X86_INS_INTO: case X86_INS_SYSCALL: case X86_INS_SYSENTER:
-      return true;
+    case X86_INS_NOP: return m;
+    case X86_INS_PUSH: case X86_INS_PUSHF: case X86_INS_PUSHFD: case X86_INS_PUSHFQ: case X86_INS_CALL:
+      m.load = mem_operand;  // push [m] and call [m] load first
+      m.stores = 1;
+      return m;
+    case X86_INS_POP: case X86_INS_POPF: case X86_INS_POPFD: case X86_INS_POPFQ: case X86_INS_RET:
+    case X86_INS_LEAVE:
+      m.load = true;
+      m.stores = insn.id == X86_INS_POP && mem_operand ? 1 : 0;  // pop [m] stores after its load
+      return m;
+    case X86_INS_PUSHAW: case X86_INS_PUSHAL: case X86_INS_LCALL: case X86_INS_ENTER: case X86_INS_MASKMOVQ:
+    case X86_INS_MASKMOVDQU: case X86_INS_VMASKMOVDQU: case X86_INS_INT: case X86_INS_INT1: case X86_INS_INT3:
+    case X86_INS_INTO: case X86_INS_SYSCALL: case X86_INS_SYSENTER: case X86_INS_CMPXCHG16B: case X86_INS_FXSAVE:
+    case X86_INS_FXSAVE64: case X86_INS_XSAVE: case X86_INS_XSAVE64: case X86_INS_XSAVEOPT: case X86_INS_FNSAVE:
+    case X86_INS_FNSTENV: case X86_INS_SGDT: case X86_INS_SIDT: case X86_INS_IRET: case X86_INS_IRETD:
+    case X86_INS_IRETQ: case X86_INS_RETF: case X86_INS_RETFQ:
+      m.load = true;
+      m.stores = -1;
+      return m;
     default: break;
   }
-  if (insn.detail == nullptr) return true;
-  const cs_x86& x = insn.detail->x86;
-  for (std::uint8_t i = 0; i < x.op_count; ++i) {
-    const cs_x86_op& op = x.operands[i];
+  if (x == nullptr) return InsnMemory{true, -1};
+  int written = 0;
+  for (std::uint8_t i = 0; i < x->op_count; ++i) {
+    const cs_x86_op& op = x->operands[i];
     if (op.type != X86_OP_MEM) continue;
-    if (i == 0 || (op.access & CS_AC_WRITE) != 0) return true;
+    if (op.access == 0) return InsnMemory{true, -1};  // capstone does not know
+    if ((op.access & CS_AC_READ) != 0) m.load = true;
+    if ((op.access & CS_AC_WRITE) != 0) written += op.size <= 8 ? 1 : 2;
   }
-  return false;
+  m.stores = written <= 1 ? written : -1;
+  return m;
 }
 
 // C trampolines into the vCPU.
@@ -269,25 +295,44 @@ void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::ui
   };
   tlb_ = on;
   last_fetch_gfn_ = ~std::uint64_t{0};
+  code_tags_.clear();
+  code_tags_overflow_ = false;
   new_epoch();
   tlb4k_.assign(pow2(e4k), 0);
   tlb2m_.assign(pow2(e2m), 0);
   tlb1g_.assign(pow2(e1g), 0);
 }
 
-void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
+std::uint64_t UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
   const unsigned gl = (f >> pageflag::kGeoShift) & 3;        // guest leaf level - 1
   const unsigned el = (f >> (pageflag::kGeoShift + 2)) & 3;  // EPT leaf level - 1
   const unsigned cls = std::min(gl, el);
   std::vector<std::uint64_t>& t = cls == 0 ? tlb4k_ : cls == 1 ? tlb2m_ : tlb1g_;
   const std::uint64_t tag = (gfn >> (9 * cls)) + 1;
+  const std::uint64_t key = tag | (std::uint64_t{cls} << 62);
   std::uint64_t& slot = t[tag & (t.size() - 1)];
-  if (slot == tag) return;
+  if (slot == tag) return key;
+  // A miss evicts the slot's old page: the last fetched one, perhaps, or the page a ready
+  // block fetches from (then every block checks its fetch again).
+  const std::uint64_t old = slot | (std::uint64_t{cls} << 62);
   slot = tag;
-  last_fetch_gfn_ = ~std::uint64_t{0};  // a miss may have evicted the last fetched page
-  new_epoch();                           // or the page of any block's fetch
+  last_fetch_gfn_ = ~std::uint64_t{0};
+  if (code_tags_overflow_ || std::find(code_tags_.begin(), code_tags_.end(), old) != code_tags_.end()) new_epoch();
   ++tlb_misses_;
   tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
+  return key;
+}
+
+void UnicornVcpu::fetch_lookup(std::uint64_t g0) {
+  if (g0 == last_fetch_gfn_) return;
+  if (tlb_) {
+    const std::uint64_t key = tlb_access(g0, flags_[g0]);
+    if (!code_tags_overflow_ && std::find(code_tags_.begin(), code_tags_.end(), key) == code_tags_.end()) {
+      if (code_tags_.size() < kMaxCodeTags) code_tags_.push_back(key);
+      else code_tags_overflow_ = true;  // many code pages: every miss starts a new epoch
+    }
+  }
+  last_fetch_gfn_ = g0;
 }
 
 void UnicornVcpu::update_watch() {
@@ -352,7 +397,7 @@ void UnicornVcpu::retranslate_fast() {
   std::vector<std::size_t> todo;
   for (std::size_t idx : promote_) {
     Block& b = blocks_[idx];
-    if (!b.load_only || b.fast || std::find(todo.begin(), todo.end(), idx) != todo.end()) continue;
+    if (!b.promotable || b.fast || std::find(todo.begin(), todo.end(), idx) != todo.end()) continue;
     uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
     todo.push_back(idx);
   }
@@ -375,7 +420,7 @@ void UnicornVcpu::retranslate_fast() {
       // takes the overlapping hook-less translations with it; they are promoted again later.
       const std::uint64_t end = b.addr + std::max<std::uint64_t>(b.size, tb.pc == b.addr ? tb.size : 0);
       uc_ctl_remove_cache(uc_, b.addr, end);
-      b.load_only = false;
+      b.promotable = false;
       unfast_overlapping(b.addr, end, nullptr);
     }
   }
@@ -466,7 +511,7 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   b.count = 0;
   code_lo_ = std::min(code_lo_, addr);  // every block is decoded before it first runs
   code_hi_ = std::max(code_hi_, addr + size);
-  b.load_only = false;
+  b.promotable = false;
   b.fast = false;
   b.plain = false;  // on_block_slow decides, once the block's RDTSC successors are hooked
   b.ready = 0;
@@ -474,6 +519,9 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   b.hot = 0;
   b.offsets.clear();
   b.after_rdtsc.clear();
+  b.rdtsc_before.clear();
+  b.stores.clear();
+  b.loads.clear();
   std::vector<std::uint8_t> bytes(size);
   if (uc_mem_read(uc_, addr, bytes.data(), size) != UC_ERR_OK) {
     b.count = 1;
@@ -486,17 +534,23 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   std::size_t left = size;
   std::uint64_t pc = addr;
   cs_insn* insn = cs_malloc(h);
-  bool stores = false;
+  bool counted = true;  // every instruction makes a known number (0 or 1) of stores
   while (left > 0 && cs_disasm_iter(h, &code, &left, &pc, insn)) {
-    b.offsets.push_back(static_cast<std::uint16_t>(insn->address - addr));
-    stores = stores || may_store(*insn);
-    if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP)
+    const auto off = static_cast<std::uint16_t>(insn->address - addr);
+    b.offsets.push_back(off);
+    const InsnMemory m = classify(*insn);
+    if (m.load) b.loads.push_back(off);
+    if (m.stores == 1) b.stores.push_back(off);
+    counted = counted && m.stores >= 0;
+    if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP) {
       b.after_rdtsc.push_back(static_cast<std::uint16_t>(insn->address + insn->size - addr));
+      b.rdtsc_before.push_back(static_cast<std::uint16_t>(b.offsets.size()));  // instructions up to the RDTSC
+    }
   }
   cs_free(insn, 1);
   if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
   b.count = static_cast<std::uint32_t>(b.offsets.size());
-  b.load_only = !stores && left == 0;
+  b.promotable = counted && left == 0;
   if (!b.after_rdtsc.empty() && b.after_rdtsc.back() == size) b.rdtsc_end = addr + size;
   return b;
 }
@@ -544,6 +598,7 @@ void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   b.plain = g0 == g1 && g1 < flags_.size();  // every RDTSC successor of the block is hooked by now
   // Fetch check of the block's pages (one page, executable: the common case).
   if (g0 != g1 || g0 >= flags_.size() || (flags_[g0] & pageflag::kFetch) == 0) {
+    const HookScope scope(*this, HookKind::kFetch, addr);
     for (std::uint64_t g = g0; g <= g1; ++g) {
       if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
       if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
@@ -556,7 +611,7 @@ void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   // A hot load-only block is retranslated without the memory hooks; the hook is deleted now so
   // that Unicorn drops it when this emulation ends. Stop before the block (it is not counted).
   const std::size_t idx = static_cast<std::size_t>(&b - blocks_.data());
-  if (mem_hook_ != 0 && b.load_only && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
+  if (mem_hook_ != 0 && b.promotable && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
   if (!promote_.empty() || read_lost_ || (xo_pages_ > 0 && fast_count_ > 0)) {
     if (!promote_.empty() && mem_hook_ != 0) {
       uc_hook_del(uc_, mem_hook_);
@@ -571,7 +626,7 @@ void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   // Until the next epoch, on_block may skip all of the above for this block: its pages keep
   // their flags and TLB entries (a lookup that hits changes nothing), no stop is pending, and
   // it is not counting executions towards a promotion.
-  if (b.plain && attention_ == 0 && !(b.load_only && !b.fast) && (flags_[g0] & pageflag::kFetch) != 0) b.ready = epoch_;
+  if (b.plain && attention_ == 0 && !(b.promotable && !b.fast) && (flags_[g0] & pageflag::kFetch) != 0) b.ready = epoch_;
   enter(b);
 }
 
@@ -584,8 +639,11 @@ void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
   bool after = false;
   if (addr > b.addr && addr < b.addr + b.size) {
     const std::uint16_t off = static_cast<std::uint16_t>(addr - b.addr);
-    after = std::find(b.after_rdtsc.begin(), b.after_rdtsc.end(), off) != b.after_rdtsc.end();
-    for (std::uint16_t o : b.offsets) before += o < off ? 1 : 0;
+    for (std::size_t i = 0; i < b.after_rdtsc.size() && !after; ++i)
+      if (b.after_rdtsc[i] == off) {
+        after = true;
+        before = b.rdtsc_before[i];
+      }
   } else if (addr == b.addr && prev_rdtsc_end_ == addr) {
     after = true;
   }
@@ -597,8 +655,61 @@ void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
   ++rdtsc_fixed_;
 }
 
+void UnicornVcpu::check_access(bool write) {
+  // A hooked translation writes RIP before each load and store (gen_op_ld_v/gen_op_st_v in
+  // Unicorn's i386 translate.c); atomics, SSE and helpers do not, and fail the check.
+  Block& b = *cur_;
+  const std::uint64_t rip = reg(UC_X86_REG_RIP);
+  if (write) {
+    if (store_seq_ >= b.stores.size() || rip != b.addr + b.stores[store_seq_]) b.promotable = false;
+    return;
+  }
+  if (b.stores.empty()) return;  // a load-only block needs no load map (see exit_rip)
+  const auto [lo, hi] = load_window(b);
+  const bool found = rip >= b.addr && rip - b.addr < b.size &&
+                     std::find(b.loads.begin(), b.loads.end(), static_cast<std::uint16_t>(rip - b.addr)) != b.loads.end();
+  if (!found || static_cast<std::int64_t>(rip - b.addr) <= lo || static_cast<std::int64_t>(rip - b.addr) > hi)
+    b.promotable = false;
+}
+
+std::pair<std::int64_t, std::int64_t> UnicornVcpu::load_window(const Block& b) const {
+  const std::int64_t lo = store_seq_ > 0 && store_seq_ <= b.stores.size() ? b.stores[store_seq_ - 1] : -1;
+  const std::int64_t hi = store_seq_ < b.stores.size() ? b.stores[store_seq_] : static_cast<std::int64_t>(b.size);
+  return {lo, hi};
+}
+
+void UnicornVcpu::demote(Block& b) {
+  // More stores than decoded: the block goes back to a hooked translation at the next run
+  // (not now: a stop from a memory hook would resume at the block's start).
+  b.promotable = false;
+  ++store_mismatches_;
+  flush_.emplace_back(b.addr, b.addr + b.size);
+}
+
+std::uint64_t UnicornVcpu::exit_rip() const {
+  // A hook-less translation does not write RIP before its accesses; it is derived from the
+  // decoded block instead. Everywhere else Unicorn's RIP is exact.
+  if (hook_ == HookKind::kFetch) return hook_addr_;
+  if (hook_ == HookKind::kNone || cur_ == nullptr || !cur_->fast) return reg(UC_X86_REG_RIP);
+  const Block& b = *cur_;
+  if (hook_ == HookKind::kStore)  // the n-th store of the block (each store reaches the hook once)
+    return store_seq_ >= 1 && store_seq_ <= b.stores.size() ? b.addr + b.stores[store_seq_ - 1] : reg(UC_X86_REG_RIP);
+  // A load lies after the last store and up to the next one (inclusive: an instruction that
+  // loads and stores loads first): the first decoded load there, exact when it is the only one.
+  const auto [lo, hi] = load_window(b);
+  for (std::uint16_t off : b.loads)
+    if (off > lo && off <= hi) return b.addr + off;
+  return reg(UC_X86_REG_RIP);
+}
+
 void UnicornVcpu::on_mem(bool write, std::uint64_t addr, int size) {
   ++(write ? write_hooks_ : read_hooks_);
+  if (cur_ != nullptr) {
+    if (!cur_->fast && cur_->promotable) check_access(write);
+    if (write && cur_->fast && store_seq_ >= cur_->stores.size()) demote(*cur_);
+  }
+  const HookScope scope(*this, write ? HookKind::kStore : HookKind::kLoad);
+  store_seq_ += write ? 1 : 0;
   const std::uint64_t g0 = addr >> model::kPageShift;
   if (g0 >= flags_.size()) return;
   const std::uint8_t need = write ? pageflag::kWrite : pageflag::kRead;

@@ -119,6 +119,11 @@ class UnicornVcpu {
   // Retranslations without the hooks, and hook-less blocks Unicorn retranslated with them.
   std::uint64_t promotions() const { return promotions_; }
   std::uint64_t fast_lost() const { return fast_lost_; }
+  // The guest RIP of the access being handled: from the decoded block inside a hook-less
+  // translation (Unicorn does not write RIP there), else Unicorn's.
+  std::uint64_t exit_rip() const;
+  // Hook-less blocks that stored more often than decoded (sent back to the hooks).
+  std::uint64_t store_mismatches() const { return store_mismatches_; }
   // Calls of the memory hook for loads and for stores.
   std::uint64_t read_hooks() const { return read_hooks_; }
   std::uint64_t write_hooks() const { return write_hooks_; }
@@ -150,13 +155,36 @@ class UnicornVcpu {
     std::uint32_t size = 0;
     std::uint32_t count = 0;
     std::uint64_t rdtsc_end = 0;  // addr + size when the last instruction is RDTSC/RDTSCP, else 0
-    bool load_only = false;  // no instruction of the block can write memory (capstone, conservative)
+    bool promotable = false;  // every instruction makes 0 or 1 stores, and the hooked runs agreed (check_access)
     bool fast = false;       // retranslated without the memory hooks (loads take Unicorn's inline path)
     bool plain = false;      // on one page inside the flags, its RDTSC successors (if any) hooked
     std::uint32_t hot = 0;   // executions while translated with the hooks
     std::vector<std::uint16_t> offsets;  // instruction offsets inside the block
     std::vector<std::uint16_t> after_rdtsc;  // offsets of instructions right after RDTSC/RDTSCP
+    std::vector<std::uint16_t> rdtsc_before;  // for each: instructions of the block before it
+    std::vector<std::uint16_t> stores;       // offsets of the instructions that store, in order
+    std::vector<std::uint16_t> loads;        // offsets of the instructions that may load
   };
+  // What the running memory hook (or fetch check) is handling, for exit_rip().
+  enum class HookKind : std::uint8_t { kNone, kLoad, kStore, kFetch };
+  // Marks the duration of a hook.
+  struct HookScope {
+    HookScope(UnicornVcpu& v, HookKind k, std::uint64_t addr = 0) : v_(v) {
+      v_.hook_ = k;
+      v_.hook_addr_ = addr;
+    }
+    ~HookScope() { v_.hook_ = HookKind::kNone; }
+    HookScope(const HookScope&) = delete;
+    HookScope& operator=(const HookScope&) = delete;
+    UnicornVcpu& v_;
+  };
+  // Checks a hooked access against the decoded stores and loads (RIP is exact there); a block
+  // that disagrees is never promoted.
+  void check_access(bool write);
+  // Offsets (exclusive, inclusive) between which a load of the current execution of `b` lies.
+  std::pair<std::int64_t, std::int64_t> load_window(const Block& b) const;
+  // Sends a hook-less block that stored more often than decoded back to the hooks.
+  void demote(Block& b);
   // Decodes a block into cache entry `b`.
   Block& decode(Block& b, std::uint64_t addr, std::uint32_t size);
   // The decode cache slot of a block.
@@ -165,6 +193,7 @@ class UnicornVcpu {
   }
   // Makes `b` the current block and counts its instructions (it is about to run).
   void enter(Block& b) {
+    store_seq_ = 0;
     prev_rdtsc_end_ = cur_rdtsc_end_;
     cur_rdtsc_end_ = b.rdtsc_end;
     cur_ = &b;
@@ -179,16 +208,12 @@ class UnicornVcpu {
     attention_ |= bit;
     new_epoch();
   }
-  // Counts the TLB lookup of one access.
-  void tlb_access(std::uint64_t gfn, std::uint8_t f);
+  // Counts the TLB lookup of one access; returns the entry's key (class in bits 63:62, tag).
+  std::uint64_t tlb_access(std::uint64_t gfn, std::uint8_t f);
   // The TLB lookup of a block fetch from page g0. A fetch from the page of the previous fetch,
   // with no TLB miss and no flags change since, hits the entry that fetch left: the lookup
-  // would change nothing, so it is skipped.
-  void fetch_lookup(std::uint64_t g0) {
-    if (g0 == last_fetch_gfn_) return;
-    if (tlb_) tlb_access(g0, flags_[g0]);
-    last_fetch_gfn_ = g0;
-  }
+  // would change nothing, so it is skipped. The entry's key joins code_tags_.
+  void fetch_lookup(std::uint64_t g0);
   // Adds or removes the memory hooks so that they are on exactly when needed.
   void update_watch();
   // Stops the emulation before the block at `addr` runs (from the block hook).
@@ -217,6 +242,10 @@ class UnicornVcpu {
   Block* cur_ = nullptr;           // the block running (null before the first of a run)
   std::uint64_t cur_rdtsc_end_ = 0, prev_rdtsc_end_ = 0;  // rdtsc_end of the current and the previous block
   std::uint64_t block_execs_ = 0, hookless_execs_ = 0;
+  std::size_t store_seq_ = 0;      // stores of the current block execution so far
+  HookKind hook_ = HookKind::kNone;
+  std::uint64_t hook_addr_ = 0;    // the block address of a fetch check
+  std::uint64_t store_mismatches_ = 0;
   // Bits of attention_: a stop or work that sends the block hook down its slow path.
   static constexpr std::uint8_t kWantStop = 1;     // the machine asked to stop
   static constexpr std::uint8_t kBudgetStop = 2;   // the instruction limit was reached
@@ -261,6 +290,11 @@ class UnicornVcpu {
   std::vector<std::uint64_t> tlb4k_, tlb2m_, tlb1g_;
   std::uint64_t tlb_misses_ = 0, tlb_refs_ = 0;
   std::uint64_t last_fetch_gfn_ = ~std::uint64_t{0};  // page of the last fetch lookup, while it surely hits
+  // TLB entries that ready blocks fetch through: a miss that evicts one starts a new epoch, so
+  // that those blocks look their fetch up again (a lookup skipped in an epoch surely hits).
+  static constexpr std::size_t kMaxCodeTags = 32;
+  std::vector<std::uint64_t> code_tags_;
+  bool code_tags_overflow_ = false;
   bool record_writes_ = false;
   std::vector<std::uint64_t> written_;
   std::uint64_t decoded_ = 0, rdtsc_fixed_ = 0, hook_toggles_ = 0;

@@ -49,7 +49,7 @@ struct SimStats {
   // The executor's fast path: block executions, those on hook-less translations, the
   // retranslations without hooks (and those Unicorn undid), memory-hook calls by kind.
   std::uint64_t block_execs = 0, hookless_execs = 0, promotions = 0, hookless_lost = 0;
-  std::uint64_t read_hooks = 0, write_hooks = 0;
+  std::uint64_t read_hooks = 0, write_hooks = 0, store_mismatches = 0;
   std::uint64_t deviating_pages = 0;
   double frequency_ghz = 1.0;
   // Simulated microseconds at the profile's frequency.
