@@ -400,6 +400,7 @@ struct SimMachine::Impl final : VcpuExits {
     for (const model::GpaRange& r : hv->mmio()) BATON_TRY_VOID(vcpu->map_mmio(r.gpa.value, r.size));
     vcpu->set_tlb(cfg.profile.tlb_enabled, cfg.profile.tlb_entries_4k, cfg.profile.tlb_entries_2m, cfg.profile.tlb_entries_1g);
     vcpu->set_record_writes(cfg.record_writes);
+    vcpu->set_hookless(cfg.hookless);
     default_device();
     return ok_result();
   }

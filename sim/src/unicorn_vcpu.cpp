@@ -127,7 +127,14 @@ Result<void> UnicornVcpu::open() {
   csh h = 0;
   if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return make_error("capstone: cs_open failed");
   cs_ = reinterpret_cast<void*>(h);
-  cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);  // operand access, for load-only blocks
+  cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);  // operand access: the loads and stores of each block
+  // Unicorn 2.0.1 never marks RAM dirty (cpu_physical_memory_is_clean() is a stub that returns
+  // true), so every TLB entry of a writable page keeps TLB_NOTDIRTY, and every store leaves the
+  // inline path for store_helper(), which calls the write hooks before anything else. Blocks
+  // that store can then run without hooks in their translation. Another version may keep
+  // stores inline: there, only load-only blocks go hook-less.
+  const unsigned version = uc_version(nullptr, nullptr);
+  hookless_stores_ = (version >> 8) == ((2u << 16) | (0u << 8) | 1u);
   uc_hook hh;
   auto add = [&](uc_err e, const char* what) -> Result<void> {
     if (e != UC_ERR_OK) return make_error(std::string("uc_hook_add ") + what + ": " + uc_strerror(e));
@@ -550,7 +557,7 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   cs_free(insn, 1);
   if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
   b.count = static_cast<std::uint32_t>(b.offsets.size());
-  b.promotable = counted && left == 0;
+  b.promotable = hookless_ && counted && left == 0 && (hookless_stores_ || b.stores.empty());
   if (!b.after_rdtsc.empty() && b.after_rdtsc.back() == size) b.rdtsc_end = addr + size;
   return b;
 }

@@ -93,6 +93,8 @@ class UnicornVcpu {
   void set_always_watch(bool on) { always_watch_ = on; }
   // Enables the TLB model with entries per size (powers of two).
   void set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::uint64_t e1g);
+  // Lets hot blocks run without the memory hooks (on by default; off, every access is hooked).
+  void set_hookless(bool on) { hookless_ = on; }
   // Records the gfn of every data write (tests).
   void set_record_writes(bool on) { record_writes_ = on; }
   const std::vector<std::uint64_t>& written_gfns() const { return written_; }
@@ -278,6 +280,8 @@ class UnicornVcpu {
   std::uint64_t stopped_before_ = 0;    // the block stop_before() stopped in front of
   bool has_stopped_before_ = false;
   bool always_watch_ = false;
+  bool hookless_ = true;                // promotions allowed at all (set_hookless)
+  bool hookless_stores_ = false;        // this Unicorn calls the write hooks for stores of hook-less blocks (2.0.1)
   std::vector<std::uint64_t> rdtsc_hooked_;              // addresses after an RDTSC with a hook
   std::vector<std::pair<std::uint64_t, std::uint64_t>> flush_;  // TB ranges to retranslate
   std::unordered_map<std::uint64_t, std::uint8_t*> ram_base_;   // page -> original host pointer

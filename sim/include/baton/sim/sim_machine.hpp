@@ -26,6 +26,7 @@ struct SimConfig {
   std::map<std::string, std::string> trace_params;
   std::vector<model::GpaRange> mmio;         // carved out of RAM, served by the MMIO device
   bool record_writes = false;                // remember every written gfn (tests)
+  bool hookless = true;                      // hot blocks run without memory hooks (false: every access hooked, a reference)
 };
 
 // An MMIO device: reads and writes at a GPA with a size in bytes.
