@@ -33,10 +33,10 @@ std::string migration_outcome(const sim::MigrationResult& r) {
 
 json migration_json(const sim::MigrationResult& r) {
   json j;
-  const bool measured = r.time_base == sim::TimeBase::kMeasuredNs;
+  const bool timed = r.time_base == sim::TimeBase::kMeasuredNs;
   j["backend"] = r.backend;
   j["host_flavour"] = r.host_flavour;
-  j["time_base"] = measured ? "measured-ns" : "simulated-cycles";
+  j["time_base"] = timed ? "measured-ns" : "simulated-cycles";
   if (r.backend == "kvm") {
     j["source_pid"] = r.source_pid;
     j["worker_pid"] = r.worker_pid;
@@ -116,18 +116,18 @@ std::string migration_text(const sim::MigrationResult& r) {
   if (r.backend == "kvm") o += fmt(" at sync point %u\n", r.at_stage);  // KVM counts no instructions
   else o += fmt(" at sync point %u, instruction %llu\n", r.at_stage, static_cast<unsigned long long>(r.at_insn));
   if (!r.fault.empty()) o += "fault        " + r.fault + "\n";
-  const bool measured = r.time_base == sim::TimeBase::kMeasuredNs;
-  const char* unit = measured ? "ns" : "cycles";
-  if (measured) o += "timeline     (measured, CLOCK_MONOTONIC ns; * = vCPU paused)\n";
+  const bool timed = r.time_base == sim::TimeBase::kMeasuredNs;
+  const char* unit = timed ? "ns" : "cycles";
+  if (timed) o += "timeline     (measured, CLOCK_MONOTONIC ns; * = vCPU paused)\n";
   else o += fmt("timeline     (cycles; us at %.2f GHz; * = vCPU paused)\n", r.frequency_ghz);
   for (const sim::Phase& p : r.timeline)
     o += fmt("  %c %-28s %14.0f %12.2f us\n", p.downtime ? '*' : ' ', p.name.c_str(), p.cycles, r.micros(p.cycles));
   o += fmt("downtime     %.2f us (%.0f %s)%s\n", r.micros(r.downtime), r.downtime, unit,
-           measured ? ": the source vCPU's last KVM_RUN return to the worker's first KVM_RUN" : "");
+           timed ? ": the source vCPU's last KVM_RUN return to the worker's first KVM_RUN" : "");
   o += fmt("total        %.2f us (%.0f %s)\n", r.micros(r.total), r.total, unit);
   o += fmt("copied       %s (%llu pages) in %zu rounds\n", format_size(r.bytes_copied).c_str(),
            static_cast<unsigned long long>(r.pages_copied), r.rounds.size());
-  if (r.switched && !measured) {
+  if (r.switched && !timed) {
     o += fmt("refaults     %llu EPT violations on the new instance\n", static_cast<unsigned long long>(r.refaults));
     if (slowdown_measured(r))
       o += fmt("slowdown     %+.0f cycles over the next %llu instructions (%.0f vs %.0f unmigrated, %+.2f%%)\n",
@@ -144,7 +144,7 @@ std::string migration_text(const sim::MigrationResult& r) {
   if (r.rejected) o += "handover     REJECTED (" + r.reject_reason + "): the old instance kept the VM\n";
   else if (r.switched) o += std::string("handover     ") + (r.fell_back ? "fell back to local-rebuild: " : "") +
                             "the VM runs on the new instance" +
-                            (measured ? " (the worker resumed at once; the checks report on it afterwards)" : "") +
+                            (timed ? " (the worker resumed at once; the checks report on it afterwards)" : "") +
                             "\n";
   if (!r.capture_path.empty())
     o += fmt("capture      %s (%llu kvm_mmu_set_spte events of both VMMs)\n", r.capture_path.c_str(),
