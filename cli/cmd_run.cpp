@@ -105,8 +105,8 @@ void run_guest_kvm(const RunOptions& o) {
                 expected ? hex(*expected).c_str() : "-", match ? "match" : "MISMATCH");
     std::printf("exits        %llu to user space\n", static_cast<unsigned long long>(r->exits));
     std::printf("wall         %.3f s\n", wall);
-    if (!why.empty()) std::printf("why          %s\n", why.c_str());
   }
+  if (!why.empty()) return fail("/dev/kvm: " + why);  // the one line that says what is missing
   if (r->stop != hw::KvmStop::kExited) exit_code() = kExitError;
   else if (!match) exit_code() = kExitRefuted;
 }

@@ -47,8 +47,9 @@ TEST_CASE("errors are one line naming the problem, never a library's internals",
   t::write_text_file(d / "noid.json", R"([{"gpa": "0x0", "size": "0x40000000", "hpa": "0x80000000"}])");
   t::write_text_file(d / "badowners.json", R"([{"hpa": 4096, "size": "0x1000", "kind": 7}])");
   std::string junk;
-  for (int i = 0; i < 4000; ++i) junk += static_cast<char>(1 + (i * 37) % 250);  // random-looking, no NUL
+  for (int i = 0; i < 4000; ++i) junk += static_cast<char>(1 + (i * 37) % 250);  // random-looking bytes
   t::write_text_file(d / "junk.txt", junk);
+  t::write_text_file(d / "bell.txt", "no trace here\a\x1b[31m red\n" + std::string(200, 'x') + "\n");
   const std::pair<std::string, std::string> cases[] = {
       {"snapshot import-raw " + (d / "o.snap") + " --eptp 0x10001e --pages " + (d / "dump.bin") + " --memslots " +
            (d / "noid.json"),
@@ -56,7 +57,8 @@ TEST_CASE("errors are one line naming the problem, never a library's internals",
       {"snapshot import-raw " + (d / "o.snap") + " --eptp 0x10001e --pages " + (d / "dump.bin") + " --owners " +
            (d / "badowners.json"),
        (d / "badowners.json") + ": bad owners JSON"},
-      {"trace import " + (d / "junk.txt") + " " + (d / "j.trc"), "no ftrace event lines"},
+      {"trace import " + (d / "junk.txt") + " " + (d / "j.trc"), "is not a text file"},
+      {"trace import " + (d / "bell.txt") + " " + (d / "j.trc"), "(line 1: no trace here\\x07\\x1b[31m red)"},
       {"ept dump", "baton: ept dump: snapshot is required (see `baton ept dump --help`)"},
       {"ept dump " + (d / "s.snap") + " --bogus", "baton: ept dump: The following argument was not expected: --bogus"},
       {"bogus", "'bogus' is not a baton command"},
@@ -97,7 +99,7 @@ TEST_CASE("run --backend kvm says what this host's KVM lacks when that explains 
   if (baton::hw::kvm_unavailable_reason()) {
     CHECK(one_line_error(r, "/dev/kvm"));
   } else if (baton::hw::host_flavour() == "pvm" && r.code != 0) {
-    CHECK_THAT(r.out, Catch::Contains("why          this host's KVM is PVM, which does not honour IOPL=3"));
+    CHECK(one_line_error(r, "baton: /dev/kvm: this host's KVM is PVM, which does not honour IOPL=3"));
   } else {
     WARN("this host's KVM ran the guest (flavour " << baton::hw::host_flavour() << "): no reason to give");
   }
