@@ -230,8 +230,13 @@ Result<std::string> read_text_file(const std::string& path, std::uint64_t max_by
   const std::size_t head_n = static_cast<std::size_t>(std::min<std::uint64_t>(f->size(), 64 * 1024));
   std::vector<std::uint8_t> head(head_n);
   BATON_TRY_VOID(f->read(0, head.data(), head.size()));
-  if (std::find(head.begin(), head.end(), std::uint8_t{0}) != head.end())
-    return make_error("'" + path + "' is not a text file (it holds NUL bytes); expected a " + what);
+  // Text with a few damaged lines is still text (importers count and skip them); a file whose
+  // head is more than 5% NUL or other control bytes is binary (a sparse file, random bytes).
+  std::size_t binary = 0;
+  for (std::uint8_t c : head) binary += (c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f;
+  if (binary * 20 > head.size())
+    return make_error("'" + path + "' is not a text file (" + std::to_string(binary * 100 / head.size()) +
+                      "% of its first " + bytes_text(head.size()) + " are NUL or control bytes); expected a " + what);
   auto all = f->read_all();
   if (!all) return all.error();
   return std::string(all->begin(), all->end());

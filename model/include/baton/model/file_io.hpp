@@ -51,8 +51,8 @@ class InputFile {
 
 // Reads a whole regular file of at most `max_bytes`; `what` names the kind of file in errors.
 Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::uint64_t max_bytes, const char* what);
-// Reads a whole regular text file of at most `max_bytes`; a NUL byte in its first 64 KiB means
-// it is not text (checked before the rest is read).
+// Reads a whole regular text file of at most `max_bytes`; a file whose first 64 KiB are more than
+// 5% NUL or control bytes is not text (checked before the rest is read).
 Result<std::string> read_text_file(const std::string& path, std::uint64_t max_bytes, const char* what);
 
 // The one-line refusal for an existing output path.
