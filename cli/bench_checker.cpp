@@ -36,7 +36,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 // Prints a progress line on a terminal.
 void progress(const std::string& s) {
-  if (isatty(fileno(stderr)) != 0) std::fprintf(stderr, "%s\n", s.c_str());
+  if (show_progress()) std::fprintf(stderr, "%s\n", s.c_str());
 }
 
 // Times the Z3 path and the concrete diff on one pair of trees and returns the JSON case.

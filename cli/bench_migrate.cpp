@@ -57,7 +57,7 @@ json one(const std::string& guest, const std::string& mem, std::vector<std::stri
 }
 
 void run_bench_migrate(const BenchMigrateOptions& o) {
-  const bool tty = isatty(fileno(stderr)) != 0;
+  const bool tty = show_progress();
   json out;
   out["profile"] = "default";
   // 1. local-adopt downtime is flat in memory size.

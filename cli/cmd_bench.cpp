@@ -74,7 +74,7 @@ struct BenchModelOptions {
 void run_bench_model(const BenchModelOptions& o) {
   auto mem = parse_size(o.mem);
   if (!mem) return fail("--mem '" + o.mem + "' is not a size");
-  const bool tty = isatty(fileno(stderr)) != 0;
+  const bool tty = show_progress();
   if (tty) std::fprintf(stderr, "building a %s sample with 4 KiB leaves...\n", format_size(*mem).c_str());
   model::SampleOptions so;
   so.mem_bytes = *mem;
@@ -151,6 +151,10 @@ void register_bench(CLI::App& app) {
   register_bench_sim(*bench);
   register_bench_migrate(*bench);
   register_bench_kvm(*bench);
+  // Every bench prints JSON only; --json is accepted everywhere, as on every other command.
+  for (CLI::App* sc : bench->get_subcommands([](CLI::App*) { return true; }))
+    if (sc->get_option_no_throw("--json") == nullptr)
+      sc->add_flag("--json")->description("Print JSON (the only output format)");
 }
 
 }  // namespace baton::cli

@@ -42,7 +42,7 @@ struct CheckCliOptions {
 };
 
 // Returns whether stderr is a terminal (progress lines go there).
-bool tty() { return isatty(fileno(stderr)) != 0; }
+bool tty() { return show_progress(); }
 
 // Checks the output paths of a check before any work: --junit, --smt2-dir, --out.
 Result<void> check_outputs(const CheckCliOptions& o) {

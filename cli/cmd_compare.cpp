@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -127,23 +128,34 @@ void run_compare(const CompareCmd& o) {
     if (auto r = model::check_output_path(o.plot, o.force, "--plot"); !r) return fail(r.error().message);
   auto opt = make_migration_options(o.mig);
   if (!opt) return fail(opt.error().message);
-  const bool tty = isatty(fileno(stderr)) != 0;
+  const bool tty = show_progress();
   std::vector<Row> rows;
   const std::size_t n = mems.size() * methods.size();
+  // The ETA weighs each run by its memory size (rebuild and precopy grow with it) plus a fixed part.
+  auto weight = [](std::uint64_t bytes) { return 1.0 + static_cast<double>(bytes) / double(1ull << 30); };
+  double total_weight = 0, done_weight = 0;
+  for (const auto& mb : mems) total_weight += weight(mb.second) * static_cast<double>(methods.size());
+  const auto t0 = std::chrono::steady_clock::now();
   for (const auto& [mem, bytes] : mems) {
     SimOptions so = o.sim;
     so.mem = mem;
     auto setup = make_sim_setup(so);
     if (!setup) return fail(setup.error().message);
     for (sim::Method m : methods) {
-      if (tty)
-        std::fprintf(stderr, "[%zu/%zu] %s %s at %s ...\n", rows.size() + 1, n, o.sim.guest.c_str(), sim::to_string(m),
-                     mem.c_str());
+      if (tty) {
+        const double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::string eta = "";
+        if (done_weight > 0)
+          eta = ", ETA " + std::to_string(std::lround(spent / done_weight * (total_weight - done_weight))) + " s";
+        std::fprintf(stderr, "[%zu/%zu] %s %s at %s (%.0f s elapsed%s) ...\n", rows.size() + 1, n, o.sim.guest.c_str(),
+                     sim::to_string(m), mem.c_str(), spent, eta.c_str());
+      }
       sim::MigrationOptions mo = *opt;
       mo.method = m;
       auto r = sim::migrate(setup->image, setup->cfg, mo);
       if (!r) return fail(std::string(sim::to_string(m)) + " at " + mem + ": " + r.error().message);
       rows.push_back(Row{mem, bytes, std::move(*r)});
+      done_weight += weight(bytes);
     }
   }
   bool all_ok = true;

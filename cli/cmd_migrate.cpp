@@ -114,7 +114,7 @@ void run_migrate(const MigrateCmd& o) {
   setup->cfg.trace_path = o.trace;
   setup->cfg.trace_overwrite = o.force;
   setup->cfg.trace_params["method"] = o.method;
-  const bool tty = isatty(fileno(stderr)) != 0 && !o.json_out;
+  const bool tty = show_progress() && !o.json_out;
   if (tty) opt->progress = [](const std::string& s) { std::fprintf(stderr, "  .. %s\n", s.c_str()); };
   auto r = sim::migrate(setup->image, setup->cfg, *opt, nb);
   if (!r) return fail(r.error().message);

@@ -134,7 +134,8 @@ void run_guest(const RunOptions& o) {
   if (!m) return fail(m.error().message);
   if (auto r = (*m)->load(*image); !r) return fail(r.error().message);
 
-  const bool tty = isatty(fileno(stderr)) != 0;
+  const bool tty = show_progress(), redraw = stderr_is_tty();
+  double next_line = 0;
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   sim::RunEvent ev;
@@ -151,9 +152,16 @@ void run_guest(const RunOptions& o) {
       break;
     }
     if (tty && elapsed() > 2.0) {
-      std::fprintf(stderr, "\r%s: %.0fM instructions, stage %u, %.1f s", o.guest.c_str(), (*m)->instructions() / 1e6,
-                   ev.stage, elapsed());
-      shown = true;
+      // On a terminal one line is redrawn; in a log (--progress) a line every 5 s.
+      if (redraw) {
+        std::fprintf(stderr, "\r%s: %.0fM instructions, stage %u, %.1f s", o.guest.c_str(), (*m)->instructions() / 1e6,
+                     ev.stage, elapsed());
+        shown = true;
+      } else if (elapsed() >= next_line) {
+        std::fprintf(stderr, "%s: %.0fM instructions, stage %u, %.1f s\n", o.guest.c_str(), (*m)->instructions() / 1e6,
+                     ev.stage, elapsed());
+        next_line = elapsed() + 5.0;
+      }
     }
   }
   if (shown) std::fprintf(stderr, "\n");
@@ -236,16 +244,19 @@ void register_run(CLI::App& app) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* c = app.add_subcommand("run", "Run a built-in guest on the simulator (or /dev/kvm) and report exits, EPT and cycles");
   c->add_option("guest", o->guest, "Built-in guest (see `baton guests list`)")->required();
-  c->add_option("--param", o->params, "Guest parameter key=value (repeatable)");
+  c->add_option("--param,-p", o->params, "Guest parameter key=value (repeatable)");
   c->add_option("--mem", o->mem, "Guest memory size")->capture_default_str();
   c->add_option("--pages", o->pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
   c->add_option("--profile", o->profile, "Cost profile (JSON, see docs/cost-model.md)");
   c->add_option("--trace", o->trace, "Write a trace (format v1) to this file");
   c->add_flag("--force", o->force, "Replace an existing --trace file");
-  c->add_option("--budget", o->budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
+  c->add_option("--budget", o->budget,
+                "Instruction budget; a guest still running then is a hang (larger than migrate's, which runs the "
+                "guest up to three times)")
+      ->capture_default_str();
   c->add_option("--backend", o->backend, "Backend: sim, or kvm (needs /dev/kvm; --budget counts exits there)")
       ->capture_default_str();
-  c->add_option("--dirty", o->dirty, "Dirty tracking: off, wp, pml")->capture_default_str();
+  c->add_option("--dirty", o->dirty, "Dirty tracking: off (a plain run needs none), wp, pml")->capture_default_str();
   c->add_flag("--no-ad", o->no_ad, "Disable EPT accessed/dirty flags");
   c->add_flag("--json", o->json_out, "Print JSON");
   c->callback([o] { run_guest(*o); });

@@ -18,7 +18,7 @@ namespace {
 using nlohmann::json;
 
 struct SnapshotOptions {
-  std::string out, in, mem = "256M", pages = "4k", eptp, pages_file, memslots_file, owners_file, gpa;
+  std::string out, in, mem = "128M", pages = "4k", eptp, pages_file, memslots_file, owners_file, gpa;
   std::uint64_t seed = 1;
   double touched = 1.0;
   unsigned level = 1, bit = 0;
@@ -164,7 +164,7 @@ void register_snapshot(CLI::App& app) {
 
   CLI::App* m = snap->add_subcommand("make-sample", "Write a realistic sample snapshot (PC layout, KVM-style EPT)");
   m->add_option("out", o->out, "Output snapshot file")->required();
-  m->add_option("--mem", o->mem, "Guest RAM size (e.g. 256M, 4G, 64G)")->capture_default_str();
+  m->add_option("--mem", o->mem, "Guest RAM size (e.g. 256M, 4G, 64G; the default is run's)")->capture_default_str();
   m->add_option("--pages", o->pages, "Leaf size: 4k, 2m or 1g")->capture_default_str();
   m->add_option("--seed", o->seed, "Seed for A/D noise, table placement and the touched subset")->capture_default_str();
   m->add_option("--touched", o->touched, "Fraction of RAM pages mapped, 0..1")->capture_default_str();

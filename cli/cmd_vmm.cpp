@@ -18,7 +18,8 @@ namespace {
 struct WorkerCliOptions {
   std::string socket;
   int fd = -1;
-  int timeout_ms = 60'000;
+  double timeout_s = 60;
+  int timeout_ms = -1;  // the old spelling, still accepted (hidden)
 };
 
 // Connects to a UNIX stream socket; errors name the path.
@@ -45,7 +46,8 @@ void run_worker(const WorkerCliOptions& o) {
     sock = owned.get();
   }
   hw::WorkerOptions wo;
-  wo.timeout_ms = o.timeout_ms;
+  if (!(o.timeout_s > 0) || o.timeout_s > 86400) return fail("--timeout must be within 0..86400 seconds");
+  wo.timeout_ms = o.timeout_ms >= 0 ? o.timeout_ms : static_cast<int>(o.timeout_s * 1000);
   wo.device = hw::kvm_device();
   if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
   auto r = hw::serve_worker(sock, wo);
@@ -63,7 +65,9 @@ void register_vmm_worker(CLI::App& app) {
       "vmm-worker", "The receiving VMM of a local migration: adopts the guest memfd and vCPU state over a UNIX socket");
   c->add_option("--socket", o->socket, "Connect to the source VMM at this UNIX socket path");
   c->add_option("--fd", o->fd, "Use this inherited, connected socket fd instead");
-  c->add_option("--timeout-ms", o->timeout_ms, "Milliseconds to wait for each message")->capture_default_str();
+  c->add_option("--timeout", o->timeout_s, "Seconds to wait for each message (as every baton --timeout)")
+      ->capture_default_str();
+  c->add_option("--timeout-ms", o->timeout_ms, "")->group("");  // the old spelling in milliseconds
   c->callback([o] { run_worker(*o); });
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace baton::cli {
 
@@ -35,6 +36,17 @@ void register_bench_kvm(CLI::App& bench);
 void register_vmm_worker(CLI::App& app);
 // `baton explore` (cli/cmd_explore*.cpp): the interactive REPL and --script.
 void register_explore(CLI::App& app);
+
+// The text of `baton --version`: version, git commit and build type (cli/version.cpp).
+std::string version_text();
+
+// Whether long commands report progress on stderr: on a terminal by default, always with
+// --progress (plain lines, for logs and CI), never with --quiet.
+bool show_progress();
+// Whether stderr is a terminal (progress may then redraw one line in place).
+bool stderr_is_tty();
+// Adds --progress and --quiet to an app and, recursively, to all its subcommands.
+void add_progress_flags(CLI::App& app);
 
 // The exit code chosen by whichever subcommand ran.
 int& exit_code();

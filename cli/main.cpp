@@ -1,4 +1,6 @@
 // baton: simulate and model-check local VM migration.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -14,6 +16,24 @@ namespace baton::cli {
 int& exit_code() {
   static int code = kExitOk;
   return code;
+}
+
+namespace {
+// 0 = on a terminal only, 1 = always (--progress), -1 = never (--quiet).
+int g_progress = 0;
+}  // namespace
+
+bool stderr_is_tty() { return isatty(fileno(stderr)) != 0; }
+
+bool show_progress() { return g_progress > 0 || (g_progress == 0 && stderr_is_tty()); }
+
+void add_progress_flags(CLI::App& app) {
+  auto* p = app.add_flag_callback(
+      "--progress", [] { g_progress = 1; }, "Report progress on stderr even when it is not a terminal (plain lines)");
+  auto* q = app.add_flag_callback(
+      "--quiet", [] { g_progress = -1; }, "Never report progress");
+  p->excludes(q);
+  for (CLI::App* sc : app.get_subcommands([](CLI::App*) { return true; })) add_progress_flags(*sc);
 }
 
 void fail(const std::string& message) {
@@ -97,7 +117,7 @@ int main(int argc, char** argv) {
   // SIGINT/SIGTERM remove temporary output files before the process ends.
   baton::model::install_output_cleanup();
   CLI::App app{"baton: simulate and model-check local VM migration (EPT handover, vCPU state, faults)"};
-  app.set_version_flag("--version", std::string("baton ") + BATON_VERSION);
+  app.set_version_flag("--version", baton::cli::version_text());
   app.require_subcommand(1);
   app.fallthrough(false);
   baton::cli::register_ept(app);
@@ -111,6 +131,7 @@ int main(int argc, char** argv) {
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);
   baton::cli::register_explore(app);
+  baton::cli::add_progress_flags(app);
   if (const std::string bad = baton::cli::unknown_command(app, argc, argv); !bad.empty()) {
     baton::cli::fail(bad);
     return baton::cli::kExitError;

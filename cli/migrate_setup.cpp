@@ -5,7 +5,7 @@ namespace baton::cli {
 
 void add_sim_options(CLI::App& c, SimOptions& o) {
   c.add_option("guest", o.guest, "Built-in guest (see `baton guests list`)")->required();
-  c.add_option("--param", o.params, "Guest parameter key=value (repeatable)");
+  c.add_option("--param,-p", o.params, "Guest parameter key=value (repeatable)");
   c.add_option("--mem", o.mem, "Guest memory size")->capture_default_str();
   c.add_option("--pages", o.pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
   c.add_option("--profile", o.profile, "Cost profile (JSON, see docs/cost-model.md)");
@@ -21,7 +21,8 @@ void add_migrate_options(CLI::App& c, MigrateOptions& o) {
       ->capture_default_str();
   c.add_option("--policy", o.policy, "When the checker refutes: reject, fallback (rebuild) or accept")
       ->capture_default_str();
-  c.add_option("--dirty", o.dirty, "Precopy dirty tracking: pml or wp")->capture_default_str();
+  c.add_option("--dirty", o.dirty, "Precopy dirty tracking: pml or wp (precopy needs one, so not off as in run)")
+      ->capture_default_str();
   c.add_option("--max-rounds", o.max_rounds, "Precopy rounds before stop-and-copy")->capture_default_str();
   c.add_option("--converge-pages", o.converge_pages, "Precopy stops early once a round leaves this few dirty pages")
       ->capture_default_str();
@@ -30,7 +31,9 @@ void add_migrate_options(CLI::App& c, MigrateOptions& o) {
   c.add_flag("--no-reference", o.no_reference, "Skip the unmigrated reference run (no slowdown figure)");
   c.add_flag("--no-verify", o.no_verify, "Do not run the checker on the handover");
   c.add_option("--neighbour", o.neighbour, "Run this built-in guest as a co-located VM and report the interference");
-  c.add_option("--budget", o.budget, "Instruction budget; a guest still running then is a hang")->capture_default_str();
+  c.add_option("--budget", o.budget,
+               "Instruction budget of each run (source, destination, reference); a guest still running then is a hang")
+      ->capture_default_str();
   c.add_option("--timeout", o.timeout, "Seconds per checker property")->capture_default_str();
 }
 
