@@ -1,5 +1,5 @@
 # baton: the two commands a newcomer needs.
-#   make demo   installs what is missing, builds, and runs the main job
+#   make demo   installs what is missing, builds baton, and runs the main job (set-up log in build/)
 #   make test   installs what is missing, builds, and runs the whole suite
 # Other targets: build, deps, sanitize (ASan+UBSan suite), fuzz (libFuzzer with clang),
 # mutants (plants the one-line bugs of scripts/mutants.txt and checks the tests catch each), clean.
@@ -24,7 +24,15 @@ build: configure
 test: build
 	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-demo: build
+# The demo builds the baton executable only (not the tests, benchmarks or fuzzers) and keeps the
+# set-up quiet: packages, configure and build go to a log, shown only when a step fails.
+DEMO_LOG = $(BUILD)/demo-setup.log
+demo:
+	@mkdir -p $(BUILD)
+	@echo "demo: setting up (Debian packages, configure, build baton); log: $(DEMO_LOG)"
+	@{ ./scripts/install-deps.sh && cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS) && \
+	   cmake --build $(BUILD) -j $(JOBS) --target baton; } >$(DEMO_LOG) 2>&1 || \
+	 { echo "demo: set-up failed; the end of $(DEMO_LOG):"; tail -n 25 $(DEMO_LOG); exit 1; }
 	@./scripts/demo.sh $(BUILD)/cli/baton $(BUILD)/demo
 
 sanitize: deps

@@ -9,7 +9,9 @@ mkdir -p "$out"
 work="$(mktemp -d -t baton-demo-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold step titles on a terminal only, and never when NO_COLOR is set (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 # Runs a command that must exit with a given code.
 expect() {
   local want=$1
@@ -27,6 +29,31 @@ expect() {
 # memtouch keeps dirtying an 8 MiB working set for 3000 passes, long enough to run through
 # pre-copy rounds at every size.
 guest=(memtouch --param size=8M --param passes=3000)
+
+cat <<'LEGEND'
+baton demo: a running guest is handed from one modelled hypervisor instance to a fresh one on
+the same host, by every method; the Z3 checker proves each handover. Times are simulated.
+
+Methods
+  local-adopt    the new instance points its EPTP at the old EPT tree as it is
+  local-rebuild  the new instance builds a fresh tree from the memslots before it resumes
+  local-lazy     the new instance starts with an empty tree; EPT violations refill it
+  precopy        memory is copied to new frames in dirty-tracking rounds, then stop-and-copy
+Columns
+  downtime-us    how long the vCPU is paused (simulated microseconds)
+  total-us       from the start of the migration until the new instance runs alone
+  copied         guest memory copied (local methods reuse the frames: 0 B)
+  refaults       EPT violations the new instance takes to refill its tree
+  slowdown-cyc   extra cycles over the next 2M guest instructions against an unmigrated run
+                 (n/a: not measured, e.g. the handover was rejected)
+  verdict        proven: every check of the method holds. The vCPU state is preserved with a
+                 continuous TSC, and the new EPT translates every guest-physical address as
+                 the old tree did (local-adopt, which is also checked to stay in the VM's own
+                 memslots and frames), as the memslots prescribe (local-rebuild), as before
+                 or not yet (local-lazy), or as before onto copied frames of equal content
+                 (precopy). refuted: a check failed, with a counterexample.
+  checksum       the guest's result against an unmigrated run
+LEGEND
 
 step "Local migration of a running guest: every method, from 64 MiB to 16 GiB (simulated time)"
 expect 0 "$baton" compare "${guest[@]}" --mem 64M,256M,1G,4G,16G --plot "$out/compare.svg" --force
