@@ -60,6 +60,7 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
     kc.guest_name = guest;
     sim::MigrationOptions o;
     o.method = m;
+    o.max_rounds = 3;  // round 1 (all of memory) and two dirty rounds, then stop-and-copy
     auto r = sim::migrate_kvm(*image, kc, o);
     if (!r) return json{{"error", r.error().message}};
     all_ok = all_ok && r->switched && r->checksum_ok() && r->verdict == checker::Verdict::kProven;
@@ -145,7 +146,8 @@ void run_bench_kvm(const BenchKvmOptions& o) {
   // 2. precopy against local-lazy at 1 GiB on memtouch with a 256 MiB working set that keeps
   //    dirtying pages through the rounds.
   if (!o.quick) {
-    const std::vector<std::string> p = {"size=256M", "passes=60", "write_pct=100"};
+    // Enough passes that the guest outlives the rounds (1 GiB crosses the socket in seconds).
+    const std::vector<std::string> p = {"size=256M", "passes=2000", "write_pct=100"};
     double lazy = 0, pre = 0;
     json a = migrations("memtouch", o.precopy_mem, p, sim::Method::kLazy, o.reps, &lazy, tty);
     json b = migrations("memtouch", o.precopy_mem, p, sim::Method::kPrecopy, o.reps, &pre, tty);
