@@ -105,17 +105,19 @@ TEST_CASE("right after load the VMCS holds the boot state of docs/guest-abi.md a
     CHECK(v.get(0x6808) == 0u);
     for (const std::uint32_t sel : {0x0800u, 0x0804u, 0x0806u, 0x0808u, 0x080Au}) CHECK(v.get(sel) == (ring == 3 ? 0x1Bu : 0x10u));
     for (const std::uint32_t ar : {0x4814u, 0x4818u, 0x481Au, 0x481Cu, 0x481Eu}) CHECK(v.get(ar) == (0xC093u | dpl));
-    // TR: selector 0x28, a busy 64-bit TSS at 0x2080 of limit 0x67; LDTR: type 2, unusable.
+    // TR: selector 0x28, a busy 64-bit TSS at 0x2080 of limit 0x10C (104 bytes, then the I/O
+    // permission bitmap up to port 0x51F: 0x520 / 8 = 0xA4 bytes); LDTR: type 2, unusable.
     CHECK(v.get(0x080E) == 0x28u);
     CHECK(v.get(0x4822) == 0x8Bu);
     CHECK(v.get(0x6814) == 0x2080u);
-    CHECK(v.get(0x480E) == 0x67u);
+    CHECK(v.get(0x480E) == 0x10Cu);
     CHECK(v.get(0x4820) == 0x10002u);
-    // GDTR 0x2000/0x37, IDTR 0/0, CR0, CR4, EFER, DR7, RFLAGS and RSP of the boot ABI.
+    // GDTR 0x2000/0x37, IDTR 0x3000/0x1FF (32 gates of 16 bytes), CR0, CR4, EFER, DR7, RFLAGS
+    // and RSP of the boot ABI.
     CHECK(v.get(0x6816) == 0x2000u);
     CHECK(v.get(0x4810) == 0x37u);
-    CHECK(v.get(0x6818) == 0u);
-    CHECK(v.get(0x4812) == 0u);
+    CHECK(v.get(0x6818) == 0x3000u);
+    CHECK(v.get(0x4812) == 0x1FFu);
     CHECK(v.get(0x6800) == 0x80050033u);
     CHECK(v.get(0x6804) == 0x620u);
     // EFER: LME and LMA (0x500). The ABI's NXE (bit 11) is not asserted: Unicorn 2.0.1 drops
