@@ -59,7 +59,7 @@ TEST_CASE("migrate --capture: local-lazy is proven no-copy from the capture of b
 TEST_CASE("migrate --capture: precopy is refuted no-copy at a copied gfn", "[kvm][capture]") {
   ScratchDir d;
   const std::string cap = d / "p.txt";
-  auto r = run_baton(d, "migrate memtouch --mem 64M --param size=16M --param passes=4000 --max-rounds 3 --backend kvm "
+  auto r = run_baton(d, "migrate memtouch --mem 64M --param size=16M --param passes=8000 --max-rounds 3 --backend kvm "
                         "--method precopy --capture " + cap + " --json");
   INFO(r.out << r.err);
   CHECK(r.code == 1);

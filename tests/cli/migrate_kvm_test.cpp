@@ -73,7 +73,7 @@ TEST_CASE("migrate --backend kvm: local-lazy hands the memfd to a second process
 TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the guest runs, and is proven",
           "[kvm][migrate][precopy]") {
   ScratchDir d;
-  auto r = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M --param size=16M --param passes=4000 --max-rounds 3 --json");
+  auto r = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M --param size=16M --param passes=8000 --max-rounds 3 --json");
   const json j = parsed(r);
   CHECK(r.code == 0);
   CHECK(j.at("outcome") == "ok");
@@ -127,7 +127,7 @@ TEST_CASE("migrate --backend kvm: a worker killed after the resume owns the gues
   for (const char* m : {"local-lazy", "precopy"}) {
     CAPTURE(m);
     // Long enough a guest that a precopy's rounds end before it does.
-    auto r = run_baton(d, std::string("migrate memtouch --mem 64M --param size=16M --param passes=4000 --max-rounds 3 --backend kvm "
+    auto r = run_baton(d, std::string("migrate memtouch --mem 64M --param size=16M --param passes=8000 --max-rounds 3 --backend kvm "
                                       "--json --method ") + m,
                        "BATON_WORKER_DIE_AT=resumed");
     const json j = parsed(r);
