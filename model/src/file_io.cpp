@@ -46,9 +46,10 @@ std::string bytes_text(std::uint64_t n) {
 
 // ---- temporary files removed on SIGINT/SIGTERM ----
 
-// Temporary output paths in progress, readable from a signal handler.
+// Temporary output paths in progress, readable from a signal handler. A slot is free (0),
+// being filled (1) or ready (2); the handler reads only ready slots.
 struct TempSlot {
-  std::atomic<bool> used{false};
+  std::atomic<int> state{0};
   char path[4096] = {};
 };
 std::array<TempSlot, 32> g_temps;
@@ -60,24 +61,24 @@ int remember_temp(const std::string& p) {
   if (p.size() >= sizeof(TempSlot::path)) return -1;
   for (std::size_t i = 0; i < g_temps.size(); ++i) {
     TempSlot& s = g_temps[i];
-    bool expected = false;
-    if (s.used.load(std::memory_order_acquire)) continue;
-    // Claim the slot: write the path first, then publish it.
+    int expected = 0;
+    if (!s.state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) continue;
     std::memcpy(s.path, p.c_str(), p.size() + 1);
-    if (s.used.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return static_cast<int>(i);
+    s.state.store(2, std::memory_order_release);
+    return static_cast<int>(i);
   }
   return -1;
 }
 
 // Forgets a temporary path.
 void forget_temp(int slot) {
-  if (slot >= 0) g_temps[static_cast<std::size_t>(slot)].used.store(false, std::memory_order_release);
+  if (slot >= 0) g_temps[static_cast<std::size_t>(slot)].state.store(0, std::memory_order_release);
 }
 
 // Removes every remembered temporary file, then ends the process as the signal would have.
 extern "C" void on_fatal_signal(int sig) {
   for (TempSlot& s : g_temps)
-    if (s.used.load(std::memory_order_acquire)) ::unlink(s.path);
+    if (s.state.load(std::memory_order_acquire) == 2) ::unlink(s.path);
   ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
