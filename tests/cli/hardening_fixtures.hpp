@@ -36,8 +36,14 @@ struct TimedResult : CliResult {
 inline TimedResult run_limited(const ScratchDir& dir, const std::string& args, int timeout_s = 60, int mem_mib = 3072,
                                const std::string& shell_prefix = "") {
   const std::string out = dir / "stdout.txt", err = dir / "stderr.txt";
-  const std::string cmd = shell_prefix + "ulimit -v " + std::to_string(mem_mib * 1024) + "; timeout -s KILL " +
-                          std::to_string(timeout_s) + " " + baton_exe() + " " + args + " >" + out + " 2>" + err;
+#ifdef BATON_SANITIZED
+  (void)mem_mib;  // AddressSanitizer reserves terabytes of shadow address space: no -v limit
+  const std::string limit = "";
+#else
+  const std::string limit = "ulimit -v " + std::to_string(mem_mib * 1024) + "; ";
+#endif
+  const std::string cmd = shell_prefix + limit + "timeout -s KILL " + std::to_string(timeout_s) + " " + baton_exe() +
+                          " " + args + " >" + out + " 2>" + err;
   const auto t0 = std::chrono::steady_clock::now();
   const int st = std::system(cmd.c_str());
   TimedResult r;
