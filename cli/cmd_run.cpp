@@ -202,6 +202,10 @@ void run_guest(const RunOptions& o) {
   j["unicorn_regions"] = st.regions;
   j["blocks_decoded"] = st.blocks_decoded;
   j["rdtsc_fixed"] = st.rdtsc_fixed;
+  j["executor"] = {{"block_executions", st.block_execs}, {"hookless_executions", st.hookless_execs},
+                   {"promotions", st.promotions}, {"hookless_lost", st.hookless_lost},
+                   {"read_hooks", st.read_hooks}, {"write_hooks", st.write_hooks},
+                   {"store_mismatches", st.store_mismatches}};
   j["wall_s"] = wall;
   j["mips"] = mips;
   if (o.json_out) {

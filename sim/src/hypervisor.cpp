@@ -369,7 +369,7 @@ model::HandoverSnapshot Hypervisor::snapshot(const model::VcpuState& v) const {
   s.memslots = slots_;
   s.mmio = mmio_;
   s.vcpus = {v};
-  s.vmcs = vmcs_;
+  s.vmcs = vmcs();  // brings lazily kept fields (exit information) up to date first
   model::sync_vmcs_guest_state(v, s.vmcs);
   s.eptp = eptp();
   model::collect_tables(s.eptp, host_, cfg_.ept, s.tables);

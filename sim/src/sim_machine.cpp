@@ -5,7 +5,9 @@
 #include <unicorn/unicorn.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "baton/guests/abi.hpp"
@@ -81,6 +83,8 @@ bool vmx_exit_reason(const std::string& m, ExitReason* r) {
 
 }  // namespace
 
+static_assert(static_cast<unsigned>(ExitReason::kPmlFull) < 64, "Impl::exits is indexed by the basic exit reason");
+
 struct SimMachine::Impl final : VcpuExits {
   SimConfig cfg;
   std::shared_ptr<HostMemory> host;
@@ -92,7 +96,14 @@ struct SimMachine::Impl final : VcpuExits {
   std::uint64_t input_seed = 0;
   std::optional<RunEvent> pending;
   RunLimits limits;
-  std::map<ExitReason, std::uint64_t> exits;
+  std::array<std::uint64_t, 64> exits{};  // by basic exit reason (all below 64)
+  // The last exit's information fields, not yet written into the VMCS (see take_exit).
+  struct ExitInfo {
+    ExitReason reason;
+    std::uint64_t qual, gpa;
+  };
+  std::optional<ExitInfo> exit_info;
+  std::uint64_t tsc_offset = 0;  // the VMCS TSC offset, read when a run starts (nothing changes it while the guest runs)
   CostAccount charged;              // everything but guest instructions and TLB walks
   std::uint64_t host_tsc_start = 0;  // host TSC when this instance started
   std::uint64_t host_synced = 0;     // local cycles already added to the host TSC
@@ -121,9 +132,7 @@ struct SimMachine::Impl final : VcpuExits {
     if (now > host_synced) host->advance_tsc(now - host_synced);
     host_synced = now;
   }
-  std::uint64_t guest_tsc(std::uint64_t insns) override {
-    return host_tsc(insns) + hv->vmcs_unsynced().get_or_zero(model::vmcs::kTscOffset);
-  }
+  std::uint64_t guest_tsc(std::uint64_t insns) override { return host_tsc(insns) + tsc_offset; }
 
   // Returns the handler cost of an exit reason.
   std::uint64_t handler_cost(ExitReason r) const {
@@ -144,34 +153,45 @@ struct SimMachine::Impl final : VcpuExits {
     }
   }
 
-  // Records one VM exit: counts, charges, writes the VMCS exit-information fields, traces.
+  // Records one VM exit: counts, charges, notes the exit-information fields, traces.
   //
-  // The guest-state area is not written here: a full sync (UnicornVcpu::get_state and ~50
-  // Vmcs::set) cost ~14,700 host instructions per exit against ~1,700 for the whole exit,
-  // doubling the host cost of `baton run io`. The exit marks it stale instead and
-  // Hypervisor::vmcs() syncs it from the vCPU at the first read, so every reader (tests,
-  // snapshot, the migration engine) sees the guest state of the last exit or stop. Nothing in
-  // the sim reads the guest-state area while the vCPU runs (vmcs_unsynced() is for the exit
-  // and control fields only).
+  // Neither the guest-state area nor the exit-information fields are written here: a full
+  // sync (UnicornVcpu::get_state and ~50 Vmcs::set) cost ~14,700 host instructions per exit
+  // against ~1,700 for the whole exit, and the three exit fields alone ~600 of ~1,700 (a
+  // catalog search and a map insert each, callgrind on the io guest). The exit marks the VMCS
+  // stale instead, and Hypervisor::vmcs() brings both up to date at the first read (the guest
+  // state of the last exit or stop, the fields of the last exit), so every reader (tests,
+  // snapshot, the migration engine) sees them. Nothing in the sim reads either while the vCPU
+  // runs (vmcs_unsynced() is for control fields).
   void take_exit(ExitReason r, std::uint64_t qual, std::uint64_t gpa) {
-    ++exits[r];
+    ++exits[static_cast<std::size_t>(r) & 63];
     charged.charge(CostCategory::kExitRoundTrip, static_cast<double>(cfg.profile.exit_round_trip));
     charged.charge(CostCategory::kExitHandler, static_cast<double>(handler_cost(r)));
-    model::Vmcs& v = hv->vmcs_unsynced();
-    v.set(model::vmcs::kExitReason, static_cast<std::uint64_t>(r));
-    v.set(model::vmcs::kExitQualification, qual);
-    v.set(model::vmcs::kGuestPhysicalAddress, gpa);
+    exit_info = ExitInfo{r, qual, gpa};
     hv->mark_guest_state_stale();
 #ifdef BATON_SIM_HAVE_TRACES
     if (trace)
       trace->write(traces::exit_event(hv->config().vm_id, host_tsc(vcpu->instructions()), vcpu->instructions(),
-                                      static_cast<std::uint32_t>(r), qual, gpa, vcpu->reg(UC_X86_REG_RIP)));
+                                      static_cast<std::uint32_t>(r), qual, gpa, vcpu->exit_rip()));
 #endif
+  }
+
+  // Writes the noted exit-information fields into the VMCS.
+  void flush_exit_info() {
+    if (!exit_info) return;
+    model::Vmcs& v = hv->vmcs_unsynced();
+    v.set(model::vmcs::kExitReason, static_cast<std::uint64_t>(exit_info->reason));
+    v.set(model::vmcs::kExitQualification, exit_info->qual);
+    v.set(model::vmcs::kGuestPhysicalAddress, exit_info->gpa);
+    exit_info.reset();
   }
 
   // Makes the hypervisor's VMCS guest-state area follow this vCPU (see take_exit).
   void attach_guest_state() {
-    hv->set_guest_state_source([this] { return vcpu ? vcpu->get_state(base) : base; });
+    hv->set_guest_state_source([this] {
+      flush_exit_info();
+      return vcpu ? vcpu->get_state(base) : base;
+    });
   }
 
   // Recomputes the executor's flags for the leaf that maps `gpa`; returns the pages covered.
@@ -391,6 +411,7 @@ struct SimMachine::Impl final : VcpuExits {
     for (const model::GpaRange& r : hv->mmio()) BATON_TRY_VOID(vcpu->map_mmio(r.gpa.value, r.size));
     vcpu->set_tlb(cfg.profile.tlb_enabled, cfg.profile.tlb_entries_4k, cfg.profile.tlb_entries_2m, cfg.profile.tlb_entries_1g);
     vcpu->set_record_writes(cfg.record_writes);
+    vcpu->set_hookless(cfg.hookless);
     default_device();
     return ok_result();
   }
@@ -570,6 +591,7 @@ RunEvent SimMachine::run(const RunLimits& limits) {
   // The guest runs from here: whatever stops it (an exit, or an instruction limit or budget
   // with no exit), the next reader of the VMCS gets the guest state at that stop.
   m.hv->mark_guest_state_stale();
+  m.tsc_offset = m.hv->vmcs_unsynced().get_or_zero(model::vmcs::kTscOffset);
   std::uint64_t limit = ~std::uint64_t{0};
   if (limits.budget) limit = std::min(limit, limits.budget);
   if (limits.until_insn) limit = std::min(limit, limits.until_insn);
@@ -769,7 +791,8 @@ SimStats SimMachine::stats() const {
   s.instructions = instructions();
   s.cost = m.charged;
   s.cost.charge(CostCategory::kGuest, static_cast<double>(s.instructions - m.insn_base) * m.cfg.profile.base_cpi);
-  s.exits = m.exits;
+  for (std::size_t r = 0; r < m.exits.size(); ++r)
+    if (m.exits[r] != 0) s.exits[static_cast<ExitReason>(r)] = m.exits[r];
   s.ept = m.hv->stats();
   s.frequency_ghz = m.cfg.profile.frequency_ghz;
   s.deviating_pages = m.deviating.size();
@@ -781,6 +804,13 @@ SimStats SimMachine::stats() const {
     s.blocks_decoded = m.vcpu->blocks_decoded();
     s.rdtsc_fixed = m.vcpu->rdtsc_fixed();
     s.hook_toggles = m.vcpu->hook_toggles();
+    s.block_execs = m.vcpu->block_execs();
+    s.hookless_execs = m.vcpu->hookless_execs();
+    s.promotions = m.vcpu->promotions();
+    s.hookless_lost = m.vcpu->fast_lost();
+    s.read_hooks = m.vcpu->read_hooks();
+    s.write_hooks = m.vcpu->write_hooks();
+    s.store_mismatches = m.vcpu->store_mismatches();
   }
   return s;
 }

@@ -14,32 +14,58 @@ namespace {
 
 constexpr std::size_t kBlockCacheSize = std::size_t{1} << 16;
 static_assert(kBlockCacheSize == (std::size_t{1} << 16), "block_index() masks with 16 bits");
-// Executions of a load-only block (translated with the memory hooks) before it is retranslated
-// without them.
+// Executions of a block (translated with the memory hooks) before it is retranslated without
+// them; its stores and loads are checked against the decoded ones meanwhile.
 constexpr std::uint32_t kPromoteAfter = 8;
 
-// Returns whether an instruction may write memory. Conservative: any memory operand that is
-// the destination (operand 0) or that capstone marks as written, and every instruction that
-// stores implicitly (stack, exchange, masked stores), count as writes.
-bool may_store(const cs_insn& insn) {
+// What the memory hooks see of one instruction: whether it may load, and how many stores it
+// makes per execution (-1: unknown or more than one, as for ENTER, PUSHA, far calls, interrupts,
+// masked stores and stores wider than 8 bytes, which Unicorn splits or makes in a helper).
+struct InsnMemory {
+  bool load = false;
+  int stores = 0;
+};
+
+// Classifies an instruction from capstone's operand access flags (see InsnMemory).
+InsnMemory classify(const cs_insn& insn) {
+  InsnMemory m;
+  const cs_x86* x = insn.detail != nullptr ? &insn.detail->x86 : nullptr;
+  bool mem_operand = false;
+  if (x != nullptr)
+    for (std::uint8_t i = 0; i < x->op_count; ++i) mem_operand = mem_operand || x->operands[i].type == X86_OP_MEM;
   switch (insn.id) {
-    case X86_INS_NOP: return false;  // multi-byte NOPs name a memory operand but do not access it
-    case X86_INS_PUSH: case X86_INS_PUSHF: case X86_INS_PUSHFD: case X86_INS_PUSHFQ: case X86_INS_PUSHAW:
-    case X86_INS_PUSHAL: case X86_INS_CALL: case X86_INS_LCALL: case X86_INS_ENTER: case X86_INS_XCHG:
-    case X86_INS_XADD: case X86_INS_CMPXCHG: case X86_INS_CMPXCHG8B: case X86_INS_CMPXCHG16B:
-    case X86_INS_MASKMOVQ: case X86_INS_MASKMOVDQU: case X86_INS_VMASKMOVDQU: case X86_INS_INT:
-    case X86_INS_INT1: case X86_INS_INT3: case X86_INS_INTO: case X86_INS_SYSCALL: case X86_INS_SYSENTER:
-      return true;
+    case X86_INS_NOP: return m;
+    case X86_INS_PUSH: case X86_INS_PUSHF: case X86_INS_PUSHFD: case X86_INS_PUSHFQ: case X86_INS_CALL:
+      m.load = mem_operand;  // push [m] and call [m] load first
+      m.stores = 1;
+      return m;
+    case X86_INS_POP: case X86_INS_POPF: case X86_INS_POPFD: case X86_INS_POPFQ: case X86_INS_RET:
+    case X86_INS_LEAVE:
+      m.load = true;
+      m.stores = insn.id == X86_INS_POP && mem_operand ? 1 : 0;  // pop [m] stores after its load
+      return m;
+    case X86_INS_PUSHAW: case X86_INS_PUSHAL: case X86_INS_LCALL: case X86_INS_ENTER: case X86_INS_MASKMOVQ:
+    case X86_INS_MASKMOVDQU: case X86_INS_VMASKMOVDQU: case X86_INS_INT: case X86_INS_INT1: case X86_INS_INT3:
+    case X86_INS_INTO: case X86_INS_SYSCALL: case X86_INS_SYSENTER: case X86_INS_CMPXCHG16B: case X86_INS_FXSAVE:
+    case X86_INS_FXSAVE64: case X86_INS_XSAVE: case X86_INS_XSAVE64: case X86_INS_XSAVEOPT: case X86_INS_FNSAVE:
+    case X86_INS_FNSTENV: case X86_INS_SGDT: case X86_INS_SIDT: case X86_INS_IRET: case X86_INS_IRETD:
+    case X86_INS_IRETQ: case X86_INS_RETF: case X86_INS_RETFQ:
+      m.load = true;
+      m.stores = -1;
+      return m;
     default: break;
   }
-  if (insn.detail == nullptr) return true;
-  const cs_x86& x = insn.detail->x86;
-  for (std::uint8_t i = 0; i < x.op_count; ++i) {
-    const cs_x86_op& op = x.operands[i];
+  if (x == nullptr) return InsnMemory{true, -1};
+  int written = 0;
+  for (std::uint8_t i = 0; i < x->op_count; ++i) {
+    const cs_x86_op& op = x->operands[i];
     if (op.type != X86_OP_MEM) continue;
-    if (i == 0 || (op.access & CS_AC_WRITE) != 0) return true;
+    if (op.access == 0) return InsnMemory{true, -1};  // capstone does not know
+    if ((op.access & CS_AC_READ) != 0) m.load = true;
+    if ((op.access & CS_AC_WRITE) != 0) written += op.size <= 8 ? 1 : 2;
   }
-  return false;
+  m.stores = written <= 1 ? written : -1;
+  return m;
 }
 
 // C trampolines into the vCPU.
@@ -51,6 +77,9 @@ void tramp_mem(uc_engine*, uc_mem_type type, std::uint64_t addr, int size, std::
 }
 void tramp_rdtsc(uc_engine*, std::uint64_t addr, std::uint32_t, void* user) {
   static_cast<UnicornVcpu*>(user)->on_rdtsc_next(addr);
+}
+void tramp_tb_generated(uc_engine*, uc_tb* cur, uc_tb*, void* user) {
+  static_cast<UnicornVcpu*>(user)->on_tb_generated(cur->pc, cur->size);
 }
 
 }  // namespace
@@ -79,9 +108,9 @@ struct UnicornVcpuHooks {
 
 UnicornVcpu::UnicornVcpu(VcpuExits& exits, std::uint64_t gpa_limit)
     : exits_(exits),
+      blocks_(kBlockCacheSize),
       flags_(gpa_limit >> model::kPageShift, 0),
       is_ram_(gpa_limit >> model::kPageShift, 0),
-      blocks_(kBlockCacheSize),
       ff_page_(model::kPageSize, 0xFF) {}
 
 UnicornVcpu::~UnicornVcpu() {
@@ -98,13 +127,24 @@ Result<void> UnicornVcpu::open() {
   csh h = 0;
   if (cs_open(CS_ARCH_X86, CS_MODE_64, &h) != CS_ERR_OK) return make_error("capstone: cs_open failed");
   cs_ = reinterpret_cast<void*>(h);
-  cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);  // operand access, for load-only blocks
+  cs_option(h, CS_OPT_DETAIL, CS_OPT_ON);  // operand access: the loads and stores of each block
+  // Unicorn 2.0.1 never marks RAM dirty (cpu_physical_memory_is_clean() is a stub that returns
+  // true), so every TLB entry of a writable page keeps TLB_NOTDIRTY, and every store leaves the
+  // inline path for store_helper(), which calls the write hooks before anything else. Blocks
+  // that store can then run without hooks in their translation. Another version may keep
+  // stores inline: there, only load-only blocks go hook-less.
+  const unsigned version = uc_version(nullptr, nullptr);
+  hookless_stores_ = (version >> 8) == ((2u << 16) | (0u << 8) | 1u);
   uc_hook hh;
   auto add = [&](uc_err e, const char* what) -> Result<void> {
     if (e != UC_ERR_OK) return make_error(std::string("uc_hook_add ") + what + ": " + uc_strerror(e));
     return ok_result();
   };
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_BLOCK, reinterpret_cast<void*>(tramp_block), this, 1, 0), "block"));
+  // Reports every block the execution translates (not those uc_ctl_request_cache makes): a
+  // hook-less translation that was removed is replaced by one with the memory hooks.
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_EDGE_GENERATED, reinterpret_cast<void*>(tramp_tb_generated), this, 1, 0),
+                     "edge"));
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::out), &exits_, 1, 0,
                                  UC_X86_INS_OUT), "out"));
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::in), &exits_, 1, 0,
@@ -232,6 +272,7 @@ model::VcpuState UnicornVcpu::get_state(const model::VcpuState& base) const {
 void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t f) {
   const std::uint64_t end = std::min<std::uint64_t>(gfn + count, flags_.size());
   last_fetch_gfn_ = ~std::uint64_t{0};  // the page geometry (and so the TLB class) may change
+  new_epoch();                           // and fetch permissions
   auto exec_only = [](std::uint8_t x) { return (x & pageflag::kFetch) != 0 && (x & pageflag::kRead) == 0; };
   for (std::uint64_t g = gfn; g < end; ++g) {
     const std::uint8_t old = flags_[g];
@@ -246,8 +287,9 @@ void UnicornVcpu::set_flags(std::uint64_t gfn, std::uint64_t count, std::uint8_t
     }
     flags_[g] = f;
   }
+  update_page_watch();
   if (slow_pages_ == 0 && mem_hook_ != 0 && !always_watch_ && !tlb_ && !record_writes_) {
-    maintenance_ = true;  // the hooks can come off: do it outside emulation
+    attend(kMaintenance);  // the hooks can come off: do it outside emulation
     request_stop();
   }
 }
@@ -260,23 +302,44 @@ void UnicornVcpu::set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::ui
   };
   tlb_ = on;
   last_fetch_gfn_ = ~std::uint64_t{0};
+  code_tags_.clear();
+  code_tags_overflow_ = false;
+  new_epoch();
   tlb4k_.assign(pow2(e4k), 0);
   tlb2m_.assign(pow2(e2m), 0);
   tlb1g_.assign(pow2(e1g), 0);
 }
 
-void UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
+std::uint64_t UnicornVcpu::tlb_access(std::uint64_t gfn, std::uint8_t f) {
   const unsigned gl = (f >> pageflag::kGeoShift) & 3;        // guest leaf level - 1
   const unsigned el = (f >> (pageflag::kGeoShift + 2)) & 3;  // EPT leaf level - 1
   const unsigned cls = std::min(gl, el);
   std::vector<std::uint64_t>& t = cls == 0 ? tlb4k_ : cls == 1 ? tlb2m_ : tlb1g_;
   const std::uint64_t tag = (gfn >> (9 * cls)) + 1;
+  const std::uint64_t key = tag | (std::uint64_t{cls} << 62);
   std::uint64_t& slot = t[tag & (t.size() - 1)];
-  if (slot == tag) return;
+  if (slot == tag) return key;
+  // A miss evicts the slot's old page: the last fetched one, perhaps, or the page a ready
+  // block fetches from (then every block checks its fetch again).
+  const std::uint64_t old = slot | (std::uint64_t{cls} << 62);
   slot = tag;
-  last_fetch_gfn_ = ~std::uint64_t{0};  // a miss may have evicted the last fetched page
+  last_fetch_gfn_ = ~std::uint64_t{0};
+  if (code_tags_overflow_ || std::find(code_tags_.begin(), code_tags_.end(), old) != code_tags_.end()) new_epoch();
   ++tlb_misses_;
   tlb_refs_ += (4 - gl + 1) * (4 - el + 1) - 1;  // 2D walk (Bhargava et al.)
+  return key;
+}
+
+void UnicornVcpu::fetch_lookup(std::uint64_t g0) {
+  if (g0 == last_fetch_gfn_) return;
+  if (tlb_) {
+    const std::uint64_t key = tlb_access(g0, flags_[g0]);
+    if (!code_tags_overflow_ && std::find(code_tags_.begin(), code_tags_.end(), key) == code_tags_.end()) {
+      if (code_tags_.size() < kMaxCodeTags) code_tags_.push_back(key);
+      else code_tags_overflow_ = true;  // many code pages: every miss starts a new epoch
+    }
+  }
+  last_fetch_gfn_ = g0;
 }
 
 void UnicornVcpu::update_watch() {
@@ -285,6 +348,7 @@ void UnicornVcpu::update_watch() {
     uc_hook h = 0;
     uc_hook_add(uc_, &h, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, reinterpret_cast<void*>(tramp_mem), this, 1, 0);
     mem_hook_ = h;
+    mem_hook_listed_ = true;
     if (readd_after_promote_) {
       readd_after_promote_ = false;  // the hook was only off to retranslate load-only blocks
     } else {
@@ -308,32 +372,81 @@ void UnicornVcpu::drop_translations() {
 
 void UnicornVcpu::unfast_all() {
   if (fast_count_ == 0) return;
-  for (Block& b : blocks_) {
-    b.fast = false;
-    b.hot = 0;
+  for (std::size_t idx : fast_list_) {
+    blocks_[idx].fast = false;
+    blocks_[idx].hot = 0;
   }
+  fast_list_.clear();
   fast_count_ = 0;
   ++fast_drops_;
+  new_epoch();
+}
+
+void UnicornVcpu::unfast_overlapping(std::uint64_t begin, std::uint64_t end, std::vector<std::size_t>* redo) {
+  for (std::size_t idx : fast_list_) {
+    Block& f = blocks_[idx];
+    if (!f.fast || f.addr >= end || f.addr + f.size <= begin) continue;
+    f.fast = false;
+    f.hot = 0;
+    if (redo != nullptr) redo->push_back(idx);
+  }
+  new_epoch();
 }
 
 void UnicornVcpu::retranslate_fast() {
   // The memory hook was deleted inside the last emulation, so Unicorn has dropped it from its
   // hook lists by now: what is translated here uses the inline softmmu fast path.
+  //
+  // Removing a block's translation removes every translation that overlaps its bytes (blocks
+  // that fall through into a loop head share its tail), hook-less ones included: those are
+  // retranslated here too, so a promotion never silently puts another block back on the hooks.
+  // All removals come first, since a removal after a retranslation would undo it.
+  std::vector<std::size_t> todo;
   for (std::size_t idx : promote_) {
     Block& b = blocks_[idx];
-    if (!b.load_only || b.fast) continue;
+    if (!b.promotable || b.fast || std::find(todo.begin(), todo.end(), idx) != todo.end()) continue;
     uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
+    todo.push_back(idx);
+  }
+  for (std::size_t i = 0, n = todo.size(); i < n; ++i) {
+    const Block& b = blocks_[todo[i]];
+    unfast_overlapping(b.addr, b.addr + b.size, &todo);
+  }
+  for (std::size_t idx : todo) {
+    Block& b = blocks_[idx];
+    if (b.fast) continue;  // listed twice
     uc_tb tb{};
     if (uc_ctl_request_cache(uc_, b.addr, &tb) == UC_ERR_OK && tb.pc == b.addr && tb.size == b.size) {
       b.fast = true;
+      b.hot = 0;
+      if (std::find(fast_list_.begin(), fast_list_.end(), idx) == fast_list_.end()) fast_list_.push_back(idx);
       ++fast_count_;
+      ++promotions_;
     } else {
-      // Not the same block (or no block): drop it and leave this address hooked.
-      uc_ctl_remove_cache(uc_, b.addr, b.addr + b.size);
-      b.load_only = false;
+      // Not the same block (or no block): drop it and leave this address hooked. The removal
+      // takes the overlapping hook-less translations with it; they are promoted again later.
+      const std::uint64_t end = b.addr + std::max<std::uint64_t>(b.size, tb.pc == b.addr ? tb.size : 0);
+      uc_ctl_remove_cache(uc_, b.addr, end);
+      b.promotable = false;
+      unfast_overlapping(b.addr, end, nullptr);
     }
   }
+  // Keep the list to the blocks that are still fast.
+  fast_list_.erase(std::remove_if(fast_list_.begin(), fast_list_.end(), [&](std::size_t i) { return !blocks_[i].fast; }),
+                   fast_list_.end());
   promote_.clear();
+  new_epoch();
+}
+
+void UnicornVcpu::on_tb_generated(std::uint64_t pc, std::uint32_t size) {
+  // Translated while a memory hook is in Unicorn's lists: its loads call out.
+  if (!mem_hook_listed_) return;
+  Block& b = blocks_[block_index(pc, size)];
+  if (b.addr != pc || b.size != size || !b.fast) return;
+  b.fast = false;
+  b.hot = 0;
+  b.ready = 0;
+  ++fast_lost_;
 }
 
 void UnicornVcpu::flush_softmmu() {
@@ -346,16 +459,18 @@ void UnicornVcpu::flush_softmmu() {
 }
 
 void UnicornVcpu::request_stop() {
-  want_stop_ = true;
+  attend(kWantStop);
   if (uc_ != nullptr) uc_emu_stop(uc_);
 }
 
 VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
   update_watch();
   if (!flush_.empty()) {
-    for (const auto& [b, e] : flush_) uc_ctl_remove_cache(uc_, b, e);
+    for (const auto& [b, e] : flush_) {
+      uc_ctl_remove_cache(uc_, b, e);
+      unfast_overlapping(b, e, nullptr);
+    }
     flush_.clear();
-    unfast_all();
   }
   // Fast (hook-less) loads rely on Unicorn's softmmu TLB holding no page without kRead: an
   // executable-only page would get a readable entry from its code fetch, and a page that lost
@@ -366,38 +481,35 @@ VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
     read_lost_ = false;
   }
   limit_ = insn_limit;
-  want_stop_ = budget_stop_ = maintenance_ = false;
-  in_block_ = false;
-  prev_block_rdtsc_end_ = 0;
+  attention_ = 0;
+  update_page_watch();
+  new_epoch();  // hooks may have come on or off: promotion counting restarts
+  cur_ = nullptr;
+  cur_rdtsc_end_ = prev_rdtsc_end_ = 0;
   const std::uint64_t rip = reg(UC_X86_REG_RIP);
   VcpuStop s;
   has_stopped_before_ = false;
   s.uc_error = uc_emu_start(uc_, rip, ~std::uint64_t{0}, 0, 0);
+  if (mem_hook_ == 0) mem_hook_listed_ = false;  // Unicorn drops deleted hooks when the emulation ends
   if (has_stopped_before_ && s.uc_error == UC_ERR_OK) set_reg(UC_X86_REG_RIP, stopped_before_);
   if (!promote_.empty()) retranslate_fast();
   s.rip = reg(UC_X86_REG_RIP);
   // An error or a stop requested from an I/O hook can leave the block early: the
   // instructions from RIP on were counted at block entry but did not run.
-  if (s.uc_error != UC_ERR_OK || want_stop_) uncount_tail(s.rip);
-  s.requested = want_stop_;
-  s.budget = budget_stop_;
-  s.maintenance = maintenance_;
+  if (s.uc_error != UC_ERR_OK || (attention_ & kWantStop) != 0) uncount_tail(s.rip);
+  s.requested = (attention_ & kWantStop) != 0;
+  s.budget = (attention_ & kBudgetStop) != 0;
+  s.maintenance = (attention_ & kMaintenance) != 0;
   return s;
 }
 
 void UnicornVcpu::uncount_tail(std::uint64_t rip) {
-  if (!in_block_ || rip < cur_block_addr_ || rip >= cur_block_addr_ + cur_block_size_) return;
-  const Block& b = blocks_[cur_block_];
+  if (cur_ == nullptr || rip < cur_->addr || rip >= cur_->addr + cur_->size) return;
+  const Block& b = *cur_;
   std::uint64_t tail = 0;
   for (std::uint16_t off : b.offsets)
-    if (cur_block_addr_ + off >= rip) ++tail;
+    if (b.addr + off >= rip) ++tail;
   insns_ -= std::min(insns_, tail);
-}
-
-UnicornVcpu::Block& UnicornVcpu::block(std::uint64_t addr, std::uint32_t size) {
-  Block& b = blocks_[block_index(addr, size)];
-  if (b.addr == addr && b.size == size) return b;
-  return decode(b, addr, size);
 }
 
 UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint32_t size) {
@@ -406,11 +518,17 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   b.count = 0;
   code_lo_ = std::min(code_lo_, addr);  // every block is decoded before it first runs
   code_hi_ = std::max(code_hi_, addr + size);
-  b.load_only = false;
+  b.promotable = false;
   b.fast = false;
+  b.plain = false;  // on_block_slow decides, once the block's RDTSC successors are hooked
+  b.ready = 0;
+  b.rdtsc_end = 0;
   b.hot = 0;
   b.offsets.clear();
   b.after_rdtsc.clear();
+  b.rdtsc_before.clear();
+  b.stores.clear();
+  b.loads.clear();
   std::vector<std::uint8_t> bytes(size);
   if (uc_mem_read(uc_, addr, bytes.data(), size) != UC_ERR_OK) {
     b.count = 1;
@@ -423,17 +541,24 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   std::size_t left = size;
   std::uint64_t pc = addr;
   cs_insn* insn = cs_malloc(h);
-  bool stores = false;
+  bool counted = true;  // every instruction makes a known number (0 or 1) of stores
   while (left > 0 && cs_disasm_iter(h, &code, &left, &pc, insn)) {
-    b.offsets.push_back(static_cast<std::uint16_t>(insn->address - addr));
-    stores = stores || may_store(*insn);
-    if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP)
+    const auto off = static_cast<std::uint16_t>(insn->address - addr);
+    b.offsets.push_back(off);
+    const InsnMemory m = classify(*insn);
+    if (m.load) b.loads.push_back(off);
+    if (m.stores == 1) b.stores.push_back(off);
+    counted = counted && m.stores >= 0;
+    if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP) {
       b.after_rdtsc.push_back(static_cast<std::uint16_t>(insn->address + insn->size - addr));
+      b.rdtsc_before.push_back(static_cast<std::uint16_t>(b.offsets.size()));  // instructions up to the RDTSC
+    }
   }
   cs_free(insn, 1);
   if (left > 0) b.offsets.push_back(static_cast<std::uint16_t>(size - left));  // undecodable tail: one instruction
   b.count = static_cast<std::uint32_t>(b.offsets.size());
-  b.load_only = !stores && left == 0;
+  b.promotable = hookless_ && counted && left == 0 && (hookless_stores_ || b.stores.empty());
+  if (!b.after_rdtsc.empty() && b.after_rdtsc.back() == size) b.rdtsc_end = addr + size;
   return b;
 }
 
@@ -447,12 +572,12 @@ void UnicornVcpu::stop_before(std::uint64_t addr) {
   uc_emu_stop(uc_);
 }
 
-void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
+void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   // A stop is pending: Unicorn calls the block hook before its exit check, so this block
   // will not run. It must not be counted.
-  if (want_stop_ || maintenance_ || budget_stop_) return;
+  if ((attention_ & kStops) != 0) return;
   if (insns_ >= limit_) {
-    budget_stop_ = true;
+    attend(kBudgetStop);
     stop_before(addr);
     return;
   }
@@ -461,7 +586,7 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   Block& b = *bp;
   // RDTSC found for the first time: hook the next instruction, retranslate, restart here.
   bool fresh = false;
-  if (!b.after_rdtsc.empty()) for (std::uint16_t off : b.after_rdtsc) {
+  for (std::uint16_t off : b.after_rdtsc) {
     const std::uint64_t next = addr + off;
     if (std::find(rdtsc_hooked_.begin(), rdtsc_hooked_.end(), next) != rdtsc_hooked_.end()) continue;
     uc_hook h = 0;
@@ -472,17 +597,19 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
     fresh = true;
   }
   if (fresh) {
-    maintenance_ = true;
+    attend(kMaintenance);
     stop_before(addr);
     return;
   }
-  // Fetch check of the block's pages (one page, executable: the common case).
   const std::uint64_t g0 = addr >> model::kPageShift, g1 = (addr + size - 1) >> model::kPageShift;
+  b.plain = g0 == g1 && g1 < flags_.size();  // every RDTSC successor of the block is hooked by now
+  // Fetch check of the block's pages (one page, executable: the common case).
   if (g0 != g1 || g0 >= flags_.size() || (flags_[g0] & pageflag::kFetch) == 0) {
+    const HookScope scope(*this, HookKind::kFetch, addr);
     for (std::uint64_t g = g0; g <= g1; ++g) {
       if (g < flags_.size() && (flags_[g] & pageflag::kFetch) != 0) continue;
       if (!exits_.slow_access(g << model::kPageShift, model::Access::kFetch)) {
-        want_stop_ = true;
+        attend(kWantStop);
         uc_emu_stop(uc_);
         return;
       }
@@ -491,44 +618,40 @@ void UnicornVcpu::on_block(std::uint64_t addr, std::uint32_t size) {
   // A hot load-only block is retranslated without the memory hooks; the hook is deleted now so
   // that Unicorn drops it when this emulation ends. Stop before the block (it is not counted).
   const std::size_t idx = static_cast<std::size_t>(&b - blocks_.data());
-  if (mem_hook_ != 0 && b.load_only && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
+  if (mem_hook_ != 0 && b.promotable && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
   if (!promote_.empty() || read_lost_ || (xo_pages_ > 0 && fast_count_ > 0)) {
     if (!promote_.empty() && mem_hook_ != 0) {
       uc_hook_del(uc_, mem_hook_);
       mem_hook_ = 0;
       readd_after_promote_ = true;
     }
-    maintenance_ = true;
+    attend(kMaintenance);
     stop_before(addr);
     return;
   }
-  // A fetch from the page of the previous fetch, with no TLB miss and no flags change since,
-  // hits the entry that fetch left: the lookup would change nothing, so it is skipped.
-  if (tlb_ && g0 < flags_.size() && g0 != last_fetch_gfn_) {
-    tlb_access(g0, flags_[g0]);
-    last_fetch_gfn_ = g0;
-  }
-  // The previous block fell through from an RDTSC into this one?
-  prev_block_rdtsc_end_ = in_block_ && cur_ends_rdtsc_ && cur_block_addr_ + cur_block_size_ == addr ? addr : 0;
-  cur_block_ = idx;
-  cur_block_addr_ = addr;
-  cur_block_size_ = size;
-  cur_ends_rdtsc_ = !b.after_rdtsc.empty() && b.after_rdtsc.back() == size;
-  in_block_ = true;
-  insns_ += b.count;
+  if (g0 < flags_.size()) fetch_lookup(g0);
+  // Until the next epoch, on_block may skip all of the above for this block: its pages keep
+  // their flags and TLB entries (a lookup that hits changes nothing), no stop is pending, and
+  // it is not counting executions towards a promotion.
+  if (b.plain && attention_ == 0 && !(b.promotable && !b.fast) && (flags_[g0] & pageflag::kFetch) != 0) b.ready = epoch_;
+  enter(b);
 }
 
 void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
   // Only a fall-through from the RDTSC counts: inside the current block, or from the end of
   // the previous block when that block ended right before this address.
-  const Block& b = blocks_[cur_block_];
+  if (cur_ == nullptr) return;
+  const Block& b = *cur_;
   std::uint64_t before = 0;  // instructions of the block that precede `addr`
   bool after = false;
-  if (addr > cur_block_addr_ && addr < cur_block_addr_ + cur_block_size_) {
-    const std::uint16_t off = static_cast<std::uint16_t>(addr - cur_block_addr_);
-    after = std::find(b.after_rdtsc.begin(), b.after_rdtsc.end(), off) != b.after_rdtsc.end();
-    for (std::uint16_t o : b.offsets) before += o < off ? 1 : 0;
-  } else if (addr == cur_block_addr_ && prev_block_rdtsc_end_ == addr) {
+  if (addr > b.addr && addr < b.addr + b.size) {
+    const std::uint16_t off = static_cast<std::uint16_t>(addr - b.addr);
+    for (std::size_t i = 0; i < b.after_rdtsc.size() && !after; ++i)
+      if (b.after_rdtsc[i] == off) {
+        after = true;
+        before = b.rdtsc_before[i];
+      }
+  } else if (addr == b.addr && prev_rdtsc_end_ == addr) {
     after = true;
   }
   if (!after) return;
@@ -539,7 +662,61 @@ void UnicornVcpu::on_rdtsc_next(std::uint64_t addr) {
   ++rdtsc_fixed_;
 }
 
+void UnicornVcpu::check_access(bool write) {
+  // A hooked translation writes RIP before each load and store (gen_op_ld_v/gen_op_st_v in
+  // Unicorn's i386 translate.c); atomics, SSE and helpers do not, and fail the check.
+  Block& b = *cur_;
+  const std::uint64_t rip = reg(UC_X86_REG_RIP);
+  if (write) {
+    if (store_seq_ >= b.stores.size() || rip != b.addr + b.stores[store_seq_]) b.promotable = false;
+    return;
+  }
+  if (b.stores.empty()) return;  // a load-only block needs no load map (see exit_rip)
+  const auto [lo, hi] = load_window(b);
+  const bool found = rip >= b.addr && rip - b.addr < b.size &&
+                     std::find(b.loads.begin(), b.loads.end(), static_cast<std::uint16_t>(rip - b.addr)) != b.loads.end();
+  if (!found || static_cast<std::int64_t>(rip - b.addr) <= lo || static_cast<std::int64_t>(rip - b.addr) > hi)
+    b.promotable = false;
+}
+
+std::pair<std::int64_t, std::int64_t> UnicornVcpu::load_window(const Block& b) const {
+  const std::int64_t lo = store_seq_ > 0 && store_seq_ <= b.stores.size() ? b.stores[store_seq_ - 1] : -1;
+  const std::int64_t hi = store_seq_ < b.stores.size() ? b.stores[store_seq_] : static_cast<std::int64_t>(b.size);
+  return {lo, hi};
+}
+
+void UnicornVcpu::demote(Block& b) {
+  // More stores than decoded: the block goes back to a hooked translation at the next run
+  // (not now: a stop from a memory hook would resume at the block's start).
+  b.promotable = false;
+  ++store_mismatches_;
+  flush_.emplace_back(b.addr, b.addr + b.size);
+}
+
+std::uint64_t UnicornVcpu::exit_rip() const {
+  // A hook-less translation does not write RIP before its accesses; it is derived from the
+  // decoded block instead. Everywhere else Unicorn's RIP is exact.
+  if (hook_ == HookKind::kFetch) return hook_addr_;
+  if (hook_ == HookKind::kNone || cur_ == nullptr || !cur_->fast) return reg(UC_X86_REG_RIP);
+  const Block& b = *cur_;
+  if (hook_ == HookKind::kStore)  // the n-th store of the block (each store reaches the hook once)
+    return store_seq_ >= 1 && store_seq_ <= b.stores.size() ? b.addr + b.stores[store_seq_ - 1] : reg(UC_X86_REG_RIP);
+  // A load lies after the last store and up to the next one (inclusive: an instruction that
+  // loads and stores loads first): the first decoded load there, exact when it is the only one.
+  const auto [lo, hi] = load_window(b);
+  for (std::uint16_t off : b.loads)
+    if (off > lo && off <= hi) return b.addr + off;
+  return reg(UC_X86_REG_RIP);
+}
+
 void UnicornVcpu::on_mem(bool write, std::uint64_t addr, int size) {
+  ++(write ? write_hooks_ : read_hooks_);
+  if (cur_ != nullptr) {
+    if (!cur_->fast && cur_->promotable) check_access(write);
+    if (write && cur_->fast && store_seq_ >= cur_->stores.size()) demote(*cur_);
+  }
+  const HookScope scope(*this, write ? HookKind::kStore : HookKind::kLoad);
+  store_seq_ += write ? 1 : 0;
   const std::uint64_t g0 = addr >> model::kPageShift;
   if (g0 >= flags_.size()) return;
   const std::uint8_t need = write ? pageflag::kWrite : pageflag::kRead;

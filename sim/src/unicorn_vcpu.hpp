@@ -93,6 +93,8 @@ class UnicornVcpu {
   void set_always_watch(bool on) { always_watch_ = on; }
   // Enables the TLB model with entries per size (powers of two).
   void set_tlb(bool on, std::uint64_t e4k, std::uint64_t e2m, std::uint64_t e1g);
+  // Lets hot blocks run without the memory hooks (on by default; off, every access is hooked).
+  void set_hookless(bool on) { hookless_ = on; }
   // Records the gfn of every data write (tests).
   void set_record_writes(bool on) { record_writes_ = on; }
   const std::vector<std::uint64_t>& written_gfns() const { return written_; }
@@ -113,77 +115,173 @@ class UnicornVcpu {
   std::uint64_t fast_drops() const { return fast_drops_; }
   // Softmmu flushes done because a page lost its read permission.
   std::uint64_t softmmu_flushes() const { return softmmu_flushes_; }
+  // Block executions, and those that ran a hook-less translation.
+  std::uint64_t block_execs() const { return block_execs_; }
+  std::uint64_t hookless_execs() const { return hookless_execs_; }
+  // Retranslations without the hooks, and hook-less blocks Unicorn retranslated with them.
+  std::uint64_t promotions() const { return promotions_; }
+  std::uint64_t fast_lost() const { return fast_lost_; }
+  // The guest RIP of the access being handled: from the decoded block inside a hook-less
+  // translation (Unicorn does not write RIP there), else Unicorn's.
+  std::uint64_t exit_rip() const;
+  // Hook-less blocks that stored more often than decoded (sent back to the hooks).
+  std::uint64_t store_mismatches() const { return store_mismatches_; }
+  // Calls of the memory hook for loads and for stores.
+  std::uint64_t read_hooks() const { return read_hooks_; }
+  std::uint64_t write_hooks() const { return write_hooks_; }
   // Number of Unicorn memory regions.
   std::uint64_t regions() const;
   // Returns the length of the instruction at `rip` and its capstone mnemonic ("" if unknown).
   std::pair<unsigned, std::string> decode_one(std::uint64_t rip) const;
 
-  // Callbacks (public for the C trampolines).
-  void on_block(std::uint64_t addr, std::uint32_t size);
+  // Callbacks (public for the C trampolines). on_block is the block hook; its common case is
+  // inline: a block that on_block_slow checked in the current epoch (one page, executable, its
+  // fetch looked up in the TLB model, not due for a promotion) just counts its instructions.
+  void on_block(std::uint64_t addr, std::uint32_t size) {
+    Block& b = blocks_[block_index(addr, size)];
+    if (b.ready == epoch_ && b.addr == addr && b.size == size && insns_ < limit_) {
+      enter(b);
+      return;
+    }
+    on_block_slow(addr, size);
+  }
+  void on_block_slow(std::uint64_t addr, std::uint32_t size);
   void on_mem(bool write, std::uint64_t addr, int size);
   void on_rdtsc_next(std::uint64_t addr);
+  void on_tb_generated(std::uint64_t pc, std::uint32_t size);
 
  private:
   struct Block {
     std::uint64_t addr = ~std::uint64_t{0};
+    std::uint64_t ready = 0;      // the epoch in which on_block may skip every check (0: never)
     std::uint32_t size = 0;
     std::uint32_t count = 0;
-    bool load_only = false;  // no instruction of the block can write memory (capstone, conservative)
+    std::uint64_t rdtsc_end = 0;  // addr + size when the last instruction is RDTSC/RDTSCP, else 0
+    bool promotable = false;  // every instruction makes 0 or 1 stores, and the hooked runs agreed (check_access)
     bool fast = false;       // retranslated without the memory hooks (loads take Unicorn's inline path)
+    bool plain = false;      // on one page inside the flags, its RDTSC successors (if any) hooked
     std::uint32_t hot = 0;   // executions while translated with the hooks
     std::vector<std::uint16_t> offsets;  // instruction offsets inside the block
     std::vector<std::uint16_t> after_rdtsc;  // offsets of instructions right after RDTSC/RDTSCP
+    std::vector<std::uint16_t> rdtsc_before;  // for each: instructions of the block before it
+    std::vector<std::uint16_t> stores;       // offsets of the instructions that store, in order
+    std::vector<std::uint16_t> loads;        // offsets of the instructions that may load
   };
-  // Decodes a block once; returns its cache entry.
-  Block& block(std::uint64_t addr, std::uint32_t size);
+  // What the running memory hook (or fetch check) is handling, for exit_rip().
+  enum class HookKind : std::uint8_t { kNone, kLoad, kStore, kFetch };
+  // Marks the duration of a hook.
+  struct HookScope {
+    HookScope(UnicornVcpu& v, HookKind k, std::uint64_t addr = 0) : v_(v) {
+      v_.hook_ = k;
+      v_.hook_addr_ = addr;
+    }
+    ~HookScope() { v_.hook_ = HookKind::kNone; }
+    HookScope(const HookScope&) = delete;
+    HookScope& operator=(const HookScope&) = delete;
+    UnicornVcpu& v_;
+  };
+  // Checks a hooked access against the decoded stores and loads (RIP is exact there); a block
+  // that disagrees is never promoted.
+  void check_access(bool write);
+  // Offsets (exclusive, inclusive) between which a load of the current execution of `b` lies.
+  std::pair<std::int64_t, std::int64_t> load_window(const Block& b) const;
+  // Sends a hook-less block that stored more often than decoded back to the hooks.
+  void demote(Block& b);
   // Decodes a block into cache entry `b`.
   Block& decode(Block& b, std::uint64_t addr, std::uint32_t size);
   // The decode cache slot of a block.
   static std::size_t block_index(std::uint64_t addr, std::uint32_t size) {
     return (addr ^ (addr >> 13) ^ size) & ((std::size_t{1} << 16) - 1);
   }
-  // Counts the TLB lookup of one access.
-  void tlb_access(std::uint64_t gfn, std::uint8_t f);
+  // Makes `b` the current block and counts its instructions (it is about to run).
+  void enter(Block& b) {
+    store_seq_ = 0;
+    prev_rdtsc_end_ = cur_rdtsc_end_;
+    cur_rdtsc_end_ = b.rdtsc_end;
+    cur_ = &b;
+    insns_ += b.count;
+    ++block_execs_;
+    hookless_execs_ += b.fast ? 1 : 0;
+  }
+  // Starts a new epoch: every block goes through on_block_slow once more.
+  void new_epoch() { ++epoch_; }
+  // Asks for the block hook's slow path (a stop or maintenance) from now on.
+  void attend(std::uint8_t bit) {
+    attention_ |= bit;
+    new_epoch();
+  }
+  // Counts the TLB lookup of one access; returns the entry's key (class in bits 63:62, tag).
+  std::uint64_t tlb_access(std::uint64_t gfn, std::uint8_t f);
+  // The TLB lookup of a block fetch from page g0. A fetch from the page of the previous fetch,
+  // with no TLB miss and no flags change since, hits the entry that fetch left: the lookup
+  // would change nothing, so it is skipped. The entry's key joins code_tags_.
+  void fetch_lookup(std::uint64_t g0);
   // Adds or removes the memory hooks so that they are on exactly when needed.
   void update_watch();
   // Stops the emulation before the block at `addr` runs (from the block hook).
   void stop_before(std::uint64_t addr);
   // Undoes the count of the instructions of the current block at or after `rip`.
   void uncount_tail(std::uint64_t rip);
-
-  VcpuExits& exits_;
-  uc_struct* uc_ = nullptr;
-  std::vector<std::uint8_t> flags_;
-  std::uint64_t slow_pages_ = 0;  // RAM pages whose flags are not kAll
-  std::vector<std::uint8_t> is_ram_;
-  std::vector<Block> blocks_;      // direct-mapped decode cache
-  std::uint64_t insns_ = 0;
-  std::uint64_t limit_ = ~std::uint64_t{0};
-  std::uint64_t cur_block_addr_ = 0, cur_block_size_ = 0;
-  std::uint64_t prev_block_rdtsc_end_ = 0;  // the previous block ended with RDTSC and falls through here
-  std::size_t cur_block_ = 0;
-  bool in_block_ = false;
-  bool cur_ends_rdtsc_ = false;  // the current block's last instruction is RDTSC/RDTSCP
-  std::uint64_t mem_hook_ = 0;
-  std::uint64_t code_lo_ = ~std::uint64_t{0}, code_hi_ = 0;  // range of translated blocks seen
   // Drops the translations of every block seen (a full tb_flush memsets Unicorn's 1 GiB code buffer).
   void drop_translations();
   // Retranslates the blocks in promote_ without the memory hooks (outside emulation, hook removed).
   void retranslate_fast();
   // Forgets which blocks are fast (their translations were dropped).
   void unfast_all();
+  // Marks the fast blocks overlapping [begin, end) as hooked again (their translations are
+  // gone), appending them to `redo` when given.
+  void unfast_overlapping(std::uint64_t begin, std::uint64_t end, std::vector<std::size_t>* redo);
   // Empties Unicorn's softmmu TLB (a dummy mapping beyond guest memory).
   void flush_softmmu();
+
+  VcpuExits& exits_;
+  uc_struct* uc_ = nullptr;
+  // The block hook's state, first (one cache line for the fast path).
+  std::vector<Block> blocks_;      // direct-mapped decode cache
+  std::uint64_t epoch_ = 1;        // bumped by anything that may change a block's checks
+  std::uint64_t insns_ = 0;
+  std::uint64_t limit_ = ~std::uint64_t{0};
+  Block* cur_ = nullptr;           // the block running (null before the first of a run)
+  std::uint64_t cur_rdtsc_end_ = 0, prev_rdtsc_end_ = 0;  // rdtsc_end of the current and the previous block
+  std::uint64_t block_execs_ = 0, hookless_execs_ = 0;
+  std::size_t store_seq_ = 0;      // stores of the current block execution so far
+  HookKind hook_ = HookKind::kNone;
+  std::uint64_t hook_addr_ = 0;    // the block address of a fetch check
+  std::uint64_t store_mismatches_ = 0;
+  // Bits of attention_: a stop or work that sends the block hook down its slow path.
+  static constexpr std::uint8_t kWantStop = 1;     // the machine asked to stop
+  static constexpr std::uint8_t kBudgetStop = 2;   // the instruction limit was reached
+  static constexpr std::uint8_t kMaintenance = 4;  // hooks or caches need work outside emulation
+  static constexpr std::uint8_t kStops = kWantStop | kBudgetStop | kMaintenance;
+  static constexpr std::uint8_t kPageWatch = 8;    // a page lost kRead, or executable-only pages exist
+  std::uint8_t attention_ = 0;
+  // Sets kPageWatch from read_lost_ and xo_pages_.
+  void update_page_watch() {
+    const bool on = read_lost_ || xo_pages_ > 0;
+    if (on) attend(kPageWatch);
+    else attention_ = static_cast<std::uint8_t>(attention_ & ~kPageWatch);
+  }
+
+  std::vector<std::uint8_t> flags_;
+  std::uint64_t slow_pages_ = 0;  // RAM pages whose flags are not kAll
+  std::vector<std::uint8_t> is_ram_;
+  std::uint64_t mem_hook_ = 0;
+  std::uint64_t code_lo_ = ~std::uint64_t{0}, code_hi_ = 0;  // range of translated blocks seen
+  std::vector<std::size_t> fast_list_;  // decode-cache slots of the fast blocks
+  bool mem_hook_listed_ = false;        // a memory hook is in Unicorn's lists (deleted ones stay until uc_emu_start returns)
+  std::uint64_t promotions_ = 0, fast_lost_ = 0;
+  std::uint64_t read_hooks_ = 0, write_hooks_ = 0;
   std::vector<std::size_t> promote_;    // blocks to retranslate without the hooks
   std::uint64_t fast_count_ = 0, fast_drops_ = 0, softmmu_flushes_ = 0;
   std::uint64_t xo_pages_ = 0;          // pages executable but not readable (fast blocks are unsafe then)
   bool read_lost_ = false;              // some page lost kRead: flush the softmmu TLB before running
   bool unhooked_run_ = false;           // a run went without memory hooks: any translation may be fast
-  bool readd_after_promote_ = false;
-  std::uint64_t stopped_before_ = 0;     // the block stop_before() stopped in front of
-  bool has_stopped_before_ = false;    // the hook is off only for retranslate_fast()
+  bool readd_after_promote_ = false;    // the hook is off only for retranslate_fast()
+  std::uint64_t stopped_before_ = 0;    // the block stop_before() stopped in front of
+  bool has_stopped_before_ = false;
   bool always_watch_ = false;
-  bool want_stop_ = false, budget_stop_ = false, maintenance_ = false;
+  bool hookless_ = true;                // promotions allowed at all (set_hookless)
+  bool hookless_stores_ = false;        // this Unicorn calls the write hooks for stores of hook-less blocks (2.0.1)
   std::vector<std::uint64_t> rdtsc_hooked_;              // addresses after an RDTSC with a hook
   std::vector<std::pair<std::uint64_t, std::uint64_t>> flush_;  // TB ranges to retranslate
   std::unordered_map<std::uint64_t, std::uint8_t*> ram_base_;   // page -> original host pointer
@@ -196,6 +294,11 @@ class UnicornVcpu {
   std::vector<std::uint64_t> tlb4k_, tlb2m_, tlb1g_;
   std::uint64_t tlb_misses_ = 0, tlb_refs_ = 0;
   std::uint64_t last_fetch_gfn_ = ~std::uint64_t{0};  // page of the last fetch lookup, while it surely hits
+  // TLB entries that ready blocks fetch through: a miss that evicts one starts a new epoch, so
+  // that those blocks look their fetch up again (a lookup skipped in an epoch surely hits).
+  static constexpr std::size_t kMaxCodeTags = 32;
+  std::vector<std::uint64_t> code_tags_;
+  bool code_tags_overflow_ = false;
   bool record_writes_ = false;
   std::vector<std::uint64_t> written_;
   std::uint64_t decoded_ = 0, rdtsc_fixed_ = 0, hook_toggles_ = 0;

@@ -26,6 +26,7 @@ struct SimConfig {
   std::map<std::string, std::string> trace_params;
   std::vector<model::GpaRange> mmio;         // carved out of RAM, served by the MMIO device
   bool record_writes = false;                // remember every written gfn (tests)
+  bool hookless = true;                      // hot blocks run without memory hooks (false: every access hooked, a reference)
 };
 
 // An MMIO device: reads and writes at a GPA with a size in bytes.
@@ -46,6 +47,10 @@ struct SimStats {
   std::uint64_t blocks_decoded = 0;
   std::uint64_t rdtsc_fixed = 0;
   std::uint64_t hook_toggles = 0;
+  // The executor's fast path: block executions, those on hook-less translations, the
+  // retranslations without hooks (and those Unicorn undid), memory-hook calls by kind.
+  std::uint64_t block_execs = 0, hookless_execs = 0, promotions = 0, hookless_lost = 0;
+  std::uint64_t read_hooks = 0, write_hooks = 0, store_mismatches = 0;
   std::uint64_t deviating_pages = 0;
   double frequency_ghz = 1.0;
   // Simulated microseconds at the profile's frequency.
