@@ -150,6 +150,7 @@ void register_bench(CLI::App& app) {
   register_bench_checker(*bench);
   register_bench_sim(*bench);
   register_bench_migrate(*bench);
+  register_bench_trace(*bench);
 }
 
 }  // namespace baton::cli

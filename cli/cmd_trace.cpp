@@ -1,4 +1,5 @@
 // baton trace: import ftrace captures, show traces and reconstruct gfn->pfn maps.
+#include <array>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -67,12 +68,14 @@ void run_import(const TraceOptions& o) {
     if (!m) return fail(o.tgids + ": " + m.error().message);
     io.tgids = std::move(*m);
   }
-  auto imp = traces::import_ftrace_file(o.in, io);
+  auto imp = traces::import_ftrace_to(o.in, o.out, o.force, io);
   if (!imp) return fail(imp.error().message);
-  if (auto r = traces::write_trace(o.out, imp->trace, o.force); !r) return fail(r.error().message);
   const auto& st = imp->stats;
+  std::array<std::size_t, 256> by_type{};  // counted by raw type, named once
+  for (const TraceEvent& e : imp->trace.events) ++by_type[static_cast<std::uint8_t>(e.type)];
   std::map<std::string, std::size_t> kinds;
-  for (const TraceEvent& e : imp->trace.events) ++kinds[traces::to_string(e.type)];
+  for (std::size_t t = 0; t < by_type.size(); ++t)
+    if (by_type[t] != 0) kinds[traces::to_string(static_cast<EventType>(t))] += by_type[t];
   if (o.json) {
     json j{{"input", o.in},
            {"output", o.out},

@@ -2,8 +2,12 @@
 // reconstruction of gfn->pfn maps from the imported events.
 #include "baton/traces/ftrace.hpp"
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 using namespace baton::traces;
@@ -335,4 +339,66 @@ TEST_CASE("Exit reason names map both ways", "[traces][ftrace]") {
   CHECK(exit_reason_name(30) == "IO_INSTRUCTION");
   CHECK(exit_reason_name(0x7b, true) == "io");
   CHECK(exit_reason_name(999).empty());
+}
+
+TEST_CASE("A synthetic QEMU-shaped capture imports every line it holds, as generated", "[traces][ftrace][synth]") {
+  SynthOptions o;
+  o.lines = 60'000;
+  SynthStats st;
+  const std::string text = synthetic_ftrace(o, &st);
+  CHECK(st.lines == o.lines);
+  CHECK(st.bytes == text.size());
+  // About half the lines install SPTEs, as in the real capture (261,096 of 525,651).
+  CHECK(st.per_event.at("kvm_mmu_set_spte") * 100 / st.lines >= 40);
+  CHECK(st.per_event.at("kvm_mmu_set_spte") * 100 / st.lines <= 60);
+  auto r = parse_ftrace(text);
+  REQUIRE(r.ok());
+  CHECK(r->stats.lines == st.lines);
+  CHECK(r->stats.style == "tracefs");
+  CHECK(r->stats.isa == "vmx");
+  CHECK(r->stats.vms == std::set<std::uint32_t>{4242, 5242});
+  CHECK(r->stats.unknown_lines == 0);
+  CHECK(r->stats.malformed_lines == 0);
+  CHECK(r->stats.other_event_lines == st.per_event.at("kvm_fpu"));
+  for (const auto& [name, n] : st.per_event)
+    if (name != "kvm_fpu") CHECK(r->stats.per_event.at(name) == n);
+  CHECK(of_type(r->trace, EventType::kEptSet).size() == st.per_event.at("kvm_mmu_set_spte"));
+  // Every EPT violation got its GPA from the kvm_page_fault that follows it, every
+  // misconfiguration (MMIO) from its kvm_mmio.
+  CHECK(r->stats.backfilled_gpas == st.per_event.at("kvm_page_fault") + st.per_event.at("kvm_mmio"));
+  // Same seed, same capture; another seed, another one.
+  CHECK(synthetic_ftrace(o) == text);
+  o.seed = 2;
+  CHECK(synthetic_ftrace(o) != text);
+}
+
+TEST_CASE("Importing to a file while compressing on a second thread writes what write_trace writes", "[traces][ftrace][synth]") {
+  const std::string dir = std::filesystem::temp_directory_path() / ("baton-ftrace-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  SynthOptions o;
+  o.lines = 200'000;  // many chunks, so that the compressor runs while lines are parsed
+  const std::string in = dir + "/capture.txt";
+  REQUIRE(write_synthetic_ftrace(in, o).ok());
+  auto piped = import_ftrace_to(in, dir + "/piped.trace", false);
+  REQUIRE(piped.ok());
+  auto plain = import_ftrace_file(in);
+  REQUIRE(plain.ok());
+  REQUIRE(write_trace(dir + "/plain.trace", plain->trace).ok());
+  auto bytes = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  CHECK(bytes(dir + "/piped.trace") == bytes(dir + "/plain.trace"));
+  CHECK(piped->trace.events == plain->trace.events);
+  auto back = read_trace(dir + "/piped.trace");
+  REQUIRE(back.ok());
+  CHECK(back->events == plain->trace.events);
+  // Refuses to overwrite without permission, and writes nothing for a capture without events.
+  CHECK_FALSE(import_ftrace_to(in, dir + "/piped.trace", false).ok());
+  {
+    std::ofstream(dir + "/empty.txt") << "# tracer: nop\n";
+  }
+  CHECK_FALSE(import_ftrace_to(dir + "/empty.txt", dir + "/empty.trace", false).ok());
+  CHECK_FALSE(std::filesystem::exists(dir + "/empty.trace"));
+  std::filesystem::remove_all(dir);
 }

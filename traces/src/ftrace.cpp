@@ -2,11 +2,22 @@
 // kvmmmu events, converted into trace v1 events (docs/trace-format.md, "ftrace import").
 #include "baton/traces/ftrace.hpp"
 
+#include <zstd.h>
+
+#include "trace_codec.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
-#include <charconv>
+#include <algorithm>
+#include <array>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 
 namespace baton::traces {
@@ -49,20 +60,40 @@ bool all_digits(std::string_view s) {
   return true;
 }
 
-// Parses a decimal number.
+// Parses a decimal number (digits only, no sign; nullopt past 2^64 - 1).
 std::optional<std::uint64_t> parse_dec(std::string_view s) {
+  if (s.empty()) return std::nullopt;
   std::uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 10);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  for (char c : s) {
+    const unsigned d = static_cast<unsigned char>(c) - '0';
+    if (d > 9) return std::nullopt;
+    if (v >= 1844674407370955161ull && (v > 1844674407370955161ull || d > 5)) return std::nullopt;  // past 2^64 - 1
+    v = v * 10 + d;
+  }
   return v;
 }
 
-// Parses a hex number with or without a 0x prefix.
+// The value of each byte as a hex digit, or 16.
+constexpr std::array<std::uint8_t, 256> kHexDigit = [] {
+  std::array<std::uint8_t, 256> t{};
+  for (unsigned c = 0; c < 256; ++c)
+    t[c] = c >= '0' && c <= '9' ? static_cast<std::uint8_t>(c - '0')
+           : c >= 'a' && c <= 'f' ? static_cast<std::uint8_t>(c - 'a' + 10)
+           : c >= 'A' && c <= 'F' ? static_cast<std::uint8_t>(c - 'A' + 10)
+                                  : 16;
+  return t;
+}();
+
+// Parses a hex number with or without a 0x prefix (nullopt past 2^64 - 1).
 std::optional<std::uint64_t> parse_hex(std::string_view s) {
   if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s.remove_prefix(2);
+  if (s.empty()) return std::nullopt;
   std::uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 16);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  for (char c : s) {
+    const unsigned d = kHexDigit[static_cast<unsigned char>(c)];
+    if (d > 15 || (v >> 60) != 0) return std::nullopt;
+    v = (v << 4) | d;
+  }
   return v;
 }
 
@@ -71,23 +102,92 @@ std::optional<std::uint64_t> parse_hex(std::string_view s) {
 std::optional<std::uint64_t> parse_timestamp(std::string_view s) {
   const auto dot = s.find('.');
   if (dot == std::string_view::npos) return parse_dec(s);
-  const auto secs = s.substr(0, dot), frac = s.substr(dot + 1);
-  if (!all_digits(secs) || !all_digits(frac) || frac.size() > 9 || secs.size() > 10) return std::nullopt;
-  std::uint64_t f = *parse_dec(frac);
-  for (std::size_t i = frac.size(); i < 9; ++i) f *= 10;
-  return *parse_dec(secs) * 1000000000ull + f;
+  if (dot == 0 || dot > 10 || s.size() - dot - 1 == 0 || s.size() - dot - 1 > 9) return std::nullopt;
+  std::uint64_t secs = 0, f = 0;  // at most 10 and 9 digits: no overflow
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i == dot) continue;
+    const unsigned d = static_cast<unsigned char>(s[i]) - '0';
+    if (d > 9) return std::nullopt;
+    (i < dot ? secs : f) = (i < dot ? secs : f) * 10 + d;
+  }
+  for (std::size_t i = s.size() - dot - 1; i < 9; ++i) f *= 10;
+  return secs * 1000000000ull + f;
 }
 
-// Splits on runs of blanks.
-std::vector<std::string_view> split(std::string_view s) {
-  std::vector<std::string_view> out;
-  std::size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
-    std::size_t j = i;
-    while (j < s.size() && s[j] != ' ' && s[j] != '\t') ++j;
-    if (j > i) out.push_back(s.substr(i, j - i));
-    i = j;
+// The blank-separated tokens of a line, without allocating: up to kMax of them.
+struct Tokens {
+  static constexpr std::size_t kMax = 48;
+  // Token storage, left uninitialized (only the first n are ever read): zeroing it cost more
+  // than splitting the line.
+  struct Span {
+    const char* p;
+    std::size_t len;
+  };
+  Span t[kMax];
+  std::size_t n = 0;
+  bool overflow = false;  // more than kMax tokens
+  std::size_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  std::string_view operator[](std::size_t i) const { return {t[i].p, t[i].len}; }
+  std::string_view back() const { return (*this)[n - 1]; }
+  // Iterates over the tokens as string_views.
+  struct Iter {
+    const Span* s;
+    std::string_view operator*() const { return {s->p, s->len}; }
+    Iter& operator++() {
+      ++s;
+      return *this;
+    }
+    bool operator!=(const Iter& o) const { return s != o.s; }
+  };
+  Iter begin() const { return {t}; }
+  Iter end() const { return {t + n}; }
+};
+
+// Whether a byte separates tokens (a blank or a tab).
+constexpr std::array<bool, 256> kBlank = [] {
+  std::array<bool, 256> t{};
+  t[' '] = t['\t'] = true;
+  return t;
+}();
+
+// Returns the first ' ' in [p, end), or end; eight bytes at a time (a zero-byte test on the
+// word XOR spaces: its lowest flagged byte is always a real match).
+const char* find_space(const char* p, const char* end) {
+  constexpr std::uint64_t kOnes = 0x0101010101010101ull, kHigh = 0x8080808080808080ull, kSpaces = 0x2020202020202020ull;
+  while (end - p >= 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    const std::uint64_t x = w ^ kSpaces;
+    const std::uint64_t hit = (x - kOnes) & ~x & kHigh;
+    if (hit != 0) return p + (__builtin_ctzll(hit) >> 3);
+    p += 8;
+  }
+  while (p < end && *p != ' ') ++p;
+  return p;
+}
+
+// Splits on runs of blanks (spaces and tabs), keeping at most `max` tokens (the rest is not
+// scanned). `tabs`: whether the text may hold a tab; without, tokens end at the next space.
+Tokens split(std::string_view s, std::size_t max = Tokens::kMax, bool tabs = true) {
+  Tokens out;
+  const char* p = s.data();
+  const char* const end = p + s.size();
+  while (p < end) {
+    while (p < end && kBlank[static_cast<unsigned char>(*p)]) ++p;
+    if (p == end) break;
+    const char* q = p;
+    if (!tabs) {
+      q = find_space(p, end);
+    } else {
+      while (q < end && !kBlank[static_cast<unsigned char>(*q)]) ++q;
+    }
+    if (out.n == max) {
+      out.overflow = max == Tokens::kMax;
+      break;
+    }
+    out.t[out.n++] = Tokens::Span{p, static_cast<std::size_t>(q - p)};
+    p = q;
   }
   return out;
 }
@@ -99,16 +199,23 @@ std::string_view bare(std::string_view t) {
 }
 
 // Returns the token after the first token equal to `key` (ignoring a trailing ',' or ':').
-std::optional<std::string_view> value_after(const std::vector<std::string_view>& toks, std::string_view key) {
-  for (std::size_t i = 0; i + 1 < toks.size(); ++i)
+std::optional<std::string_view> value_after(const Tokens& toks, std::string_view key) {
+  for (std::size_t i = 0; i + 1 < toks.size(); ++i) {
+    const Tokens::Span& t = toks.t[i];
+    // Cheap rejections first: the length (a trailing ',' or ':' may follow the key) and the first byte.
+    if ((t.len != key.size() && t.len != key.size() + 1) || t.p[0] != key[0]) continue;
     if (bare(toks[i]) == key) return bare(toks[i + 1]);
+  }
   return std::nullopt;
 }
 
 // Finds the "[cpu]" column: a '[' after a blank, digits, and ']'. Returns the '[' position.
 std::optional<std::size_t> find_cpu_column(std::string_view line) {
   for (std::size_t i = 1; i < line.size(); ++i) {
-    if (line[i] != '[' || (line[i - 1] != ' ' && line[i - 1] != '\t')) continue;
+    const void* b = std::memchr(line.data() + i, '[', line.size() - i);
+    if (b == nullptr) break;
+    i = static_cast<std::size_t>(static_cast<const char*>(b) - line.data());
+    if (line[i - 1] != ' ' && line[i - 1] != '\t') continue;
     std::size_t j = i + 1;
     while (j < line.size() && line[j] >= '0' && line[j] <= '9') ++j;
     if (j > i + 1 && j < line.size() && line[j] == ']') return i;
@@ -117,26 +224,67 @@ std::optional<std::size_t> find_cpu_column(std::string_view line) {
 }
 
 // Parses the columns of a trace line: "comm-pid [(tgid)] [cpu] [flags] secs.frac: event: fields".
-std::optional<LineHead> parse_head(std::string_view line) {
-  const auto cpu_at = find_cpu_column(line);
-  if (!cpu_at) return std::nullopt;
-  LineHead h;
-  std::string_view task = trim(line.substr(0, *cpu_at));
+// The task columns ("comm-pid (tgid) ") of recent lines: lines of one thread repeat them
+// byte for byte, so a line that starts with a known prefix followed by '[' reuses its pid and
+// tgid (no column before the prefix's end can be the CPU column of either line).
+struct TaskCache {
+  struct Entry {
+    std::string prefix;
+    std::uint32_t pid = 0;
+    std::optional<std::uint32_t> tgid;
+  };
+  std::array<Entry, 8> entries;
+  unsigned next = 0;
+};
+
+// Whether `at` starts a CPU column: '[', digits, ']'.
+bool cpu_column_at(std::string_view line, std::size_t at) {
+  if (at >= line.size() || line[at] != '[') return false;
+  std::size_t j = at + 1;
+  while (j < line.size() && line[j] >= '0' && line[j] <= '9') ++j;
+  return j > at + 1 && j < line.size() && line[j] == ']';
+}
+
+// Parses the task columns before the CPU column at `cpu_at` into h.pid and h.tgid.
+bool parse_task(std::string_view line, std::size_t cpu_at, LineHead& h) {
+  std::string_view task = trim(line.substr(0, cpu_at));
   if (!task.empty() && task.back() == ')') {
     const auto open = task.rfind('(');
-    if (open == std::string_view::npos) return std::nullopt;
+    if (open == std::string_view::npos) return false;
     const auto inner = trim(task.substr(open + 1, task.size() - open - 2));
     if (all_digits(inner)) h.tgid = static_cast<std::uint32_t>(*parse_dec(inner));
     task = trim(task.substr(0, open));
   }
   const auto dash = task.rfind('-');
-  if (dash == std::string_view::npos || !all_digits(task.substr(dash + 1)) || task.size() - dash > 11)
-    return std::nullopt;
+  if (dash == std::string_view::npos || !all_digits(task.substr(dash + 1)) || task.size() - dash > 11) return false;
   const std::uint64_t pid = *parse_dec(task.substr(dash + 1));
-  if (pid > 0xffffffffu) return std::nullopt;
+  if (pid > 0xffffffffu) return false;
   h.pid = static_cast<std::uint32_t>(pid);
+  return true;
+}
+
+std::optional<LineHead> parse_head(std::string_view line, bool tabs, TaskCache& cache) {
+  LineHead h;
+  std::optional<std::size_t> cpu_at;
+  for (const TaskCache::Entry& e : cache.entries) {
+    const std::size_t n = e.prefix.size();
+    if (n == 0 || line.size() <= n || line[n] != '[' || std::memcmp(line.data(), e.prefix.data(), n) != 0) continue;
+    if (!cpu_column_at(line, n)) break;
+    cpu_at = n;
+    h.pid = e.pid;
+    h.tgid = e.tgid;
+    break;
+  }
+  if (!cpu_at) {
+    cpu_at = find_cpu_column(line);
+    if (!cpu_at || !parse_task(line, *cpu_at, h)) return std::nullopt;
+    TaskCache::Entry& e = cache.entries[cache.next++ % cache.entries.size()];
+    e.prefix.assign(line.data(), *cpu_at);
+    e.pid = h.pid;
+    e.tgid = h.tgid;
+  }
   std::string_view rest = line.substr(line.find(']', *cpu_at) + 1);
-  auto toks = split(rest);
+  const Tokens toks = split(rest, 3, tabs);
   // Up to one flags column ("d..1.") precedes the timestamp; the event name follows it.
   std::size_t k = 0;
   if (k < toks.size() && toks[k].back() != ':') ++k;
@@ -153,11 +301,103 @@ std::optional<LineHead> parse_head(std::string_view line) {
   return h;
 }
 
+// Compresses chunks of encoded events on a thread of its own while the importer parses.
+class ChunkCompressor {
+ public:
+  ChunkCompressor() : thread_([this] { run(); }) {}
+  ~ChunkCompressor() { (void)finish(); }
+  ChunkCompressor(const ChunkCompressor&) = delete;
+  ChunkCompressor& operator=(const ChunkCompressor&) = delete;
+
+  // Queues the raw records of `count` events (waits while many chunks are queued: bounded memory).
+  void submit(std::vector<std::uint8_t> raw, std::uint32_t count) {
+    std::unique_lock lock(mutex_);
+    room_.wait(lock, [this] { return queue_.size() < kMaxQueued; });
+    queue_.push_back({std::move(raw), count, chunks_.size()});
+    chunks_.emplace_back();
+    ready_.notify_one();
+  }
+
+  // Waits for every queued chunk; returns them in order.
+  std::vector<detail::EncodedChunk> finish() {
+    {
+      std::lock_guard lock(mutex_);
+      closed_ = true;
+    }
+    ready_.notify_one();
+    if (thread_.joinable()) thread_.join();
+    return std::move(chunks_);
+  }
+
+ private:
+  struct Job {
+    std::vector<std::uint8_t> raw;
+    std::uint32_t count;
+    std::size_t index;
+  };
+  static constexpr std::size_t kMaxQueued = 16;
+
+  // The thread: compresses queued chunks until finish().
+  void run() {
+    ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [this] { return closed_ || !queue_.empty(); });
+        if (queue_.empty()) break;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      room_.notify_one();
+      detail::EncodedChunk c;
+      c.count = job.count;
+      c.sum = detail::encode_chunk(c.bytes, job.raw, job.count, cctx);
+      std::lock_guard lock(mutex_);
+      chunks_[job.index] = std::move(c);
+    }
+    ZSTD_freeCCtx(cctx);
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_, room_;
+  std::deque<Job> queue_;
+  std::vector<detail::EncodedChunk> chunks_;
+  bool closed_ = false;
+  std::thread thread_;
+};
+
 // Converts one capture, line by line, keeping per-thread state.
 class Importer {
  public:
-  Importer(const FtraceImportOptions& o, FtraceImportStats& s, std::vector<TraceEvent>& out)
-      : opt_(o), st_(s), out_(out) {}
+  Importer(const FtraceImportOptions& o, FtraceImportStats& s, std::vector<TraceEvent>& out,
+           ChunkCompressor* sink = nullptr)
+      : opt_(o), st_(s), out_(out), sink_(sink) {}
+
+  // Hands the events from `sent_` up to `end` to the compressor, a chunk at a time.
+  void send(std::size_t end) {
+    std::vector<std::uint8_t> raw;
+    while (sent_ < end) {
+      const std::size_t n = std::min<std::size_t>(detail::kEventsPerChunk, end - sent_);
+      raw.resize(n * detail::kEventSize);
+      for (std::size_t i = 0; i < n; ++i) detail::encode_event_at(raw.data() + i * detail::kEventSize, out_[sent_ + i]);
+      sink_->submit(std::move(raw), static_cast<std::uint32_t>(n));
+      raw = {};
+      sent_ += n;
+    }
+  }
+
+  // Sends every full chunk of events that no later line can change: those before the oldest
+  // exit still waiting for a GPA from a kvm_page_fault or kvm_mmio (backfill_gpa).
+  void send_final() {
+    std::size_t final_end = out_.size();
+    for (const auto& [tid, t] : threads_)
+      if (t.pending_exit && could_backfill(out_[*t.pending_exit])) final_end = std::min(final_end, *t.pending_exit);
+    send(sent_ + (final_end - sent_) / detail::kEventsPerChunk * detail::kEventsPerChunk);
+  }
+
+  // Sends the rest (all lines are read).
+  void send_rest() { send(out_.size()); }
 
   // Handles one line (without its newline).
   void line(std::string_view raw, std::size_t number) {
@@ -168,7 +408,8 @@ class Importer {
       if (l.rfind("# tracer:", 0) == 0) saw_tracefs_ = true;
       return;
     }
-    const auto head = parse_head(l);
+    const bool tabs = std::memchr(l.data(), '\t', l.size()) != nullptr;
+    const auto head = parse_head(l, tabs, task_cache_);
     if (!head) {
       if (l.rfind("cpus=", 0) == 0 || l.rfind("version =", 0) == 0) {  // trace-cmd report preamble
         saw_report_ = true;
@@ -186,18 +427,8 @@ class Importer {
       return;
     }
     const std::string_view ev = head->event;
-    static constexpr std::string_view kHandled[] = {"kvm_exit",
-                                                    "kvm_entry",
-                                                    "kvm_pio",
-                                                    "kvm_mmio",
-                                                    "kvm_page_fault",
-                                                    "kvm_userspace_exit",
-                                                    "kvm_mmu_set_spte",
-                                                    "kvm_mmu_spte_requested",
-                                                    "kvm_tdp_mmu_spte_changed"};
-    bool handled = false;
-    for (auto h : kHandled) handled |= ev == h;
-    if (!handled) {
+    const int kind = event_kind(ev);
+    if (kind < 0) {
       ++st_.other_event_lines;
       return;
     }
@@ -205,49 +436,64 @@ class Importer {
     std::uint32_t vm = head->tgid.value_or(head->pid);
     if (!head->tgid)
       if (auto it = opt_.tgids.find(head->pid); it != opt_.tgids.end()) vm = it->second;
-    all_vms_.insert(vm);
+    if (vm != last_seen_vm_) {
+      all_vms_.insert(vm);
+      last_seen_vm_ = vm;
+    }
     if (opt_.pid && *opt_.pid != head->pid && *opt_.pid != vm) {
       ++st_.filtered_lines;
       return;
     }
-    ++st_.per_event[std::string(ev)];
-    const auto toks = split(head->fields);
+    ++per_event_[static_cast<std::size_t>(kind)];
+    const Tokens toks = split(head->fields, Tokens::kMax, tabs);
     const std::size_t before = out_.size();
-    bool ok = false;
-    if (ev == "kvm_exit")
-      ok = on_exit(*head, vm, toks);
-    else if (ev == "kvm_entry")
-      ok = on_entry(*head, vm, toks);
-    else if (ev == "kvm_pio")
-      ok = on_pio(*head, vm, toks);
-    else if (ev == "kvm_mmio")
-      ok = on_mmio(*head, vm, toks);
-    else if (ev == "kvm_page_fault")
-      ok = on_page_fault(*head, toks);
-    else if (ev == "kvm_userspace_exit")
-      ok = on_userspace_exit(*head, vm, toks);
-    else if (ev == "kvm_mmu_set_spte")
-      ok = on_set_spte(*head, vm, toks);
-    else if (ev == "kvm_mmu_spte_requested")
-      ok = on_spte_requested(*head, vm, toks);
-    else
-      ok = on_tdp_changed(*head, vm, toks);
+    bool ok = !toks.overflow;
+    if (ok) switch (kind) {
+        case 0: ok = on_exit(*head, vm, toks); break;
+        case 1: ok = on_entry(*head, vm, toks); break;
+        case 2: ok = on_pio(*head, vm, toks); break;
+        case 3: ok = on_mmio(*head, vm, toks); break;
+        case 4: ok = on_page_fault(*head, toks); break;
+        case 5: ok = on_userspace_exit(*head, vm, toks); break;
+        case 6: ok = on_set_spte(*head, vm, toks); break;
+        case 7: ok = on_spte_requested(*head, vm, toks); break;
+        default: ok = on_tdp_changed(*head, vm, toks); break;
+      }
     if (!ok) {
       out_.resize(before);
       ++st_.malformed_lines;
       sample(number, l);
       return;
     }
-    if (out_.size() > before) st_.vms.insert(vm);
+    if (out_.size() > before && vm != last_event_vm_) {
+      st_.vms.insert(vm);
+      last_event_vm_ = vm;
+    }
+    if (sink_ != nullptr && out_.size() >= sent_ + 2 * detail::kEventsPerChunk) send_final();
   }
 
-  // Fills in the style once all lines are read.
-  void finish() { st_.style = saw_tracefs_ ? "tracefs" : saw_report_ ? "trace-cmd" : "plain"; }
+  // Fills in the style and the per-event counts once all lines are read.
+  void finish() {
+    st_.style = saw_tracefs_ ? "tracefs" : saw_report_ ? "trace-cmd" : "plain";
+    for (std::size_t k = 0; k < kHandled.size(); ++k)
+      if (per_event_[k] != 0) st_.per_event[std::string(kHandled[k])] = per_event_[k];
+  }
 
   // Returns every VM id seen, including those the pid filter dropped.
   const std::set<std::uint32_t>& all_vms() const { return all_vms_; }
 
  private:
+  // The KVM events handled, in the order of event_kind().
+  static constexpr std::array<std::string_view, 9> kHandled = {
+      "kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_page_fault", "kvm_userspace_exit", "kvm_mmu_set_spte",
+      "kvm_mmu_spte_requested", "kvm_tdp_mmu_spte_changed"};
+  // Returns the index of a handled event in kHandled, or -1.
+  static int event_kind(std::string_view ev) {
+    if (ev.size() < 7 || ev[0] != 'k' || ev[3] != '_') return -1;
+    for (std::size_t k = 0; k < kHandled.size(); ++k)
+      if (ev == kHandled[k]) return static_cast<int>(k);
+    return -1;
+  }
   // Records a lost-events marker ("CPU:1 [LOST 42 EVENTS]"): the number inside the brackets.
   void lost(std::string_view l) {
     const auto open = l.find('['), close = l.rfind(']');
@@ -265,15 +511,30 @@ class Importer {
 
   // Returns the vCPU id of a thread: as last printed, else by order of appearance in its VM.
   std::uint32_t vcpu_of(std::uint32_t tid, std::uint32_t vm) {
-    ThreadState& t = threads_[tid];
+    ThreadState& t = thread(tid);
     if (!t.vcpu) t.vcpu = next_vcpu_[vm]++;
     return *t.vcpu;
   }
 
+  // Returns the state of a thread (the last one looked up is cached; map nodes do not move).
+  ThreadState& thread(std::uint32_t tid) {
+    if (tid != last_tid_ || last_thread_ == nullptr) {
+      last_thread_ = &threads_[tid];
+      last_tid_ = tid;
+    }
+    return *last_thread_;
+  }
+
+  // Whether backfill_gpa() may still change an exit (then its chunk is not final).
+  static bool could_backfill(const TraceEvent& e) {
+    if (e.b != 0) return false;
+    return (e.flags & kExitSvm) ? e.code == kSvmNpf : (e.code == kVmxEptViolation || e.code == kVmxEptMisconfig);
+  }
+
   // Records an explicitly printed vCPU id for a thread.
-  void note_vcpu(std::uint32_t tid, const std::vector<std::string_view>& toks) {
+  void note_vcpu(std::uint32_t tid, const Tokens& toks) {
     if (auto v = value_after(toks, "vcpu"))
-      if (auto n = parse_dec(*v); n && *n <= 0xffffffffu) threads_[tid].vcpu = static_cast<std::uint32_t>(*n);
+      if (auto n = parse_dec(*v); n && *n <= 0xffffffffu) thread(tid).vcpu = static_cast<std::uint32_t>(*n);
   }
 
   // Appends an event stamped with the line's time, VM and vCPU.
@@ -287,14 +548,19 @@ class Importer {
 
   // kvm_exit: "vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info ..."
   // or, before Linux 5.7, "reason %s rip 0x%lx info %llx %llx".
-  bool on_exit(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_exit(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     note_vcpu(h.pid, toks);
     std::size_t r = 0;
     while (r < toks.size() && toks[r] != "reason") ++r;
     if (r + 1 >= toks.size()) return false;
-    std::string name(toks[r + 1]);
+    std::string_view name = toks[r + 1];
+    std::string excp;  // SVM exception exits are named with two words ("PF excp")
     std::size_t k = r + 2;
-    if (k < toks.size() && toks[k] == "excp") name += " excp", ++k;
+    if (k < toks.size() && toks[k] == "excp") {
+      excp = std::string(name) + " excp";
+      name = excp;
+      ++k;
+    }
     TraceEvent e{.type = EventType::kExit};
     for (; k < toks.size() && toks[k] != "rip"; ++k)
       if (toks[k] == "FAILED_VMENTRY") e.flags |= kExitFailedVmentry;
@@ -327,12 +593,13 @@ class Importer {
       e.a = *a;
       if (svm && e.code == kSvmNpf) e.b = *b;
     }
-    threads_[h.pid].pending_exit = emit(e, h, vm);
+    const std::size_t at = emit(e, h, vm);
+    thread(h.pid).pending_exit = at;
     return true;
   }
 
   // kvm_entry: "vcpu %u, rip 0x%lx[ inj ...][[immediate exit]][[guest]]", or "vcpu %u" before Linux 5.9.
-  bool on_entry(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_entry(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     note_vcpu(h.pid, toks);
     if (toks.empty() || toks[0] != "vcpu") return false;
     TraceEvent e{.type = EventType::kEntry};
@@ -344,12 +611,12 @@ class Importer {
       e.c = *v;
     }
     emit(e, h, vm);
-    threads_[h.pid].pending_exit.reset();
+    thread(h.pid).pending_exit.reset();
     return true;
   }
 
   // kvm_pio: "pio_%s at 0x%x size %d count %d val 0x%x %s".
-  bool on_pio(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_pio(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     if (toks.empty() || (toks[0] != "pio_read" && toks[0] != "pio_write")) return false;
     const auto port = value_after(toks, "at"), size = value_after(toks, "size"), count = value_after(toks, "count"),
                val = value_after(toks, "val");
@@ -365,20 +632,21 @@ class Importer {
 
   // Gives the pending EPT-violation / NPF / misconfig exit of a thread its GPA, once.
   void backfill_gpa(std::uint32_t tid, std::uint64_t gpa, bool misconfig_too) {
-    ThreadState& t = threads_[tid];
+    ThreadState& t = thread(tid);
     if (!t.pending_exit) return;
     TraceEvent& e = out_[*t.pending_exit];
     const bool svm = e.flags & kExitSvm;
     const bool match =
         svm ? e.code == kSvmNpf : (e.code == kVmxEptViolation || (misconfig_too && e.code == kVmxEptMisconfig));
     if (match && e.b == 0) {
+      BATON_CHECK(*t.pending_exit >= sent_);  // send_final() keeps such exits
       e.b = gpa;
       ++st_.backfilled_gpas;
     }
   }
 
   // kvm_mmio: "mmio %s len %u gpa 0x%llx val 0x%llx".
-  bool on_mmio(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_mmio(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     if (toks.size() < 2 || toks[0] != "mmio") return false;
     const std::string_view type = toks[1];
     if (type != "read" && type != "write" && type != "unsatisfied-read") return false;
@@ -394,7 +662,7 @@ class Importer {
   }
 
   // kvm_page_fault: "vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx" or "address %lx error_code %x".
-  bool on_page_fault(const LineHead& h, const std::vector<std::string_view>& toks) {
+  bool on_page_fault(const LineHead& h, const Tokens& toks) {
     note_vcpu(h.pid, toks);
     const auto addr = value_after(toks, "address");
     if (!addr || !parse_hex(*addr)) return false;
@@ -403,7 +671,7 @@ class Importer {
   }
 
   // kvm_userspace_exit: "reason %s (%d)"; "restart"/"error" carry an errno.
-  bool on_userspace_exit(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_userspace_exit(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     const auto name = value_after(toks, "reason");
     if (!name || toks.empty()) return false;
     std::string_view num = toks.back();
@@ -425,7 +693,7 @@ class Importer {
   }
 
   // kvm_mmu_set_spte: "gfn %llx spte %llx (%s%s%s%s) level %d at %llx".
-  bool on_set_spte(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_set_spte(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     const auto gfn = value_after(toks, "gfn"), spte = value_after(toks, "spte"), level = value_after(toks, "level");
     if (!gfn || !spte || !level) return false;
     const auto g = parse_hex(*gfn), s = parse_hex(*spte), l = parse_dec(*level);
@@ -444,7 +712,7 @@ class Importer {
   }
 
   // kvm_mmu_spte_requested: "gfn %llx pfn %llx level %d" (gfn and pfn of the faulting 4K page).
-  bool on_spte_requested(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_spte_requested(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     const auto gfn = value_after(toks, "gfn"), pfn = value_after(toks, "pfn"), level = value_after(toks, "level");
     if (!gfn || !pfn || !level) return false;
     const auto g = parse_hex(*gfn), p = parse_hex(*pfn), l = parse_dec(*level);
@@ -464,7 +732,7 @@ class Importer {
   }
 
   // kvm_tdp_mmu_spte_changed: "as id %d gfn %llx level %d old_spte %llx new_spte %llx".
-  bool on_tdp_changed(const LineHead& h, std::uint32_t vm, const std::vector<std::string_view>& toks) {
+  bool on_tdp_changed(const LineHead& h, std::uint32_t vm, const Tokens& toks) {
     const auto as = value_after(toks, "id"), gfn = value_after(toks, "gfn"), level = value_after(toks, "level"),
                olds = value_after(toks, "old_spte"), news = value_after(toks, "new_spte");
     if (!as || !gfn || !level || !olds || !news) return false;
@@ -502,9 +770,16 @@ class Importer {
   const FtraceImportOptions& opt_;
   FtraceImportStats& st_;
   std::vector<TraceEvent>& out_;
+  ChunkCompressor* sink_ = nullptr;
+  std::size_t sent_ = 0;  // events handed to sink_
+  TaskCache task_cache_;
   std::unordered_map<std::uint32_t, ThreadState> threads_;
+  std::uint32_t last_tid_ = 0;
+  ThreadState* last_thread_ = nullptr;
   std::unordered_map<std::uint32_t, std::uint32_t> next_vcpu_;
   std::set<std::uint32_t> all_vms_;
+  std::uint32_t last_seen_vm_ = ~0u, last_event_vm_ = ~0u;  // last ids inserted into all_vms_ and st_.vms
+  std::array<std::size_t, kHandled.size()> per_event_{};
   bool saw_tracefs_ = false, saw_report_ = false;
 };
 
@@ -517,16 +792,24 @@ std::string join_ids(const std::set<std::uint32_t>& ids) {
 
 }  // namespace
 
-Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptions& options) {
-  FtraceImport r;
-  Importer imp(options, r.stats, r.trace.events);
-  std::size_t number = 0;
-  while (!text.empty()) {
-    const auto nl = text.find('\n');
-    const std::string_view line = text.substr(0, nl);
-    imp.line(line, ++number);
-    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+namespace {
+
+// Feeds the complete lines of `text` to the importer; returns the unfinished rest (the text
+// after the last newline).
+std::string_view feed_lines(Importer& imp, std::string_view text, std::size_t& number) {
+  const char* p = text.data();
+  const char* const end = p + text.size();
+  while (p < end) {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+    if (nl == nullptr) break;
+    imp.line(std::string_view(p, static_cast<std::size_t>(nl - p)), ++number);
+    p = nl + 1;
   }
+  return std::string_view(p, static_cast<std::size_t>(end - p));
+}
+
+// Completes an import: the style, the header, and the errors of a capture without events.
+Result<FtraceImport> finish_import(Importer& imp, FtraceImport&& r, const FtraceImportOptions& options) {
   imp.finish();
   FtraceImportStats& st = r.stats;
   if (st.event_lines + st.other_event_lines == 0 && !options.allow_empty) {
@@ -549,7 +832,18 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
   hd.meta["malformed_lines"] = std::to_string(st.malformed_lines);
   hd.meta["lost_events"] = std::to_string(st.lost_events);
   if (options.pid) hd.meta["pid"] = std::to_string(*options.pid);
-  return r;
+  return std::move(r);
+}
+
+}  // namespace
+
+Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptions& options) {
+  FtraceImport r;
+  Importer imp(options, r.stats, r.trace.events);
+  std::size_t number = 0;
+  const std::string_view rest = feed_lines(imp, text, number);
+  if (!rest.empty()) imp.line(rest, ++number);
+  return finish_import(imp, std::move(r), options);
 }
 
 Result<std::map<std::uint32_t, std::uint32_t>> parse_saved_tgids(std::string_view text) {
@@ -571,16 +865,60 @@ Result<std::map<std::uint32_t, std::uint32_t>> parse_saved_tgids(std::string_vie
   return m;
 }
 
-Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("cannot open '" + path + "': " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return make_error("cannot read '" + path + "'");
+namespace {
+
+// Reads and parses a capture file in blocks (only the events stay in memory), handing final
+// events to `sink` as it goes when there is one.
+Result<FtraceImport> import_file(const std::string& path, const FtraceImportOptions& options, ChunkCompressor* sink) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error("cannot open '" + path + "': " + std::strerror(errno));
   FtraceImportOptions o = options;
   if (o.input_name.empty()) o.input_name = path;
-  auto r = parse_ftrace(ss.str(), o);
-  if (!r) return make_error(path + ": " + r.error().message);
+  FtraceImport r;
+  struct stat sb {};
+  if (::fstat(fd, &sb) == 0 && sb.st_size > 0)  // one event per 80 bytes at most, as a rule: no regrowth
+    r.trace.events.reserve(static_cast<std::size_t>(sb.st_size) / 80);
+  Importer imp(o, r.stats, r.trace.events, sink);
+  std::vector<char> buf(std::size_t{4} << 20);
+  std::size_t have = 0, number = 0;
+  for (;;) {
+    if (have == buf.size()) buf.resize(buf.size() * 2);  // one line longer than the buffer
+    const ssize_t got = ::read(fd, buf.data() + have, buf.size() - have);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      return make_error("cannot read '" + path + "': " + why);
+    }
+    if (got == 0) break;
+    have += static_cast<std::size_t>(got);
+    const std::string_view rest = feed_lines(imp, std::string_view(buf.data(), have), number);
+    std::memmove(buf.data(), rest.data(), rest.size());
+    have = rest.size();
+  }
+  ::close(fd);
+  if (have > 0) imp.line(std::string_view(buf.data(), have), ++number);
+  if (sink != nullptr) imp.send_rest();
+  auto res = finish_import(imp, std::move(r), o);
+  if (!res) return make_error(path + ": " + res.error().message);
+  return res;
+}
+
+}  // namespace
+
+Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options) {
+  return import_file(path, options, nullptr);
+}
+
+Result<FtraceImport> import_ftrace_to(const std::string& path, const std::string& out, bool overwrite,
+                                      const FtraceImportOptions& options) {
+  // A second thread compresses chunks of final events while this one parses: zstd costs about
+  // as much as the parsing.
+  ChunkCompressor compressor;
+  auto r = import_file(path, options, &compressor);
+  std::vector<detail::EncodedChunk> chunks = compressor.finish();
+  if (!r) return r;
+  if (auto w = detail::write_encoded_trace(out, r->trace.header, chunks, overwrite); !w) return w.error();
   return r;
 }
 

@@ -2,6 +2,9 @@
 // end marker (docs/trace-format.md).
 #include "trace_codec.hpp"
 
+#include <bit>
+#include <cstring>
+
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -99,19 +102,27 @@ std::vector<std::uint8_t> encode_prelude(const TraceHeader& h) {
   return out;
 }
 
+void encode_event_at(std::uint8_t* rec, const TraceEvent& e) {
+  // Little-endian integers copied as they lie in memory; padding bytes are zero.
+  static_assert(std::endian::native == std::endian::little, "encode_event_at copies integers as they lie in memory");
+  auto put = [rec](std::size_t at, auto v) { std::memcpy(rec + at, &v, sizeof v); };
+  put(0, static_cast<std::uint32_t>(static_cast<std::uint8_t>(e.type)));  // type, then 3 bytes of zero
+  put(4, e.vm);
+  put(8, e.vcpu);
+  put(12, e.code);
+  put(16, e.flags);
+  put(20, std::uint32_t{0});
+  put(24, e.time);
+  put(32, e.insn);
+  put(40, e.a);
+  put(48, e.b);
+  put(56, e.c);
+}
+
 void encode_event(std::vector<std::uint8_t>& out, const TraceEvent& e) {
-  put_le(out, static_cast<std::uint8_t>(e.type), 1);
-  put_le(out, 0, 3);
-  put_le(out, e.vm, 4);
-  put_le(out, e.vcpu, 4);
-  put_le(out, e.code, 4);
-  put_le(out, e.flags, 4);
-  put_le(out, 0, 4);
-  put_le(out, e.time, 8);
-  put_le(out, e.insn, 8);
-  put_le(out, e.a, 8);
-  put_le(out, e.b, 8);
-  put_le(out, e.c, 8);
+  std::uint8_t rec[kEventSize];
+  encode_event_at(rec, e);
+  out.insert(out.end(), rec, rec + kEventSize);
 }
 
 std::uint64_t encode_chunk(std::vector<std::uint8_t>& out, const std::vector<std::uint8_t>& raw, std::uint32_t count,
