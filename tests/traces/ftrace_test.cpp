@@ -402,3 +402,28 @@ TEST_CASE("Importing to a file while compressing on a second thread writes what 
   CHECK_FALSE(std::filesystem::exists(dir + "/empty.trace"));
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("The fast paths of common lines read what the general tokenizer reads", "[traces][ftrace][synth]") {
+  // A tab anywhere in a line sends it down the general path; the events must not change.
+  SynthOptions o;
+  o.lines = 30'000;
+  const std::string text = synthetic_ftrace(o);
+  std::string tabbed;
+  tabbed.reserve(text.size());
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t nl = text.find('\n', at);
+    std::string line = text.substr(at, nl - at);
+    if (const std::size_t colon = line.find(": "); colon != std::string::npos && line[0] != '#') line[colon + 1] = '\t';
+    tabbed += line + '\n';
+    at = nl + 1;
+  }
+  auto fast = parse_ftrace(text), general = parse_ftrace(tabbed);
+  REQUIRE(fast.ok());
+  REQUIRE(general.ok());
+  CHECK(fast->trace.events.size() > 20'000);
+  CHECK(fast->trace.events == general->trace.events);
+  CHECK(fast->stats.per_event == general->stats.per_event);
+  CHECK(fast->stats.backfilled_gpas == general->stats.backfilled_gpas);
+  CHECK(general->stats.malformed_lines == 0);
+}

@@ -2,27 +2,26 @@
 // kvmmmu events, converted into trace v1 events (docs/trace-format.md, "ftrace import").
 #include "baton/traces/ftrace.hpp"
 
-#include <zstd.h>
-
-#include "trace_codec.hpp"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
 #include <array>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
+#include <cerrno>
 #include <cstring>
 #include <unordered_map>
+
+#include "chunk_compressor.hpp"
+#include "ftrace_text.hpp"
+#include "trace_codec.hpp"
 
 namespace baton::traces {
 
 namespace {
+
+using namespace ftrace_text;
+using detail::ChunkCompressor;
 
 constexpr std::uint64_t kSpteMmuPresent = 1ull << 11;     // SPTE_MMU_PRESENT_MASK (Linux >= 5.13)
 constexpr std::uint64_t kSpteLarge = 1ull << 7;           // PT_PAGE_SIZE_MASK: a 2M/1G leaf
@@ -45,170 +44,6 @@ struct ThreadState {
   std::optional<std::size_t> pending_exit;  // the last kExit not yet followed by kvm_entry
 };
 
-// Trims spaces and tabs at both ends.
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-  return s;
-}
-
-// Returns whether s is a non-empty run of decimal digits.
-bool all_digits(std::string_view s) {
-  if (s.empty()) return false;
-  for (char c : s)
-    if (c < '0' || c > '9') return false;
-  return true;
-}
-
-// Parses a decimal number (digits only, no sign; nullopt past 2^64 - 1).
-std::optional<std::uint64_t> parse_dec(std::string_view s) {
-  if (s.empty()) return std::nullopt;
-  std::uint64_t v = 0;
-  for (char c : s) {
-    const unsigned d = static_cast<unsigned char>(c) - '0';
-    if (d > 9) return std::nullopt;
-    if (v >= 1844674407370955161ull && (v > 1844674407370955161ull || d > 5)) return std::nullopt;  // past 2^64 - 1
-    v = v * 10 + d;
-  }
-  return v;
-}
-
-// The value of each byte as a hex digit, or 16.
-constexpr std::array<std::uint8_t, 256> kHexDigit = [] {
-  std::array<std::uint8_t, 256> t{};
-  for (unsigned c = 0; c < 256; ++c)
-    t[c] = c >= '0' && c <= '9' ? static_cast<std::uint8_t>(c - '0')
-           : c >= 'a' && c <= 'f' ? static_cast<std::uint8_t>(c - 'a' + 10)
-           : c >= 'A' && c <= 'F' ? static_cast<std::uint8_t>(c - 'A' + 10)
-                                  : 16;
-  return t;
-}();
-
-// Parses a hex number with or without a 0x prefix (nullopt past 2^64 - 1).
-std::optional<std::uint64_t> parse_hex(std::string_view s) {
-  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s.remove_prefix(2);
-  if (s.empty()) return std::nullopt;
-  std::uint64_t v = 0;
-  for (char c : s) {
-    const unsigned d = kHexDigit[static_cast<unsigned char>(c)];
-    if (d > 15 || (v >> 60) != 0) return std::nullopt;
-    v = (v << 4) | d;
-  }
-  return v;
-}
-
-// Parses an ftrace timestamp ("1234.567890" seconds, any number of fraction digits up to 9,
-// or a bare counter) into nanoseconds.
-std::optional<std::uint64_t> parse_timestamp(std::string_view s) {
-  const auto dot = s.find('.');
-  if (dot == std::string_view::npos) return parse_dec(s);
-  if (dot == 0 || dot > 10 || s.size() - dot - 1 == 0 || s.size() - dot - 1 > 9) return std::nullopt;
-  std::uint64_t secs = 0, f = 0;  // at most 10 and 9 digits: no overflow
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (i == dot) continue;
-    const unsigned d = static_cast<unsigned char>(s[i]) - '0';
-    if (d > 9) return std::nullopt;
-    (i < dot ? secs : f) = (i < dot ? secs : f) * 10 + d;
-  }
-  for (std::size_t i = s.size() - dot - 1; i < 9; ++i) f *= 10;
-  return secs * 1000000000ull + f;
-}
-
-// The blank-separated tokens of a line, without allocating: up to kMax of them.
-struct Tokens {
-  static constexpr std::size_t kMax = 48;
-  // Token storage, left uninitialized (only the first n are ever read): zeroing it cost more
-  // than splitting the line.
-  struct Span {
-    const char* p;
-    std::size_t len;
-  };
-  Span t[kMax];
-  std::size_t n = 0;
-  bool overflow = false;  // more than kMax tokens
-  std::size_t size() const { return n; }
-  bool empty() const { return n == 0; }
-  std::string_view operator[](std::size_t i) const { return {t[i].p, t[i].len}; }
-  std::string_view back() const { return (*this)[n - 1]; }
-  // Iterates over the tokens as string_views.
-  struct Iter {
-    const Span* s;
-    std::string_view operator*() const { return {s->p, s->len}; }
-    Iter& operator++() {
-      ++s;
-      return *this;
-    }
-    bool operator!=(const Iter& o) const { return s != o.s; }
-  };
-  Iter begin() const { return {t}; }
-  Iter end() const { return {t + n}; }
-};
-
-// Whether a byte separates tokens (a blank or a tab).
-constexpr std::array<bool, 256> kBlank = [] {
-  std::array<bool, 256> t{};
-  t[' '] = t['\t'] = true;
-  return t;
-}();
-
-// Returns the first ' ' in [p, end), or end; eight bytes at a time (a zero-byte test on the
-// word XOR spaces: its lowest flagged byte is always a real match).
-const char* find_space(const char* p, const char* end) {
-  constexpr std::uint64_t kOnes = 0x0101010101010101ull, kHigh = 0x8080808080808080ull, kSpaces = 0x2020202020202020ull;
-  while (end - p >= 8) {
-    std::uint64_t w;
-    std::memcpy(&w, p, 8);
-    const std::uint64_t x = w ^ kSpaces;
-    const std::uint64_t hit = (x - kOnes) & ~x & kHigh;
-    if (hit != 0) return p + (__builtin_ctzll(hit) >> 3);
-    p += 8;
-  }
-  while (p < end && *p != ' ') ++p;
-  return p;
-}
-
-// Splits on runs of blanks (spaces and tabs), keeping at most `max` tokens (the rest is not
-// scanned). `tabs`: whether the text may hold a tab; without, tokens end at the next space.
-Tokens split(std::string_view s, std::size_t max = Tokens::kMax, bool tabs = true) {
-  Tokens out;
-  const char* p = s.data();
-  const char* const end = p + s.size();
-  while (p < end) {
-    while (p < end && kBlank[static_cast<unsigned char>(*p)]) ++p;
-    if (p == end) break;
-    const char* q = p;
-    if (!tabs) {
-      q = find_space(p, end);
-    } else {
-      while (q < end && !kBlank[static_cast<unsigned char>(*q)]) ++q;
-    }
-    if (out.n == max) {
-      out.overflow = max == Tokens::kMax;
-      break;
-    }
-    out.t[out.n++] = Tokens::Span{p, static_cast<std::size_t>(q - p)};
-    p = q;
-  }
-  return out;
-}
-
-// Strips one trailing ',' or ':' from a token.
-std::string_view bare(std::string_view t) {
-  if (!t.empty() && (t.back() == ',' || t.back() == ':')) t.remove_suffix(1);
-  return t;
-}
-
-// Returns the token after the first token equal to `key` (ignoring a trailing ',' or ':').
-std::optional<std::string_view> value_after(const Tokens& toks, std::string_view key) {
-  for (std::size_t i = 0; i + 1 < toks.size(); ++i) {
-    const Tokens::Span& t = toks.t[i];
-    // Cheap rejections first: the length (a trailing ',' or ':' may follow the key) and the first byte.
-    if ((t.len != key.size() && t.len != key.size() + 1) || t.p[0] != key[0]) continue;
-    if (bare(toks[i]) == key) return bare(toks[i + 1]);
-  }
-  return std::nullopt;
-}
-
 // Finds the "[cpu]" column: a '[' after a blank, digits, and ']'. Returns the '[' position.
 std::optional<std::size_t> find_cpu_column(std::string_view line) {
   for (std::size_t i = 1; i < line.size(); ++i) {
@@ -223,7 +58,6 @@ std::optional<std::size_t> find_cpu_column(std::string_view line) {
   return std::nullopt;
 }
 
-// Parses the columns of a trace line: "comm-pid [(tgid)] [cpu] [flags] secs.frac: event: fields".
 // The task columns ("comm-pid (tgid) ") of recent lines: lines of one thread repeat them
 // byte for byte, so a line that starts with a known prefix followed by '[' reuses its pid and
 // tgid (no column before the prefix's end can be the CPU column of either line).
@@ -263,6 +97,7 @@ bool parse_task(std::string_view line, std::size_t cpu_at, LineHead& h) {
   return true;
 }
 
+// Parses the columns of a trace line: "comm-pid [(tgid)] [cpu] [flags] secs.frac: event: fields".
 std::optional<LineHead> parse_head(std::string_view line, bool tabs, TaskCache& cache) {
   LineHead h;
   std::optional<std::size_t> cpu_at;
@@ -300,72 +135,6 @@ std::optional<LineHead> parse_head(std::string_view line, bool tabs, TaskCache& 
   h.fields = trim(std::string_view(fields_begin, static_cast<std::size_t>(line.data() + line.size() - fields_begin)));
   return h;
 }
-
-// Compresses chunks of encoded events on a thread of its own while the importer parses.
-class ChunkCompressor {
- public:
-  ChunkCompressor() : thread_([this] { run(); }) {}
-  ~ChunkCompressor() { (void)finish(); }
-  ChunkCompressor(const ChunkCompressor&) = delete;
-  ChunkCompressor& operator=(const ChunkCompressor&) = delete;
-
-  // Queues the raw records of `count` events (waits while many chunks are queued: bounded memory).
-  void submit(std::vector<std::uint8_t> raw, std::uint32_t count) {
-    std::unique_lock lock(mutex_);
-    room_.wait(lock, [this] { return queue_.size() < kMaxQueued; });
-    queue_.push_back({std::move(raw), count, chunks_.size()});
-    chunks_.emplace_back();
-    ready_.notify_one();
-  }
-
-  // Waits for every queued chunk; returns them in order.
-  std::vector<detail::EncodedChunk> finish() {
-    {
-      std::lock_guard lock(mutex_);
-      closed_ = true;
-    }
-    ready_.notify_one();
-    if (thread_.joinable()) thread_.join();
-    return std::move(chunks_);
-  }
-
- private:
-  struct Job {
-    std::vector<std::uint8_t> raw;
-    std::uint32_t count;
-    std::size_t index;
-  };
-  static constexpr std::size_t kMaxQueued = 16;
-
-  // The thread: compresses queued chunks until finish().
-  void run() {
-    ZSTD_CCtx* cctx = ZSTD_createCCtx();
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock lock(mutex_);
-        ready_.wait(lock, [this] { return closed_ || !queue_.empty(); });
-        if (queue_.empty()) break;
-        job = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      room_.notify_one();
-      detail::EncodedChunk c;
-      c.count = job.count;
-      c.sum = detail::encode_chunk(c.bytes, job.raw, job.count, cctx);
-      std::lock_guard lock(mutex_);
-      chunks_[job.index] = std::move(c);
-    }
-    ZSTD_freeCCtx(cctx);
-  }
-
-  std::mutex mutex_;
-  std::condition_variable ready_, room_;
-  std::deque<Job> queue_;
-  std::vector<detail::EncodedChunk> chunks_;
-  bool closed_ = false;
-  std::thread thread_;
-};
 
 // Converts one capture, line by line, keeping per-thread state.
 class Importer {
@@ -445,8 +214,12 @@ class Importer {
       return;
     }
     ++per_event_[static_cast<std::size_t>(kind)];
-    const Tokens toks = split(head->fields, Tokens::kMax, tabs);
     const std::size_t before = out_.size();
+    if (!tabs && fast_line(kind, *head, vm)) {
+      after_event(vm, before);
+      return;
+    }
+    const Tokens toks = split(head->fields, Tokens::kMax, tabs);
     bool ok = !toks.overflow;
     if (ok) switch (kind) {
         case 0: ok = on_exit(*head, vm, toks); break;
@@ -465,11 +238,103 @@ class Importer {
       sample(number, l);
       return;
     }
+    after_event(vm, before);
+  }
+
+  // Notes the VM of a line that produced events and hands final chunks to the compressor.
+  void after_event(std::uint32_t vm, std::size_t before) {
     if (out_.size() > before && vm != last_event_vm_) {
       st_.vms.insert(vm);
       last_event_vm_ = vm;
     }
     if (sink_ != nullptr && out_.size() >= sent_ + 2 * detail::kEventsPerChunk) send_final();
+  }
+
+  // The fast paths of the commonest lines in their usual layout (kvm_mmu_set_spte, kvm_exit,
+  // kvm_entry, kvm_page_fault): the same events and state as the general handlers, without
+  // tokenizing. Returns false, having changed nothing, when the line is laid out otherwise.
+  bool fast_line(int kind, const LineHead& h, std::uint32_t vm) {
+    Cursor c{h.fields.data(), h.fields.data() + h.fields.size()};
+    std::uint64_t vcpu = 0, rip = 0, a = 0, b = 0, x = 0, y = 0;
+    switch (kind) {
+      case 6: {  // kvm_mmu_set_spte: "gfn %llx spte %llx (%s%s%s%s) level %d at %llx"
+        std::uint64_t gfn = 0, spte = 0, level = 0;
+        if (!c.lit("gfn ") || !c.hex(gfn) || !c.lit(" spte ") || !c.hex(spte) || !c.lit(" (")) return false;
+        const std::string_view paren = c.word();  // "rwx)"
+        if (paren.size() < 4 || paren.back() != ')' || !c.lit(" level ") || !c.dec(level) || !c.lit(" at ") || !c.hex(x) ||
+            !c.done())
+          return false;
+        const std::string_view perms = paren.substr(0, paren.size() - 1);
+        if (level < 1 || level > 3) {
+          ++st_.skipped_sptes;
+          return true;
+        }
+        const std::uint32_t p = (perms[0] == 'r' ? 1u : 0u) | (perms[1] == 'w' ? 2u : 0u) | (perms[2] == 'x' ? 4u : 0u);
+        emit_set(h, vm, gfn, (spte >> 12) & kSptePfnMask, static_cast<unsigned>(level),
+                 p | kEptOriginSetSpte << kEptOriginShift);
+        return true;
+      }
+      case 1: {  // kvm_entry: "vcpu %u, rip 0x%lx"
+        if (!c.lit("vcpu ")) return false;
+        const std::string_view v = c.word();  // "0,"
+        if (v.size() < 2 || v.back() != ',' || !parse_dec(v.substr(0, v.size() - 1)) || !c.lit(" rip ") || !c.hex(rip) ||
+            !c.done())
+          return false;
+        vcpu = *parse_dec(v.substr(0, v.size() - 1));
+        if (vcpu > 0xffffffffu) return false;
+        thread(h.pid).vcpu = static_cast<std::uint32_t>(vcpu);
+        TraceEvent e{.type = EventType::kEntry};
+        e.c = rip;
+        emit(e, h, vm);
+        thread(h.pid).pending_exit.reset();
+        return true;
+      }
+      case 4: {  // kvm_page_fault: "vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx"
+        if (!c.lit("vcpu ") || !c.dec(vcpu) || vcpu > 0xffffffffu || !c.lit(" rip ") || !c.hex(rip) ||
+            !c.lit(" address ") || !c.hex(a) || !c.lit(" error_code ") || !c.hex(x) || !c.done())
+          return false;
+        thread(h.pid).vcpu = static_cast<std::uint32_t>(vcpu);
+        backfill_gpa(h.pid, a, false);
+        return true;
+      }
+      case 0: {  // kvm_exit: "vcpu %u reason %s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info 0x%08x error_code 0x%08x"
+        if (!c.lit("vcpu ") || !c.dec(vcpu) || vcpu > 0xffffffffu || !c.lit(" reason ")) return false;
+        const std::string_view name = c.word();
+        static constexpr std::string_view kKeys[] = {"vcpu", "reason", "rip", "info1", "info2", "info", "excp",
+                                                     "FAILED_VMENTRY"};
+        for (std::string_view k : kKeys)
+          if (bare(name) == k) return false;  // the general handler reads such a layout its own way
+        if (!c.lit(" rip ") || !c.hex(rip) || !c.lit(" info1 ") || !c.hex(a) || !c.lit(" info2 ") || !c.hex(b) ||
+            !c.lit(" intr_info ") || !c.hex(x) || !c.lit(" error_code ") || !c.hex(y) || !c.done())
+          return false;
+        thread(h.pid).vcpu = static_cast<std::uint32_t>(vcpu);
+        TraceEvent e{.type = EventType::kExit};
+        const bool svm = exit_code(name, e);
+        e.c = rip;
+        e.a = a;
+        if (svm && e.code == kSvmNpf) e.b = b;  // exit_info_2 holds the faulting GPA
+        const std::size_t at = emit(e, h, vm);
+        thread(h.pid).pending_exit = at;
+        return true;
+      }
+      default: return false;
+    }
+  }
+
+  // Sets an exit's code (and the SVM flag) from its reason name; returns whether it is SVM.
+  bool exit_code(std::string_view name, TraceEvent& e) {
+    bool svm = false;
+    if (auto code = exit_reason_from_name(name, &svm)) {
+      e.code = *code;
+      if (svm) e.flags |= kExitSvm;
+      st_.isa = svm ? "svm" : "vmx";
+    } else if (auto num = parse_hex(name)) {
+      e.code = static_cast<std::uint32_t>(*num);
+      if (st_.isa == "svm") e.flags |= kExitSvm;
+    } else {
+      e.code = 0xffffffffu;  // a reason this baton has no name for
+    }
+    return svm;
   }
 
   // Fills in the style and the per-event counts once all lines are read.
@@ -564,17 +429,7 @@ class Importer {
     TraceEvent e{.type = EventType::kExit};
     for (; k < toks.size() && toks[k] != "rip"; ++k)
       if (toks[k] == "FAILED_VMENTRY") e.flags |= kExitFailedVmentry;
-    bool svm = false;
-    if (auto code = exit_reason_from_name(name, &svm)) {
-      e.code = *code;
-      if (svm) e.flags |= kExitSvm;
-      st_.isa = svm ? "svm" : "vmx";
-    } else if (auto num = parse_hex(name)) {
-      e.code = static_cast<std::uint32_t>(*num);
-      if (st_.isa == "svm") e.flags |= kExitSvm;
-    } else {
-      e.code = 0xffffffffu;  // a reason this baton has no name for
-    }
+    const bool svm = exit_code(name, e);
     const auto rip = value_after(toks, "rip");
     if (!rip || !parse_hex(*rip)) return false;
     e.c = *parse_hex(*rip);
