@@ -23,6 +23,16 @@ class ChunkCompressor {
   ChunkCompressor(const ChunkCompressor&) = delete;
   ChunkCompressor& operator=(const ChunkCompressor&) = delete;
 
+  // Returns an empty buffer for raw records (one a compressed chunk gave back, when there is one).
+  std::vector<std::uint8_t> buffer() {
+    std::lock_guard lock(mutex_);
+    if (spare_.empty()) return {};
+    std::vector<std::uint8_t> b = std::move(spare_.back());
+    spare_.pop_back();
+    b.clear();
+    return b;
+  }
+
   // Queues the raw records of `count` events (waits while many chunks are queued: bounded memory).
   void submit(std::vector<std::uint8_t> raw, std::uint32_t count) {
     std::unique_lock lock(mutex_);
@@ -69,6 +79,7 @@ class ChunkCompressor {
       c.sum = encode_chunk(c.bytes, job.raw, job.count, cctx);
       std::lock_guard lock(mutex_);
       chunks_[job.index] = std::move(c);
+      spare_.push_back(std::move(job.raw));
     }
     ZSTD_freeCCtx(cctx);
   }
@@ -77,6 +88,7 @@ class ChunkCompressor {
   std::condition_variable ready_, room_;
   std::deque<Job> queue_;
   std::vector<EncodedChunk> chunks_;
+  std::vector<std::vector<std::uint8_t>> spare_;  // raw buffers to reuse
   bool closed_ = false;
   std::thread thread_;
 };

@@ -127,24 +127,28 @@ void encode_event(std::vector<std::uint8_t>& out, const TraceEvent& e) {
 
 std::uint64_t encode_chunk(std::vector<std::uint8_t>& out, const std::vector<std::uint8_t>& raw, std::uint32_t count,
                            void* cctx) {
-  std::vector<std::uint8_t> comp(ZSTD_compressBound(raw.size()));
-  std::size_t n =
-      ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx), comp.data(), comp.size(), raw.data(), raw.size(), kZstdLevel);
+  // One scratch buffer per thread: a fresh 256 KiB one per chunk cost an mmap, page faults
+  // and a munmap each time.
+  thread_local std::vector<std::uint8_t> comp;
+  const std::size_t bound = ZSTD_compressBound(raw.size());
+  if (comp.size() < bound) comp.resize(bound);
+  const std::size_t n =
+      ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx), comp.data(), bound, raw.data(), raw.size(), kZstdLevel);
   BATON_CHECK(!ZSTD_isError(n));  // compressing into a ZSTD_compressBound buffer cannot fail
-  comp.resize(n);
   const std::size_t at = out.size();
+  out.reserve(at + kChunkHeaderSize + n);
   put_le(out, kChunkTag, 4);
   put_le(out, count, 4);
   put_le(out, raw.size(), 4);
-  put_le(out, comp.size(), 4);
+  put_le(out, n, 4);
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);
   XXH64_update(st, out.data() + at + 4, 12);
-  XXH64_update(st, comp.data(), comp.size());
+  XXH64_update(st, comp.data(), n);
   const std::uint64_t sum = XXH64_digest(st);
   XXH64_freeState(st);
   put_le(out, sum, 8);
-  out.insert(out.end(), comp.begin(), comp.end());
+  out.insert(out.end(), comp.begin(), comp.begin() + static_cast<std::ptrdiff_t>(n));
   return sum;
 }
 
