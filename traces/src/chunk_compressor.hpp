@@ -23,13 +23,13 @@ class ChunkCompressor {
   ChunkCompressor(const ChunkCompressor&) = delete;
   ChunkCompressor& operator=(const ChunkCompressor&) = delete;
 
-  // Returns an empty buffer for raw records (one a compressed chunk gave back, when there is one).
+  // Returns a buffer for raw records: one a compressed chunk gave back (its old bytes still
+  // there, so that sizing it again writes no zeros), or a new one.
   std::vector<std::uint8_t> buffer() {
     std::lock_guard lock(mutex_);
     if (spare_.empty()) return {};
     std::vector<std::uint8_t> b = std::move(spare_.back());
     spare_.pop_back();
-    b.clear();
     return b;
   }
 
