@@ -1,5 +1,4 @@
 // baton trace: import ftrace captures, show traces and reconstruct gfn->pfn maps.
-#include <array>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -71,18 +70,14 @@ void run_import(const TraceOptions& o) {
   auto imp = traces::import_ftrace_to(o.in, o.out, o.force, io);
   if (!imp) return fail(imp.error().message);
   const auto& st = imp->stats;
-  std::array<std::size_t, 256> by_type{};  // counted by raw type, named once
-  for (const TraceEvent& e : imp->trace.events) ++by_type[static_cast<std::uint8_t>(e.type)];
-  std::map<std::string, std::size_t> kinds;
-  for (std::size_t t = 0; t < by_type.size(); ++t)
-    if (by_type[t] != 0) kinds[traces::to_string(static_cast<EventType>(t))] += by_type[t];
+  const std::map<std::string, std::size_t>& kinds = st.events_by_type;
   if (o.json) {
     json j{{"input", o.in},
            {"output", o.out},
            {"style", st.style},
            {"isa", st.isa},
            {"vms", st.vms},
-           {"events", imp->trace.events.size()},
+           {"events", st.events},
            {"events_by_type", kinds},
            {"lines", st.lines},
            {"event_lines", st.per_event},
@@ -106,7 +101,7 @@ void run_import(const TraceOptions& o) {
   std::printf("  lines            %zu: %zu KVM events, %zu other events, %zu comments, %zu unknown, %zu malformed\n",
               st.lines, st.event_lines, st.other_event_lines, st.comment_lines, st.unknown_lines, st.malformed_lines);
   if (st.filtered_lines) std::printf("  filtered out     %zu lines of other pids\n", st.filtered_lines);
-  std::printf("  trace events     %zu:", imp->trace.events.size());
+  std::printf("  trace events     %zu:", st.events);
   for (const auto& [k, n] : kinds) std::printf(" %s %zu", k.c_str(), n);
   std::printf("\n");
   if (st.lost_events) std::printf("  WARNING: the capture lost %zu events; maps may be incomplete\n", st.lost_events);

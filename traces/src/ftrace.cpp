@@ -154,9 +154,11 @@ std::optional<LineHead> parse_head(std::string_view line, bool tabs, TaskCache& 
 // Converts one capture, line by line, keeping per-thread state.
 class Importer {
  public:
+  // Parses into `out`; with a sink, hands final events to it, and without `keep` drops them
+  // from `out` once handed over (then `out` holds only the events still open to change).
   Importer(const FtraceImportOptions& o, FtraceImportStats& s, std::vector<TraceEvent>& out,
-           ChunkCompressor* sink = nullptr)
-      : opt_(o), st_(s), out_(out), sink_(sink) {}
+           ChunkCompressor* sink = nullptr, bool keep = true)
+      : opt_(o), st_(s), out_(out), keep_(keep || sink == nullptr), sink_(sink) {}
 
   // Hands the events from `sent_` up to `end` to the compressor, a chunk at a time.
   void send(std::size_t end) {
@@ -164,23 +166,36 @@ class Importer {
       const std::size_t n = std::min<std::size_t>(detail::kEventsPerChunk, end - sent_);
       std::vector<std::uint8_t> raw = sink_->buffer();
       raw.resize(n * detail::kEventSize);
-      for (std::size_t i = 0; i < n; ++i) detail::encode_event_at(raw.data() + i * detail::kEventSize, out_[sent_ + i]);
+      for (std::size_t i = 0; i < n; ++i) {
+        const TraceEvent& e = at(sent_ + i);
+        detail::encode_event_at(raw.data() + i * detail::kEventSize, e);
+        ++by_type_[static_cast<std::uint8_t>(e.type)];
+      }
       sink_->submit(std::move(raw), static_cast<std::uint32_t>(n));
       sent_ += n;
+    }
+    // Events handed over are final: unless the caller keeps them, only the rest stays.
+    if (!keep_ && sent_ - base_ >= 16 * detail::kEventsPerChunk) {
+      out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(sent_ - base_));
+      base_ = sent_;
     }
   }
 
   // Sends every full chunk of events that no later line can change: those before the oldest
   // exit still waiting for a GPA from a kvm_page_fault or kvm_mmio (backfill_gpa).
   void send_final() {
-    std::size_t final_end = out_.size();
+    std::size_t final_end = count();
     for (const auto& [tid, t] : threads_)
-      if (t.pending_exit && could_backfill(out_[*t.pending_exit])) final_end = std::min(final_end, *t.pending_exit);
+      if (t.pending_exit && could_backfill(at(*t.pending_exit))) final_end = std::min(final_end, *t.pending_exit);
     send(sent_ + (final_end - sent_) / detail::kEventsPerChunk * detail::kEventsPerChunk);
   }
 
   // Sends the rest (all lines are read).
-  void send_rest() { send(out_.size()); }
+  void send_rest() { send(count()); }
+
+  // Events so far (those dropped after sending included), and the event with that index.
+  std::size_t count() const { return base_ + out_.size(); }
+  TraceEvent& at(std::size_t i) { return out_[i - base_]; }
 
   // Handles one line (without its newline).
   void line(std::string_view raw, std::size_t number) {
@@ -228,7 +243,7 @@ class Importer {
       return;
     }
     ++per_event_[static_cast<std::size_t>(kind)];
-    const std::size_t before = out_.size();
+    const std::size_t before = count();
     if (!tabs && fast_line(kind, *head, vm)) {
       after_event(vm, before);
       return;
@@ -247,7 +262,7 @@ class Importer {
         default: ok = on_tdp_changed(*head, vm, toks); break;
       }
     if (!ok) {
-      out_.resize(before);
+      out_.resize(before - base_);
       ++st_.malformed_lines;
       sample(number, l);
       return;
@@ -257,11 +272,11 @@ class Importer {
 
   // Notes the VM of a line that produced events and hands final chunks to the compressor.
   void after_event(std::uint32_t vm, std::size_t before) {
-    if (out_.size() > before && vm != last_event_vm_) {
+    if (count() > before && vm != last_event_vm_) {
       st_.vms.insert(vm);
       last_event_vm_ = vm;
     }
-    if (sink_ != nullptr && out_.size() >= sent_ + 2 * detail::kEventsPerChunk) send_final();
+    if (sink_ != nullptr && count() >= sent_ + 2 * detail::kEventsPerChunk) send_final();
   }
 
   // The fast paths of the commonest lines in their usual layout (kvm_mmu_set_spte, kvm_exit,
@@ -356,6 +371,14 @@ class Importer {
     st_.style = saw_tracefs_ ? "tracefs" : saw_report_ ? "trace-cmd" : "plain";
     for (std::size_t k = 0; k < kHandled.size(); ++k)
       if (per_event_[k] != 0) st_.per_event[std::string(kHandled[k])] = per_event_[k];
+    if (sink_ == nullptr)
+      for (const TraceEvent& e : out_) ++by_type_[static_cast<std::uint8_t>(e.type)];
+    st_.events = 0;
+    for (std::size_t t = 0; t < by_type_.size(); ++t)
+      if (by_type_[t] != 0) {
+        st_.events_by_type[to_string(static_cast<EventType>(t))] += by_type_[t];
+        st_.events += by_type_[t];
+      }
   }
 
   // Returns every VM id seen, including those the pid filter dropped.
@@ -422,7 +445,7 @@ class Importer {
     e.time = h.ns;
     e.vcpu = vcpu_of(h.pid, vm);
     out_.push_back(e);
-    return out_.size() - 1;
+    return count() - 1;
   }
 
   // kvm_exit: "vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info ..."
@@ -503,7 +526,7 @@ class Importer {
   void backfill_gpa(std::uint32_t tid, std::uint64_t gpa, bool misconfig_too) {
     ThreadState& t = thread(tid);
     if (!t.pending_exit) return;
-    TraceEvent& e = out_[*t.pending_exit];
+    TraceEvent& e = at(*t.pending_exit);
     const bool svm = e.flags & kExitSvm;
     const bool match =
         svm ? e.code == kSvmNpf : (e.code == kVmxEptViolation || (misconfig_too && e.code == kVmxEptMisconfig));
@@ -639,6 +662,9 @@ class Importer {
   const FtraceImportOptions& opt_;
   FtraceImportStats& st_;
   std::vector<TraceEvent>& out_;
+  bool keep_ = true;        // keep the events handed to sink_ in out_
+  std::size_t base_ = 0;    // index of out_[0] (events before it were sent and dropped)
+  std::array<std::size_t, 256> by_type_{};  // events by type (counted as sent, or at finish())
   ChunkCompressor* sink_ = nullptr;
   std::size_t sent_ = 0;  // events handed to sink_
   TaskCache task_cache_;
@@ -738,14 +764,17 @@ namespace {
 
 // Reads and parses a capture file in blocks (only the events stay in memory), handing final
 // events to `sink` as it goes when there is one.
-Result<FtraceImport> import_file(const std::string& path, const FtraceImportOptions& options, ChunkCompressor* sink) {
+Result<FtraceImport> import_file(const std::string& path, const FtraceImportOptions& options, ChunkCompressor* sink,
+                                 bool keep) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error("cannot open '" + path + "': " + std::strerror(errno));
   FtraceImportOptions o = options;
   if (o.input_name.empty()) o.input_name = path;
   FtraceImport r;
   struct stat sb {};
-  if (::fstat(fd, &sb) == 0 && sb.st_size > 0) {  // one event per 80 bytes at most, as a rule: no regrowth
+  if (!keep) {
+    r.trace.events.reserve(20 * std::size_t{detail::kEventsPerChunk});  // a window: no regrowth
+  } else if (::fstat(fd, &sb) == 0 && sb.st_size > 0) {  // one event per 80 bytes at most, as a rule: no regrowth
     std::vector<TraceEvent>& ev = r.trace.events;
     ev.reserve(static_cast<std::size_t>(sb.st_size) / 80);
     // Huge pages for the events where the system allows them: thousands fewer page faults.
@@ -754,7 +783,7 @@ Result<FtraceImport> import_file(const std::string& path, const FtraceImportOpti
     const std::uintptr_t hi = (reinterpret_cast<std::uintptr_t>(ev.data() + ev.capacity())) & ~(k2m - 1);
     if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
   }
-  Importer imp(o, r.stats, r.trace.events, sink);
+  Importer imp(o, r.stats, r.trace.events, sink, keep);
   std::vector<char> buf(std::size_t{4} << 20);
   std::size_t have = 0, number = 0;
   for (;;) {
@@ -783,7 +812,7 @@ Result<FtraceImport> import_file(const std::string& path, const FtraceImportOpti
 }  // namespace
 
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options) {
-  return import_file(path, options, nullptr);
+  return import_file(path, options, nullptr, true);
 }
 
 Result<FtraceImport> import_ftrace_to(const std::string& path, const std::string& out, bool overwrite,
@@ -791,9 +820,10 @@ Result<FtraceImport> import_ftrace_to(const std::string& path, const std::string
   // A second thread compresses chunks of final events while this one parses: zstd costs about
   // as much as the parsing.
   ChunkCompressor compressor;
-  auto r = import_file(path, options, &compressor);
+  auto r = import_file(path, options, &compressor, false);
   std::vector<detail::EncodedChunk> chunks = compressor.finish();
   if (!r) return r;
+  std::vector<TraceEvent>().swap(r->trace.events);  // the last window: every event is in the chunks
   if (auto w = detail::write_encoded_trace(out, r->trace.header, chunks, overwrite); !w) return w.error();
   return r;
 }

@@ -47,6 +47,8 @@ struct FtraceImportStats {
   std::vector<std::string> samples;              // the first few unknown or malformed lines, with their line numbers
   std::set<std::uint32_t> vms;                   // VM ids (VMM pids) that produced events
   std::string isa;                               // "vmx", "svm" or "" if no kvm_exit told
+  std::size_t events = 0;                        // trace events made
+  std::map<std::string, std::size_t> events_by_type;  // trace events by type name (to_string(EventType))
 };
 
 // The result of an import: a trace whose events have time in nanoseconds.
@@ -61,7 +63,9 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
 // Reads and parses an ftrace text file; errors name the file.
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options = {});
 // Imports an ftrace text file and writes the trace to `out` (as write_trace would, byte for
-// byte), compressing on a second thread while it parses. Nothing is written on an error.
+// byte), compressing on a second thread while it parses. Nothing is written on an error. The
+// events are not kept in the result (trace.events is empty; stats.events counts them): only
+// those still open to change are in memory at any time.
 Result<FtraceImport> import_ftrace_to(const std::string& path, const std::string& out, bool overwrite,
                                       const FtraceImportOptions& options = {});
 
