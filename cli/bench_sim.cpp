@@ -38,7 +38,7 @@ struct SimCase {
 std::vector<SimCase> all_cases() {
   return {
       {"checksum", "checksum", 128u << 20, {"rounds=200"}, true, true},
-      {"memtouch", "memtouch", 384u << 20, {"size=256M", "passes=54"}, true, true},
+      {"memtouch", "memtouch", 384u << 20, {"size=256M", "passes=72"}, true, true},
       {"pagewalk", "pagewalk", 384u << 20, {"size=256M", "reads=24000000"}, true, true},
       {"io", "io", 128u << 20, {"count=6400000", "batch=4096"}, true, true},
       {"tsc", "tsc", 128u << 20, {"iterations=18000000"}, true, true},
