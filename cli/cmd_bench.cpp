@@ -151,7 +151,8 @@ void register_bench(CLI::App& app) {
   register_bench_sim(*bench);
   register_bench_migrate(*bench);
   register_bench_kvm(*bench);
-  // Every bench prints JSON only; --json is accepted everywhere, as on every other command.
+  register_bench_trace(*bench);
+  // The benches without a table print JSON only; --json is accepted by every one of them.
   for (CLI::App* sc : bench->get_subcommands([](CLI::App*) { return true; }))
     if (sc->get_option_no_throw("--json") == nullptr)
       sc->add_flag("--json")->description("Print JSON (the only output format)");

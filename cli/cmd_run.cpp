@@ -33,6 +33,7 @@ struct RunOptions {
   std::string backend = "sim";
   std::string dirty = "off";
   bool no_ad = false;
+  bool all_hooked = false;
   bool json_out = false;
   bool force = false;  // replace an existing --trace file
 };
@@ -53,8 +54,8 @@ SimOptions sim_options(const RunOptions& o) {
 void run_guest_kvm(const RunOptions& o) {
   if (!parse_size(o.mem)) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
   if (!parse_page_level(o.pages)) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
-  if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad)
-    return fail("--profile, --trace, --dirty and --no-ad apply to --backend sim only");
+  if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad || o.all_hooked)
+    return fail("--profile, --trace, --dirty, --no-ad and --all-hooked apply to --backend sim only");
   // The device first: without KVM this one line is all the user needs to see.
   const std::string device = hw::kvm_device();
   if (auto why = hw::kvm_unavailable_reason(device)) return fail(*why);
@@ -126,6 +127,7 @@ void run_guest(const RunOptions& o) {
   const guests::GuestImage* image = &setup->image;
   sim::SimConfig& cfg = setup->cfg;
   cfg.hv.dirty = dirty;
+  cfg.hookless = !o.all_hooked;
   cfg.trace_path = o.trace;
   cfg.trace_overwrite = o.force;
   cfg.guest_name = o.guest;
@@ -258,6 +260,8 @@ void register_run(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--dirty", o->dirty, "Dirty tracking: off (a plain run needs none), wp, pml")->capture_default_str();
   c->add_flag("--no-ad", o->no_ad, "Disable EPT accessed/dirty flags");
+  c->add_flag("--all-hooked", o->all_hooked,
+              "Keep every access on the memory hooks (the per-access reference of the hook-less fast path; slow)");
   c->add_flag("--json", o->json_out, "Print JSON");
   c->callback([o] { run_guest(*o); });
 }

@@ -70,19 +70,17 @@ void run_import(const TraceOptions& o) {
     if (!m) return fail(o.tgids + ": " + m.error().message);
     io.tgids = std::move(*m);
   }
-  auto imp = traces::import_ftrace_file(o.in, io);
+  auto imp = traces::import_ftrace_to(o.in, o.out, o.force, io);
   if (!imp) return fail(imp.error().message);
-  if (auto r = traces::write_trace(o.out, imp->trace, o.force); !r) return fail(r.error().message);
   const auto& st = imp->stats;
-  std::map<std::string, std::size_t> kinds;
-  for (const TraceEvent& e : imp->trace.events) ++kinds[traces::to_string(e.type)];
+  const std::map<std::string, std::size_t>& kinds = st.events_by_type;
   if (o.json) {
     json j{{"input", o.in},
            {"output", o.out},
            {"style", st.style},
            {"isa", st.isa},
            {"vms", st.vms},
-           {"events", imp->trace.events.size()},
+           {"events", st.events},
            {"events_by_type", kinds},
            {"lines", st.lines},
            {"event_lines", st.per_event},
@@ -111,7 +109,7 @@ void run_import(const TraceOptions& o) {
   std::printf("  lines            %zu: %zu KVM events, %zu other events, %zu comments, %zu unknown, %zu malformed\n",
               st.lines, st.event_lines, st.other_event_lines, st.comment_lines, st.unknown_lines, st.malformed_lines);
   if (st.filtered_lines) std::printf("  filtered out     %zu lines of other pids\n", st.filtered_lines);
-  std::printf("  trace events     %zu:", imp->trace.events.size());
+  std::printf("  trace events     %zu:", st.events);
   for (const auto& [k, n] : kinds) std::printf(" %s %zu", k.c_str(), n);
   std::printf("\n");
   if (st.lost_events) std::printf("  WARNING: the capture lost %zu events; maps may be incomplete\n", st.lost_events);

@@ -32,6 +32,8 @@ void register_compare(CLI::App& app);
 // `bench migrate` under the bench subcommand (cli/bench_migrate.cpp).
 void register_bench_migrate(CLI::App& bench);
 void register_bench_kvm(CLI::App& bench);
+// `bench trace` under the bench subcommand (cli/bench_trace.cpp).
+void register_bench_trace(CLI::App& bench);
 // `baton vmm-worker` (cli/cmd_vmm.cpp): the receiving VMM process of a local migration.
 void register_vmm_worker(CLI::App& app);
 // `baton explore` (cli/cmd_explore*.cpp): the interactive REPL and --script.

@@ -190,6 +190,15 @@ Result<void> InputFile::read(std::uint64_t offset, void* dst, std::size_t n) con
   return ok_result();
 }
 
+Result<std::size_t> InputFile::read_some(std::uint64_t offset, void* dst, std::size_t n) const {
+  for (;;) {
+    const ssize_t r = ::pread(fd_, dst, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return make_error("cannot read '" + path_ + "': " + err_text());
+    return static_cast<std::size_t>(r);
+  }
+}
+
 Result<std::vector<std::uint8_t>> InputFile::read_all() const {
   // Read to the end rather than trusting st_size, which is 0 for many /proc files.
   std::vector<std::uint8_t> out;
@@ -225,7 +234,7 @@ Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::uint64
   return f->read_all();
 }
 
-Result<std::string> read_text_file(const std::string& path, std::uint64_t max_bytes, const char* what) {
+Result<InputFile> open_text_file(const std::string& path, std::uint64_t max_bytes, const char* what) {
   auto f = InputFile::open(path, max_bytes, what);
   if (!f) return f.error();
   const std::size_t head_n = static_cast<std::size_t>(std::min<std::uint64_t>(f->size(), 64 * 1024));
@@ -238,6 +247,12 @@ Result<std::string> read_text_file(const std::string& path, std::uint64_t max_by
   if (binary * 20 > head.size())
     return make_error("'" + path + "' is not a text file (" + std::to_string(binary * 100 / head.size()) +
                       "% of its first " + bytes_text(head.size()) + " are NUL or control bytes); expected a " + what);
+  return f;
+}
+
+Result<std::string> read_text_file(const std::string& path, std::uint64_t max_bytes, const char* what) {
+  auto f = open_text_file(path, max_bytes, what);
+  if (!f) return f.error();
   auto all = f->read_all();
   if (!all) return all.error();
   return std::string(all->begin(), all->end());

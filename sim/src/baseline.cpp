@@ -1,6 +1,7 @@
 // A bare Unicorn run: memory pre-mapped, only IN/OUT hooked (the ABI needs them to end).
 #include "baton/sim/baseline.hpp"
 
+#include <sys/resource.h>
 #include <unicorn/unicorn.h>
 
 #include <chrono>
@@ -21,6 +22,13 @@ void bare_out(uc_engine* uc, std::uint32_t port, int size, std::uint32_t value, 
 std::uint32_t bare_in(uc_engine*, std::uint32_t port, int size, void* user) {
   auto& ports = *static_cast<guests::PortRecorder*>(user);
   return ports.in(static_cast<std::uint16_t>(port), static_cast<unsigned>(size)).value;
+}
+// CPU seconds (user + system) the calling thread has used so far.
+double thread_cpu_s() {
+  struct rusage ru {};
+  getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 }  // namespace
 
@@ -60,8 +68,10 @@ Result<BareRun> run_bare_unicorn(const guests::GuestImage& im, std::uint64_t max
   check(uc_hook_add(uc, &h2, UC_HOOK_INSN, reinterpret_cast<void*>(bare_in), &ports, 1, 0, UC_X86_INS_IN), "hook in");
   if (err.empty()) {
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = thread_cpu_s();
     check(uc_emu_start(uc, v.rip, ~std::uint64_t{0}, 0, max_insns), "run");
     run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    run.cpu_s = thread_cpu_s() - c0;
   }
   uc_close(uc);
   if (!err.empty()) return make_error("bare Unicorn: " + err);

@@ -350,7 +350,7 @@ void UnicornVcpu::update_watch() {
     mem_hook_ = h;
     mem_hook_listed_ = true;
     if (readd_after_promote_) {
-      readd_after_promote_ = false;  // the hook was only off to retranslate load-only blocks
+      readd_after_promote_ = false;  // the hook was only off to retranslate hot blocks
     } else {
       if (unhooked_run_) drop_translations();  // translations made without the hook use the inline fast path
       ++hook_toggles_;
@@ -615,7 +615,7 @@ void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
       }
     }
   }
-  // A hot load-only block is retranslated without the memory hooks; the hook is deleted now so
+  // A hot block is retranslated without the memory hooks; the hook is deleted now so
   // that Unicorn drops it when this emulation ends. Stop before the block (it is not counted).
   const std::size_t idx = static_cast<std::size_t>(&b - blocks_.data());
   if (mem_hook_ != 0 && b.promotable && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);

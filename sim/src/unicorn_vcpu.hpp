@@ -110,7 +110,7 @@ class UnicornVcpu {
   std::uint64_t rdtsc_fixed() const { return rdtsc_fixed_; }
   std::uint64_t hook_toggles() const { return hook_toggles_; }
   bool watching() const { return mem_hook_ != 0; }
-  // Load-only blocks retranslated without the memory hooks (and times they were dropped again).
+  // Blocks retranslated without the memory hooks since the last full drop (and the drops).
   std::uint64_t fast_blocks() const { return fast_count_; }
   std::uint64_t fast_drops() const { return fast_drops_; }
   // Softmmu flushes done because a page lost its read permission.

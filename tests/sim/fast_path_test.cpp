@@ -1,6 +1,7 @@
-// The simulator's fast path: hot load-only blocks run without Unicorn's memory hooks (their
-// loads use Unicorn's own TLB), and still every first touch of a page is an EPT violation,
-// also after the EPT lost entries under them (the executor flushes Unicorn's TLB then).
+// The simulator's fast path: hot blocks run without Unicorn's memory hooks in their
+// translation (their loads use Unicorn's own TLB, their stores still reach the hook), and still
+// every first touch of a page is an EPT violation, also after the EPT lost entries under them
+// (the executor flushes Unicorn's TLB then); long runs stay on that path (the regression guard).
 #include <set>
 
 #include "sim/sim_fixtures.hpp"

@@ -2,8 +2,12 @@
 // reconstruction of gfn->pfn maps from the imported events.
 #include "baton/traces/ftrace.hpp"
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 using namespace baton::traces;
@@ -335,4 +339,104 @@ TEST_CASE("Exit reason names map both ways", "[traces][ftrace]") {
   CHECK(exit_reason_name(30) == "IO_INSTRUCTION");
   CHECK(exit_reason_name(0x7b, true) == "io");
   CHECK(exit_reason_name(999).empty());
+}
+
+TEST_CASE("A synthetic QEMU-shaped capture imports every line it holds, as generated", "[traces][ftrace][synth]") {
+  SynthOptions o;
+  o.lines = 60'000;
+  SynthStats st;
+  const std::string text = synthetic_ftrace(o, &st);
+  CHECK(st.lines == o.lines);
+  CHECK(st.bytes == text.size());
+  // About half the lines install SPTEs, as in the real capture (261,096 of 525,651).
+  CHECK(st.per_event.at("kvm_mmu_set_spte") * 100 / st.lines >= 40);
+  CHECK(st.per_event.at("kvm_mmu_set_spte") * 100 / st.lines <= 60);
+  auto r = parse_ftrace(text);
+  REQUIRE(r.ok());
+  CHECK(r->stats.lines == st.lines);
+  CHECK(r->stats.style == "tracefs");
+  CHECK(r->stats.isa == "vmx");
+  CHECK(r->stats.vms == std::set<std::uint32_t>{4242, 5242});
+  CHECK(r->stats.unknown_lines == 0);
+  CHECK(r->stats.malformed_lines == 0);
+  CHECK(r->stats.other_event_lines == st.per_event.at("kvm_fpu"));
+  for (const auto& [name, n] : st.per_event)
+    if (name != "kvm_fpu") CHECK(r->stats.per_event.at(name) == n);
+  CHECK(of_type(r->trace, EventType::kEptSet).size() == st.per_event.at("kvm_mmu_set_spte"));
+  // Every EPT violation got its GPA from the kvm_page_fault that follows it, every
+  // misconfiguration (MMIO) from its kvm_mmio.
+  CHECK(r->stats.backfilled_gpas == st.per_event.at("kvm_page_fault") + st.per_event.at("kvm_mmio"));
+  // Same seed, same capture; another seed, another one.
+  CHECK(synthetic_ftrace(o) == text);
+  o.seed = 2;
+  CHECK(synthetic_ftrace(o) != text);
+}
+
+TEST_CASE("Importing to a file while compressing on a second thread writes what write_trace writes", "[traces][ftrace][synth]") {
+  const std::string dir = std::filesystem::temp_directory_path() / ("baton-ftrace-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  SynthOptions o;
+  o.lines = 200'000;  // many chunks, so that the compressor runs while lines are parsed
+  const std::string in = dir + "/capture.txt";
+  REQUIRE(write_synthetic_ftrace(in, o).ok());
+  auto piped = import_ftrace_to(in, dir + "/piped.trace", false);
+  REQUIRE(piped.ok());
+  auto plain = import_ftrace_file(in);
+  REQUIRE(plain.ok());
+  REQUIRE(write_trace(dir + "/plain.trace", plain->trace).ok());
+  auto bytes = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  CHECK(bytes(dir + "/piped.trace") == bytes(dir + "/plain.trace"));
+  // The streaming import keeps no events, but counts them as the in-memory one does.
+  CHECK(piped->trace.events.empty());
+  CHECK(piped->stats.events == plain->trace.events.size());
+  CHECK(piped->stats.events_by_type == plain->stats.events_by_type);
+  CHECK(plain->stats.events == plain->trace.events.size());
+  CHECK(plain->stats.events_by_type.at("ept-set") == plain->stats.per_event.at("kvm_mmu_set_spte"));
+  auto back = read_trace(dir + "/piped.trace");
+  REQUIRE(back.ok());
+  CHECK(back->events == plain->trace.events);
+  // Refuses to overwrite without permission, and writes nothing for a capture without events.
+  CHECK_FALSE(import_ftrace_to(in, dir + "/piped.trace", false).ok());
+  {
+    std::ofstream(dir + "/empty.txt") << "# tracer: nop\n";
+  }
+  CHECK_FALSE(import_ftrace_to(dir + "/empty.txt", dir + "/empty.trace", false).ok());
+  CHECK_FALSE(std::filesystem::exists(dir + "/empty.trace"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("The fast paths of common lines read what the general tokenizer reads", "[traces][ftrace][synth]") {
+  // A tab anywhere in a line sends it down the general path; the events must not change.
+  SynthOptions o;
+  o.lines = 30'000;
+  // Plus leaves of levels KVM never installs: both paths count them and emit nothing.
+  const std::string text = synthetic_ftrace(o) +
+                           "        qemu-vcpu0-4243 (   4242) [000] ...1.  9000.000001: kvm_mmu_set_spte: gfn 403 spte "
+                           "6000001a2b03977 (rwx) level 4 at 1a0c03018\n"
+                           "        qemu-vcpu0-4243 (   4242) [000] ...1.  9000.000002: kvm_mmu_set_spte: gfn 404 spte "
+                           "6000001a2b04977 (rwx) level 0 at 1a0c03020\n";
+  std::string tabbed;
+  tabbed.reserve(text.size());
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t nl = text.find('\n', at);
+    std::string line = text.substr(at, nl - at);
+    if (const std::size_t colon = line.find(": "); colon != std::string::npos && line[0] != '#') line[colon + 1] = '\t';
+    tabbed += line + '\n';
+    at = nl + 1;
+  }
+  auto fast = parse_ftrace(text), general = parse_ftrace(tabbed);
+  REQUIRE(fast.ok());
+  REQUIRE(general.ok());
+  CHECK(fast->trace.events.size() > 20'000);
+  CHECK(fast->trace.events == general->trace.events);
+  CHECK(fast->stats.per_event == general->stats.per_event);
+  CHECK(fast->stats.backfilled_gpas == general->stats.backfilled_gpas);
+  CHECK(fast->stats.unknown_levels == 2);
+  CHECK(general->stats.unknown_levels == 2);
+  CHECK(fast->stats.skipped_sptes == general->stats.skipped_sptes);
+  CHECK(general->stats.malformed_lines == 0);
 }

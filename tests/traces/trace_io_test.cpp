@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 
 #include "baton/traces/trace.hpp"
@@ -229,4 +230,27 @@ TEST_CASE("Event factories fill the documented fields", "[traces][io]") {
   CHECK(describe(io) == "io in port=0x3f8 size=1 value=0x41");
   CHECK(describe(s) == "ept-set gfn=0x200 pfn=0x1234 level=2 perms=rwx");
   CHECK(std::string(to_string(MigrationPhase::kStopAndCopy)) == "stop-and-copy");
+}
+
+TEST_CASE("write_trace compresses chunks on several threads and writes the streaming writer's bytes", "[traces][io]") {
+  TempDir dir;
+  Trace t;
+  t.header = sample_header();
+  t.events = random_events(20 * 4096 + 123, 11);  // 21 chunks, the last one short
+  const fs::path a = dir.path / "parallel.trace", b = dir.path / "streamed.trace";
+  REQUIRE(write_trace(a.string(), t).ok());
+  auto w = TraceWriter::open(b.string(), t.header);
+  REQUIRE(w.ok());
+  for (const TraceEvent& e : t.events) (*w)->write(e);
+  REQUIRE((*w)->close().ok());
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const std::vector<char> pa = bytes(a), pb = bytes(b);
+  CHECK(pa.size() == pb.size());
+  CHECK(pa == pb);
+  auto back = read_trace(a.string());
+  REQUIRE(back.ok());
+  CHECK(back->events == t.events);
 }

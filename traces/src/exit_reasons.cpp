@@ -11,7 +11,7 @@ namespace baton::traces {
 namespace {
 struct ReasonName {
   std::uint32_t code;
-  const char* name;
+  std::string_view name;  // its length known at compile time: lookups compare lengths first
 };
 
 // VMX basic exit reasons (bits 15:0 of the exit reason field).
@@ -185,10 +185,10 @@ std::optional<std::uint32_t> exit_reason_from_name(std::string_view name, bool* 
 std::string exit_reason_name(std::uint32_t reason, bool svm) {
   if (svm) {
     for (const auto& r : kSvmReasons)
-      if (r.code == reason) return r.name;
+      if (r.code == reason) return std::string(r.name);
   } else {
     for (const auto& r : kVmxReasons)
-      if (r.code == reason) return r.name;
+      if (r.code == reason) return std::string(r.name);
   }
   return "";
 }

@@ -2,6 +2,9 @@
 // end marker (docs/trace-format.md).
 #include "trace_codec.hpp"
 
+#include <bit>
+#include <cstring>
+
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -99,41 +102,53 @@ std::vector<std::uint8_t> encode_prelude(const TraceHeader& h) {
   return out;
 }
 
+void encode_event_at(std::uint8_t* rec, const TraceEvent& e) {
+  // Little-endian integers copied as they lie in memory; padding bytes are zero.
+  static_assert(std::endian::native == std::endian::little, "encode_event_at copies integers as they lie in memory");
+  auto put = [rec](std::size_t at, auto v) { std::memcpy(rec + at, &v, sizeof v); };
+  put(0, static_cast<std::uint32_t>(static_cast<std::uint8_t>(e.type)));  // type, then 3 bytes of zero
+  put(4, e.vm);
+  put(8, e.vcpu);
+  put(12, e.code);
+  put(16, e.flags);
+  put(20, std::uint32_t{0});
+  put(24, e.time);
+  put(32, e.insn);
+  put(40, e.a);
+  put(48, e.b);
+  put(56, e.c);
+}
+
 void encode_event(std::vector<std::uint8_t>& out, const TraceEvent& e) {
-  put_le(out, static_cast<std::uint8_t>(e.type), 1);
-  put_le(out, 0, 3);
-  put_le(out, e.vm, 4);
-  put_le(out, e.vcpu, 4);
-  put_le(out, e.code, 4);
-  put_le(out, e.flags, 4);
-  put_le(out, 0, 4);
-  put_le(out, e.time, 8);
-  put_le(out, e.insn, 8);
-  put_le(out, e.a, 8);
-  put_le(out, e.b, 8);
-  put_le(out, e.c, 8);
+  std::uint8_t rec[kEventSize];
+  encode_event_at(rec, e);
+  out.insert(out.end(), rec, rec + kEventSize);
 }
 
 std::uint64_t encode_chunk(std::vector<std::uint8_t>& out, const std::vector<std::uint8_t>& raw, std::uint32_t count,
                            void* cctx) {
-  std::vector<std::uint8_t> comp(ZSTD_compressBound(raw.size()));
-  std::size_t n =
-      ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx), comp.data(), comp.size(), raw.data(), raw.size(), kZstdLevel);
+  // One scratch buffer per thread: a fresh 256 KiB one per chunk cost an mmap, page faults
+  // and a munmap each time.
+  thread_local std::vector<std::uint8_t> comp;
+  const std::size_t bound = ZSTD_compressBound(raw.size());
+  if (comp.size() < bound) comp.resize(bound);
+  const std::size_t n =
+      ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx), comp.data(), bound, raw.data(), raw.size(), kZstdLevel);
   BATON_CHECK(!ZSTD_isError(n));  // compressing into a ZSTD_compressBound buffer cannot fail
-  comp.resize(n);
   const std::size_t at = out.size();
+  out.reserve(at + kChunkHeaderSize + n);
   put_le(out, kChunkTag, 4);
   put_le(out, count, 4);
   put_le(out, raw.size(), 4);
-  put_le(out, comp.size(), 4);
+  put_le(out, n, 4);
   XXH64_state_t* st = XXH64_createState();
   XXH64_reset(st, 0);
   XXH64_update(st, out.data() + at + 4, 12);
-  XXH64_update(st, comp.data(), comp.size());
+  XXH64_update(st, comp.data(), n);
   const std::uint64_t sum = XXH64_digest(st);
   XXH64_freeState(st);
   put_le(out, sum, 8);
-  out.insert(out.end(), comp.begin(), comp.end());
+  out.insert(out.end(), comp.begin(), comp.begin() + static_cast<std::ptrdiff_t>(n));
   return sum;
 }
 

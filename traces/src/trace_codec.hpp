@@ -37,6 +37,8 @@ Result<TraceHeader> header_from_json(const std::string& text);
 std::vector<std::uint8_t> encode_prelude(const TraceHeader& h);
 // Appends the fixed 64-byte record of one event.
 void encode_event(std::vector<std::uint8_t>& out, const TraceEvent& e);
+// Writes the 64-byte record of one event at `rec`.
+void encode_event_at(std::uint8_t* rec, const TraceEvent& e);
 
 // Compresses raw event records into one checksummed chunk appended to `out`; returns the
 // chunk checksum (chained into the end marker).
@@ -46,5 +48,16 @@ std::uint64_t encode_chunk(std::vector<std::uint8_t>& out, const std::vector<std
 void encode_end(std::vector<std::uint8_t>& out, std::uint32_t chunks, std::uint64_t events, std::uint64_t chain);
 // Folds one chunk checksum into the running chain value.
 std::uint64_t chain_next(std::uint64_t chain, std::uint64_t chunk_sum);
+
+// One chunk compressed ahead of writing: encode_chunk's bytes, its events and its checksum.
+struct EncodedChunk {
+  std::vector<std::uint8_t> bytes;
+  std::uint32_t count = 0;
+  std::uint64_t sum = 0;
+};
+// Writes a trace file from chunks compressed beforehand, in order (the streaming writer's
+// bytes for the same events); frees each chunk's bytes once written.
+Result<void> write_encoded_trace(const std::string& path, const TraceHeader& header, std::vector<EncodedChunk>& chunks,
+                                 bool overwrite);
 
 }  // namespace baton::traces::detail

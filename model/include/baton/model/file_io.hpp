@@ -35,6 +35,9 @@ class InputFile {
   const std::string& path() const { return path_; }
   // Reads `n` bytes at `offset` (which must lie inside the file).
   Result<void> read(std::uint64_t offset, void* dst, std::size_t n) const;
+  // Reads up to `n` bytes at `offset`, to the real end of the file (not its st_size, which is 0
+  // for tracefs and /proc files); 0 means the end.
+  Result<std::size_t> read_some(std::uint64_t offset, void* dst, std::size_t n) const;
   // Reads the whole file.
   Result<std::vector<std::uint8_t>> read_all() const;
   // Maps the whole file read-only (for large inputs read in place); the view lives as long as
@@ -54,6 +57,9 @@ Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::uint64
 // Reads a whole regular text file of at most `max_bytes`; a file whose first 64 KiB are more than
 // 5% NUL or control bytes is not text (checked before the rest is read).
 Result<std::string> read_text_file(const std::string& path, std::uint64_t max_bytes, const char* what);
+// Opens a regular text file of at most `max_bytes` for reading in blocks, refusing it when its
+// first 64 KiB are more than 5% NUL or control bytes (the check of read_text_file).
+Result<InputFile> open_text_file(const std::string& path, std::uint64_t max_bytes, const char* what);
 
 // The one-line refusal for an existing output path.
 std::string exists_message(const std::string& path);

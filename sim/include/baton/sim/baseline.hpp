@@ -13,6 +13,7 @@ namespace baton::sim {
 // What a bare run observed.
 struct BareRun {
   double wall_s = 0;       // time inside uc_emu_start
+  double cpu_s = 0;        // CPU time (user + system) of the thread inside uc_emu_start
   guests::GuestRun ports;  // what the guest reported, decoded by the shared PortRecorder
 };
 

@@ -48,6 +48,8 @@ struct FtraceImportStats {
   std::vector<std::string> samples;              // the first few unknown or malformed lines, with their line numbers
   std::set<std::uint32_t> vms;                   // VM ids (VMM pids) that produced events
   std::string isa;                               // "vmx", "svm" or "" if no kvm_exit told
+  std::size_t events = 0;                        // trace events made
+  std::map<std::string, std::size_t> events_by_type;  // trace events by type name (to_string(EventType))
 };
 
 // The result of an import: a trace whose events have time in nanoseconds.
@@ -63,9 +65,34 @@ Result<FtraceImport> parse_ftrace(std::string_view text, const FtraceImportOptio
 inline constexpr std::uint64_t kMaxFtraceText = std::uint64_t{4} << 30;
 // Reads and parses an ftrace text file; errors name the file.
 Result<FtraceImport> import_ftrace_file(const std::string& path, const FtraceImportOptions& options = {});
+// Imports an ftrace text file and writes the trace to `out` (as write_trace would, byte for
+// byte), compressing on a second thread while it parses. Nothing is written on an error. The
+// events are not kept in the result (trace.events is empty; stats.events counts them): only
+// those still open to change are in memory at any time.
+Result<FtraceImport> import_ftrace_to(const std::string& path, const std::string& out, bool overwrite,
+                                      const FtraceImportOptions& options = {});
 
 // Parses tracefs's `saved_tgids` text ("PID TGID" per line) into a thread -> process map.
 Result<std::map<std::uint32_t, std::uint32_t>> parse_saved_tgids(std::string_view text);
+
+// The shape of a synthetic capture (synthetic_ftrace): by default like a real QEMU capture of
+// 525,651 lines with two VMs and about half the lines kvm_mmu_set_spte.
+struct SynthOptions {
+  std::size_t lines = 525'651;             // lines in all, the tracefs preamble included
+  unsigned vms = 2;                        // QEMU processes (TGIDs 4242, 5242, ...)
+  unsigned vcpus = 2;                      // "CPU n/KVM" threads per VM
+  std::uint64_t guest_pages = 1u << 20;    // gfns of faults lie below this (4 GiB)
+  std::uint64_t seed = 1;
+};
+// What a synthetic capture holds.
+struct SynthStats {
+  std::size_t lines = 0, bytes = 0;
+  std::map<std::string, std::size_t> per_event;  // event lines by event name
+};
+// Generates a synthetic tracefs capture (deterministic for a seed).
+std::string synthetic_ftrace(const SynthOptions& o, SynthStats* stats = nullptr);
+// Writes synthetic_ftrace() to a file.
+Result<SynthStats> write_synthetic_ftrace(const std::string& path, const SynthOptions& o);
 
 // Maps a VMX basic exit reason name ("EPT_VIOLATION") or an SVM one ("npf") to its number.
 std::optional<std::uint32_t> exit_reason_from_name(std::string_view name, bool* is_svm = nullptr);
