@@ -240,11 +240,17 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     capture_text_ = capture_->header();
     BATON_TRY_VOID(capture_->start());
   }
-  hw::KvmMachineOptions mo;
-  mo.device = cfg_.device;
-  auto m = hw::KvmMachine::try_create(image_, mo);
-  if (!m) return m.error();
-  machine_ = std::move(*m);
+  if (cfg_.source) {
+    auto m = cfg_.source();
+    if (!m) return m.error();
+    machine_ = std::move(*m);
+  } else {
+    hw::KvmMachineOptions mo;
+    mo.device = cfg_.device;
+    auto m = hw::KvmMachine::try_create(image_, mo);
+    if (!m) return m.error();
+    machine_ = std::move(*m);
+  }
   auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms);
   if (!w) return w.error();
   worker_ = std::move(*w);
@@ -257,6 +263,11 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
                                                                     cfg_.timeout_ms);
       !r)
     worker_error_ = r.error().message;
+  if (cfg_.source) {  // the source stands where its builder put it
+    last_run_ns_ = monotonic_ns();
+    const std::uint32_t stage = machine_->recorder().state().stage;
+    return RunEvent{StopReason::kInsnLimit, "where the explore session stands", stage};
+  }
   const std::uint32_t want = point.sync.value_or(1);
   for (;;) {
     auto r = run_source(true);
