@@ -1,7 +1,7 @@
 // `baton explore --backend kvm` end to end on a real KVM: the shipped kvm-* scenarios, runs and
 // breakpoints, the time limit, single steps (or their refusal on PVM), snapshot and restore,
 // precopy, JSON, the commands KVM cannot serve (one line, exit 2 with the script line) and bad
-// input, and Ctrl-C during `run` on a real terminal (tmux). Part of the kvm suite: on /dev/kvm
+// input, and Ctrl-C during `run` and `migrate` on a real terminal (tmux). Part of the kvm suite: on /dev/kvm
 // where it works, in the nested KVM host elsewhere (tests/kvm_catch_main.cpp exits 77 with the
 // reason where the device is unusable).
 #include <unistd.h>
@@ -289,5 +289,18 @@ TEST_CASE("explore kvm on a terminal: Ctrl-C during run stops the vCPU, not the 
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   CHECK(n == 2);
+  // Ctrl-C while the worker runs the migrated guest reaches baton only: the worker has its own
+  // process group, so the guest finishes there.
+  tmux("send-keys -t 0 'load memtouch -p size=4M -p passes=50000' Enter");
+  CHECK(wait_for("loaded memtouch on kvm"));
+  tmux("send-keys -t 0 'run to sync 1' Enter");
+  CHECK(wait_for("stopped: sync-point after "));
+  tmux("send-keys -t 0 'migrate local-lazy' Enter");
+  CHECK(wait_for(".. checking the handover"));
+  tmux("send-keys -t 0 C-c");
+  CHECK(wait_for("outcome      ", 300));
+  const std::string s = screen();
+  CHECK_THAT(s, Catch::Contains("outcome      ok"));
+  CHECK_THAT(s, !Catch::Contains("the guest is lost"));
   tmux("send-keys -t 0 'quit' Enter");
 }
