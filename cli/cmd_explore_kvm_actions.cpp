@@ -374,8 +374,8 @@ Result<void> kvm_backend(Session& s, const Args& a) {
   const std::string allows = std::string("run to sync K | to exit") + (steps ? ", run N and step N (single-stepping)" : "") +
                              ", break sync|port, regs, mem, disas, console, memslots, vmcs (KVM's view), migrate "
                              "local-lazy|precopy, check vcpu (no-copy with migrate --capture), snapshot/restore (vCPU state "
-                             "+ a copy of guest memory), save";
-  const std::string refuses = std::string("ept walk|dump|diff, inject, migrate local-adopt|local-rebuild, break insn") +
+                             "+ a copy of guest memory)";
+  const std::string refuses = std::string("ept walk|dump|diff, inject, save, migrate local-adopt|local-rebuild, break insn") +
                              (steps ? "" : ", run N, step N") +
                              ": KVM owns its EPT, VMCS and memslots, and counts no instructions" +
                              (steps || debug == 0 ? "" : " (PVM delivers a single-step #DB to the guest)");
