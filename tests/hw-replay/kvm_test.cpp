@@ -610,9 +610,16 @@ TEST_CASE("kvm: single-stepping retires one instruction per KVM_RUN, except on P
   auto r = (*m)->run(~std::uint64_t{0}, true);  // to sync point 1: ring-3 code at the OUT's RIP
   REQUIRE(r);
   REQUIRE(r->stop == KvmStop::kSync);
+  // The RIP now; a capture completes the sync point's OUT, also while single-stepping.
+  auto rip_now = [&] {
+    auto s = (*m)->capture();
+    INFO((s ? "" : s.error().message));
+    REQUIRE(s);
+    return s->rip;
+  };
   REQUIRE((*m)->set_single_step(true));
   CHECK((*m)->single_stepping());
-  std::uint64_t rip = (*m)->capture()->rip;
+  std::uint64_t rip = rip_now();
   bool entered_trap_handler = false;
   int moved = 0;
   for (int i = 0; i < 8; ++i) {  // few enough that PVM's trap handler has not reported the #DB yet
@@ -621,7 +628,7 @@ TEST_CASE("kvm: single-stepping retires one instruction per KVM_RUN, except on P
     INFO(s->detail);
     REQUIRE(s->stop == KvmStop::kStep);
     REQUIRE(s->exits == 1);  // one KVM_RUN, one debug exit
-    const std::uint64_t next = (*m)->capture()->rip;
+    const std::uint64_t next = rip_now();
     moved += next != rip ? 1 : 0;  // a REP iteration may retire without moving RIP
     entered_trap_handler |= next >= 0x4000 && next < 0x5000;
     rip = next;
