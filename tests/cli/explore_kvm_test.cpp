@@ -291,7 +291,7 @@ TEST_CASE("explore kvm on a terminal: Ctrl-C during run stops the vCPU, not the 
   CHECK(n == 2);
   // Ctrl-C while the worker runs the migrated guest reaches baton only: the worker has its own
   // process group, so the guest finishes there.
-  tmux("send-keys -t 0 'load memtouch -p size=4M -p passes=50000' Enter");
+  tmux("send-keys -t 0 'load memtouch -p size=4M -p passes=30000' Enter");
   CHECK(wait_for("loaded memtouch on kvm"));
   tmux("send-keys -t 0 'run to sync 1' Enter");
   CHECK(wait_for("stopped: sync-point after "));
