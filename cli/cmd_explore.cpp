@@ -33,6 +33,7 @@ struct ExploreOptions {
   std::string backend = "sim";
   std::string script;
   std::uint64_t budget = 4'000'000'000ull;
+  double timeout = 60;  // kvm: seconds before a run counts as a hang
 };
 
 // The session the completion callbacks look at.
@@ -41,8 +42,12 @@ Session* g_session = nullptr;
 std::string g_line;
 bool g_got = false, g_eof = false;
 
-// SIGINT while a command runs or at the prompt: only a flag (the loops act on it).
-extern "C" void on_sigint(int) { explore::g_interrupted = 1; }
+// SIGINT while a command runs or at the prompt: a flag the loops act on, and on KVM the running
+// vCPU leaves KVM_RUN (immediate_exit; this signal interrupts a KVM_RUN already in the guest).
+extern "C" void on_sigint(int) {
+  explore::g_interrupted = 1;
+  explore::kick_running_vcpu();
+}
 
 // Installs on_sigint without SA_RESTART, so a prompt's select() wakes up.
 void install_sigint() {
@@ -99,8 +104,10 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
       for (const guests::ParamSpec& p : g->params) c.push_back(p.name + "=");
   } else if (cmd == "load" && w.back() == "--pages") {
     add({"4k", "2m", "1g"});
+  } else if (cmd == "load" && w.back() == "--backend") {
+    add({"sim", "kvm"});
   } else if (cmd == "load") {
-    add({"-p", "--mem", "--pages"});
+    add({"-p", "--mem", "--pages", "--backend"});
   } else if (cmd == "regs") {
     c = explore::register_names();
   } else if (cmd == "vmcs" && n == 1) {
@@ -109,9 +116,11 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
   } else if (cmd == "run" && n == 1) {
     add({"to"});
   } else if (cmd == "run" && n == 2 && w[1] == "to") {
-    add({"sync", "insn", "exit"});
+    if (s.kvm) add({"sync", "exit"});
+    else add({"sync", "insn", "exit"});
   } else if (cmd == "break" && n == 1) {
-    add({"sync", "insn", "port", "del", "clear"});
+    if (s.kvm) add({"sync", "port", "del", "clear"});  // KVM counts no instructions
+    else add({"sync", "insn", "port", "del", "clear"});
   } else if (cmd == "break" && n == 2 && w[1] == "port") {
     add({"console", "sync", "exit", "input", "result-tag", "result-lo", "result-hi"});
   } else if (cmd == "ept" && n == 1) {
@@ -127,6 +136,10 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
       add({"memslot:0:size", "memslot:0:gpa", "memslot:0:hpa"});
     else
       add({"ept:", "vmcs:", "memslot:"});
+  } else if (cmd == "migrate" && n == 1 && s.kvm) {
+    add({"local-lazy", "precopy"});  // KVM owns its EPT: no adopt, no rebuild
+  } else if (cmd == "migrate" && s.kvm && w.back() != "--policy") {
+    add({"--policy", "--max-rounds", "--timeout", "--capture", "--force", "--no-verify"});
   } else if (cmd == "migrate" && n == 1) {
     for (sim::Method m : sim::kAllMethods) c.emplace_back(sim::to_string(m));
   } else if (cmd == "migrate" && w.back() == "--policy") {
@@ -135,6 +148,8 @@ std::vector<std::string> candidates(const std::vector<std::string>& w, const std
     add({"pml", "wp"});
   } else if (cmd == "migrate") {
     add({"--policy", "--dirty", "--max-rounds", "--timeout", "--no-reference", "--no-verify"});
+  } else if (cmd == "check" && s.kvm) {
+    add({"vcpu", "no-copy", "all"});
   } else if (cmd == "check") {
     props();
     c.emplace_back("all");
@@ -225,8 +240,12 @@ void repl(Session& s) {
     if (int fd = open(hist.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600); fd >= 0) close(fd);
   }
   install_sigint();
-  std::printf("baton explore: %s on sim (mem %s, %s pages). help lists the commands; Tab completes; quit leaves.\n",
-              s.opts.guest.c_str(), s.opts.mem.c_str(), s.opts.pages.c_str());
+  if (s.kvm)
+    std::printf("baton explore: %s on kvm (%s, %s pages). help lists the commands; Tab completes; quit leaves.\n",
+                s.opts.guest.c_str(), explore::kvm_banner(s).c_str(), s.opts.pages.c_str());
+  else
+    std::printf("baton explore: %s on sim (mem %s, %s pages). help lists the commands; Tab completes; quit leaves.\n",
+                s.opts.guest.c_str(), s.opts.mem.c_str(), s.opts.pages.c_str());
   const std::string prompt = "explore> ";
   for (;;) {
     g_got = g_eof = false;
@@ -288,14 +307,13 @@ void script(Session& s, std::istream& in, const std::string& name) {
 }
 
 void run_explore(ExploreOptions& o) {
-  if (o.backend == "kvm")
-    return fail("explore --backend kvm is not available yet; explore runs on the simulator (baton run and baton migrate "
-                "take --backend kvm)");
-  if (o.backend != "sim") return fail("--backend '" + o.backend + "' is not one of sim, kvm");
+  if (o.backend != "sim" && o.backend != "kvm") return fail("--backend '" + o.backend + "' is not one of sim, kvm");
   if (o.budget == 0) return fail("--budget must be positive");
+  if (!(o.timeout > 0)) return fail("--timeout must be positive");
   Session s;
   s.budget = o.budget;
-  if (auto r = s.load(o.sim); !r) return fail(r.error().message);
+  s.kvm_timeout_s = o.timeout;
+  if (auto r = o.backend == "kvm" ? explore::kvm_load(s, o.sim) : s.load(o.sim); !r) return fail(r.error().message);
   if (!o.script.empty()) {
     std::ifstream f(o.script);
     if (!f) return fail("cannot read " + o.script);
@@ -311,14 +329,16 @@ void register_explore(CLI::App& app) {
   auto o = std::make_shared<ExploreOptions>();
   o->sim.guest = "memtouch";
   CLI::App* c = app.add_subcommand(
-      "explore", "Explore fault scenarios interactively: a debugger-style REPL over the simulator, the checker and migration");
+      "explore", "Explore fault scenarios interactively: a debugger-style REPL over the simulator (or KVM), the checker and migration");
   c->add_option("guest", o->sim.guest, "Built-in guest (see `baton guests list`)")->capture_default_str();
   c->add_option("-p,--param", o->sim.params, "Guest parameter key=value (repeatable)");
   c->add_option("--mem", o->sim.mem, "Guest memory size")->capture_default_str();
   c->add_option("--pages", o->sim.pages, "Largest EPT (and guest) leaf: 4k, 2m, 1g")->capture_default_str();
-  c->add_option("--backend", o->backend, "sim (kvm: not yet)")->capture_default_str();
+  c->add_option("--backend", o->backend, "sim, or kvm: the same guest on /dev/kvm (no EPT views or faults there)")
+      ->capture_default_str();
   c->add_option("--script", o->script, "Run the commands of this file (.bsc) and exit: 2 on an error, 1 on a failed expect");
   c->add_option("--budget", o->budget, "Instructions before a run counts as a hang")->capture_default_str();
+  c->add_option("--timeout", o->timeout, "kvm: seconds before a run counts as a hang")->capture_default_str();
   c->callback([o] { run_explore(*o); });
 }
 

@@ -27,14 +27,17 @@ Result<void> unmet(Session& s, const std::string& what) {
 const std::vector<Command> kCommands = {
     {"run", "run [N | to sync K | to insn N | to exit]", "run the guest (Ctrl-C stops it)",
      "Runs the guest: N more instructions, to sync point K, to instruction N, or to its exit. Plain `run`\n"
-     "stops at a breakpoint, the exit, or the instruction budget; `run to exit` ignores breakpoints.",
-     cmd_run},
+     "stops at a breakpoint, the exit, or the instruction budget; `run to exit` ignores breakpoints.\n"
+     "On KVM: no instruction counts; `run N` single-steps N instructions (where the host allows it), and\n"
+     "--timeout S (default 60) makes a run that long a hang.",
+     cmd_run, kvm_run},
     {"step", "step [N]", "run N instructions (default 1)",
-     "Runs N instructions; the simulator stops at the first block boundary at or after them.", cmd_step},
+     "Runs N instructions; the simulator stops at the first block boundary at or after them. On KVM each\n"
+     "is a single step (KVM_SET_GUEST_DEBUG); PVM hosts refuse it.", cmd_step, kvm_step},
     {"break", "break [sync K | insn N | port P | del N | clear]", "set, list or delete breakpoints",
      "Stops later runs after sync point K, at instruction N, or after an IN/OUT on port P (a number or an\n"
-     "ABI port name: console, sync, exit, input, ...). Without arguments, lists them.",
-     cmd_break},
+     "ABI port name: console, sync, exit, input, ...). Without arguments, lists them. KVM takes sync and port.",
+     cmd_break, kvm_break},
     {"regs", "regs [REG...]", "vCPU registers", "Prints the general registers, RIP, RFLAGS, selectors, control registers, EFER, TSC.", cmd_regs},
     {"disas", "disas [ADDR] [N]", "disassemble N instructions (default at RIP)", "Disassembles guest memory (capstone); => marks RIP.", cmd_disas},
     {"mem", "mem GPA [LEN]", "hex dump of guest-physical memory", "Dumps LEN bytes (default 64) as the guest sees them.", cmd_mem},
@@ -42,35 +45,42 @@ const std::vector<Command> kCommands = {
     {"ept", "ept walk GPA | dump [--runs|--tree] | diff @A @B", "the EPT: walk, dump, diff",
      "walk: the SDM walk of one GPA, level by level. dump: the coalesced runs, or every entry (--tree).\n"
      "diff: where two states' trees translate differently. walk takes an access (r, w, x); walk and dump\n"
-     "take a trailing @SNAPSHOT.",
-     cmd_ept},
+     "take a trailing @SNAPSHOT. Refused on KVM: KVM owns its EPT.",
+     cmd_ept, kvm_ept},
     {"vmcs", "vmcs [FIELD] [@SNAPSHOT]", "VMCS fields (SDM names)",
      "Prints every set VMCS field, or one (an SDM name such as ept_pointer, or an encoding); a part of a\n"
-     "name lists the fields that contain it.",
-     cmd_vmcs},
-    {"memslots", "memslots [@SNAPSHOT]", "the memslot table and MMIO ranges", "Prints the memslots (GPA range, size, host address).", cmd_memslots},
+     "name lists the fields that contain it. On KVM: KVM's view, the guest-state area it reports.",
+     cmd_vmcs, kvm_vmcs},
+    {"memslots", "memslots [@SNAPSHOT]", "the memslot table and MMIO ranges", "Prints the memslots (GPA range, size, host address).", cmd_memslots, kvm_memslots},
     {"inject", "inject FAULT", "plant a fault (syntax of migrate --fault)",
      "FAULT: ept[:GPA[:BIT]] flips a leaf bit (default: its lowest frame bit), vmcs[:FIELD[:BIT]] a VMCS\n"
      "bit, memslot[:ID[:gpa|size|hpa[:BIT]]] a memslot bit. EPT and VMCS control faults strike the running\n"
-     "VM now; memslot and guest-state faults go into the handover package of the next migrate.",
-     cmd_inject},
+     "VM now; memslot and guest-state faults go into the handover package of the next migrate. Refused\n"
+     "on KVM: its EPT, VMCS and memslots belong to the kernel.",
+     cmd_inject, kvm_inject},
     {"migrate", "migrate METHOD [--policy reject|fallback|accept]", "migrate from here, as baton migrate",
      "METHOD: local-adopt, local-rebuild, local-lazy, precopy. Prints the timeline, checks and outcome of\n"
      "baton migrate. Options: --policy, --dirty pml|wp, --max-rounds N, --timeout S, --no-reference,\n"
-     "--no-verify. The session stays where it was; @migrate.before/@migrate.after hold the handover.",
-     cmd_migrate},
+     "--no-verify. The session stays where it was; @migrate.before/@migrate.after hold the handover.\n"
+     "On KVM (baton migrate --backend kvm): local-lazy or precopy of a copy of the session's VM to a\n"
+     "vmm-worker process; --capture FILE [--force] replays the source from boot to this sync point under\n"
+     "a tracefs capture and proves no-copy.",
+     cmd_migrate, kvm_migrate},
     {"check", "check [PROPERTIES] | check @A @B [PROPERTIES]", "run the checker",
      "Without states: the current state against its memslots (baton check --spec). With two: the\n"
-     "handover properties between them (baton check A B). PROPERTIES: a comma list or all.",
-     cmd_check},
-    {"snapshot", "snapshot NAME", "remember the current state", "Names the current state so `restore NAME` returns to it.", cmd_snapshot},
-    {"restore", "restore NAME", "go back to a snapshot", "Rebuilds the VM of snapshot NAME (a deterministic replay).", cmd_restore},
+     "handover properties between them (baton check A B). PROPERTIES: a comma list or all. On KVM:\n"
+     "vcpu between two states, or the last migration's vcpu and no-copy (when it was captured).",
+     cmd_check, kvm_check},
+    {"snapshot", "snapshot NAME", "remember the current state", "Names the current state so `restore NAME` returns to it.", cmd_snapshot, kvm_snapshot_cmd},
+    {"restore", "restore NAME", "go back to a snapshot", "Rebuilds the VM of snapshot NAME (a deterministic replay; on KVM a new VM from its memory copy).", cmd_restore, kvm_restore},
     {"snapshots", "snapshots", "list the named states", "Lists snapshots and the two sides of the last migration.", cmd_snapshots},
     {"save", "save NAME|now FILE [--force]", "write a state as a snapshot file",
-     "Writes the state in baton's snapshot format (docs/formats.md): baton check, baton ept read it.", cmd_save},
+     "Writes the state in baton's snapshot format (docs/formats.md): baton check, baton ept read it.\n"
+     "Refused on KVM: the format needs the EPT tree, which KVM owns.", cmd_save, kvm_save},
     {"load", "load GUEST [-p k=v]... [--mem M] [--pages P]", "start over with a guest",
-     "Loads a built-in guest on a fresh VM; snapshots and breakpoints are dropped.", cmd_load},
-    {"backend", "backend", "what this backend is and allows", "Names the backend and what it can do.", cmd_backend},
+     "Loads a built-in guest on a fresh VM of the session's backend (--backend sim|kvm switches);\n"
+     "snapshots and breakpoints are dropped.", cmd_load},
+    {"backend", "backend", "what this backend is and allows", "Names the backend and what it can do; on KVM the host flavour and its KVM_CAP_* values.", cmd_backend, kvm_backend},
     {"expect", "expect WHAT VALUE [PROPERTY]", "assert on the last result (scripts)",
      "expect checksum match|mismatch; expect verdict proven|refuted|unknown [PROPERTY]; expect outcome\n"
      "ok|rejected|fell-back|MISMATCH|sdc; expect stop REASON [STAGE]; expect diff equal|differ; expect walk\n"
@@ -193,7 +203,7 @@ Result<void> execute(Session& s, const std::string& line) {
   for (const Command& c : kCommands) {
     if (a.words[0] != c.name) continue;
     s.json = a.json;
-    auto r = c.fn(s, a);
+    auto r = (s.kvm && c.kvm != nullptr ? c.kvm : c.fn)(s, a);
     s.json = false;
     std::fflush(stdout);
     return r;

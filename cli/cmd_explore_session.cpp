@@ -26,12 +26,6 @@ namespace {
 // Instructions per run chunk: Ctrl-C is noticed between chunks.
 constexpr std::uint64_t kChunk = 2'000'000;
 
-// Parses a number or fails with a message naming `what`.
-Result<std::uint64_t> number(const std::string& text, const std::string& what) {
-  auto v = parse_u64(text);
-  if (!v) return make_error(what + " '" + text + "' is not a number (decimal or 0x-hex)");
-  return *v;
-}
 
 // The VM's RIP now.
 std::uint64_t rip_of(const sim::SimMachine& vm) { return vm.vcpu_state().rip; }
@@ -82,7 +76,14 @@ json snap_json(const std::string& name, const Snap& n) {
               {"pending", n.pending_desc}};
 }
 
-// Checks a snapshot name: letters, digits, '.', '_' and '-'.
+}  // namespace
+
+Result<std::uint64_t> number(const std::string& text, const std::string& what) {
+  auto v = parse_u64(text);
+  if (!v) return make_error(what + " '" + text + "' is not a number (decimal or 0x-hex)");
+  return *v;
+}
+
 Result<std::string> snap_name(const std::string& text) {
   std::string n = !text.empty() && text[0] == '@' ? text.substr(1) : text;
   if (n.empty() || n == "now" || n == "." ||
@@ -91,7 +92,6 @@ Result<std::string> snap_name(const std::string& text) {
   return n;
 }
 
-// Prints a checker report and records its verdicts for `expect`.
 void report_check(Session& s, const checker::Report& rep) {
   s.last.verdicts.clear();
   for (const checker::PropertyResult& p : rep.results) s.last.verdicts.emplace_back(checker::to_string(p.property), p.verdict);
@@ -100,9 +100,8 @@ void report_check(Session& s, const checker::Report& rep) {
   else std::cout << checker::to_text(rep);
 }
 
-}  // namespace
-
 Result<void> Session::load(const SimOptions& o) {
+  if (kvm) return kvm_load(*this, o);
   auto st = make_sim_setup(o);
   if (!st) return st.error();
   auto m = sim::SimMachine::create(st->cfg);
@@ -136,7 +135,18 @@ Result<sim::RunEvent> Session::replay(sim::SimMachine& m, const std::vector<Step
   return e;
 }
 
-bool Session::exited() const { return vm->output().exit_code.has_value(); }
+bool Session::exited() const { return kvm ? kvm_exited(*this) : vm->output().exit_code.has_value(); }
+
+Result<model::VcpuState> Session::vcpu_now() {
+  if (kvm) return kvm_vcpu_now(*this);
+  return vm->vcpu_state();
+}
+
+std::vector<std::uint8_t> Session::read_guest(std::uint64_t gpa, std::uint64_t len) const {
+  return kvm ? kvm_read_guest(*this, gpa, len) : vm->read_guest(model::Gpa{gpa}, len);
+}
+
+sim::GuestOutput Session::output_now() const { return kvm ? kvm_output_now(*this) : vm->output(); }
 
 sim::RunEvent Session::run(sim::RunLimits want) {
   touched();
@@ -170,7 +180,7 @@ sim::RunEvent Session::run(sim::RunLimits want) {
 
 Result<const model::HandoverSnapshot*> Session::current() {
   if (!cache_) {
-    auto s = vm->snapshot();
+    auto s = kvm ? kvm_snapshot(*this) : vm->snapshot();
     if (!s) return s.error();
     s->meta["guest"] = opts.guest;
     cache_ = std::move(*s);
@@ -561,8 +571,12 @@ Result<void> cmd_snapshots(Session& s, const Args& a) {
   }
   if (s.snaps.empty()) std::printf("no snapshots (take one with `snapshot NAME`)\n");
   for (const auto& [name, n] : s.snaps) {
-    std::printf("@%-16s insn %-10llu stage %-3u %s%s\n", name.c_str(), static_cast<unsigned long long>(n.insns), n.stage,
-                n.origin.c_str(), n.replayable ? "" : " [view only]");
+    if (s.kvm)  // KVM counts exits to user space, not instructions
+      std::printf("@%-16s exits %-9llu stage %-3u %s%s\n", name.c_str(), static_cast<unsigned long long>(n.kvm ? n.kvm->exits : 0),
+                  n.stage, n.origin.c_str(), n.replayable ? "" : " [view only]");
+    else
+      std::printf("@%-16s insn %-10llu stage %-3u %s%s\n", name.c_str(), static_cast<unsigned long long>(n.insns), n.stage,
+                  n.origin.c_str(), n.replayable ? "" : " [view only]");
     for (const std::string& f : n.faults) std::printf("    fault: %s\n", f.c_str());
     if (n.pending) std::printf("    pending: %s\n", n.pending_desc.c_str());
   }
@@ -585,22 +599,44 @@ Result<void> cmd_save(Session& s, const Args& a) {
 // load GUEST [-p k=v]... [--mem SIZE] [--pages 4k|2m|1g]
 Result<void> cmd_load(Session& s, const Args& a) {
   const std::vector<std::string>& w = a.words;
-  if (w.size() < 2) return make_error("usage: load GUEST [-p k=v]... [--mem SIZE] [--pages 4k|2m|1g]");
+  if (w.size() < 2) return make_error("usage: load GUEST [-p k=v]... [--mem SIZE] [--pages 4k|2m|1g] [--backend sim|kvm]");
   SimOptions o;
   o.guest = w[1];
   o.mem = s.opts.mem;
   o.pages = s.opts.pages;
+  std::string backend = s.backend_name();
   for (std::size_t i = 2; i < w.size(); ++i) {
     if (i + 1 >= w.size()) return make_error(w[i] + " needs a value");
     if (w[i] == "-p" || w[i] == "--param") o.params.push_back(w[++i]);
     else if (w[i] == "--mem") o.mem = w[++i];
     else if (w[i] == "--pages") o.pages = w[++i];
-    else return make_error("load: unknown option '" + w[i] + "' (-p k=v, --mem, --pages)");
+    else if (w[i] == "--backend") backend = w[++i];
+    else return make_error("load: unknown option '" + w[i] + "' (-p k=v, --mem, --pages, --backend)");
   }
-  BATON_TRY_VOID(s.load(o));
-  if (s.json) std::cout << json{{"guest", o.guest}, {"mem", o.mem}, {"pages", o.pages}}.dump(2) << "\n";
-  else std::printf("loaded %s (mem %s, %s pages): insn 0, rip %s\n", o.guest.c_str(), o.mem.c_str(), o.pages.c_str(),
-                   hex(rip_of(*s.vm)).c_str());
+  if (backend == "kvm") {
+    BATON_TRY_VOID(kvm_load(s, o));
+  } else if (backend == "sim") {
+    auto kept = std::move(s.kvm);  // back to the simulator; the KVM VM stays if the load fails
+    if (auto r = s.load(o); !r) {
+      s.kvm = std::move(kept);
+      return r.error();
+    }
+  } else {
+    return make_error("load --backend '" + backend + "' is not one of sim, kvm");
+  }
+  if (s.json) {
+    json j{{"guest", o.guest}, {"mem", o.mem}, {"pages", o.pages}};
+    if (s.kvm) j["backend"] = "kvm";
+    std::cout << j.dump(2) << "\n";
+  }
+  else if (s.kvm) {
+    auto v = s.vcpu_now();
+    std::printf("loaded %s on kvm (mem %s, %s pages): rip %s\n", o.guest.c_str(), o.mem.c_str(), o.pages.c_str(),
+                v ? hex(v->rip).c_str() : "?");
+  } else {
+    std::printf("loaded %s (mem %s, %s pages): insn 0, rip %s\n", o.guest.c_str(), o.mem.c_str(), o.pages.c_str(),
+                hex(rip_of(*s.vm)).c_str());
+  }
   return ok_result();
 }
 
@@ -609,8 +645,8 @@ Result<void> cmd_backend(Session& s, const Args& a) {
   if (a.words.size() != 1) return make_error("usage: backend");
   const char* what = "the Unicorn simulator with the modelled VMX/EPT hypervisor";
   const char* allows = "faults (ept, vmcs, memslot), all four methods, time travel by deterministic replay";
-  if (s.json) std::cout << json{{"backend", "sim"}, {"what", what}, {"allows", allows}, {"kvm", "not in explore yet"}}.dump(2) << "\n";
-  else std::printf("backend  sim: %s\nallows   %s\nkvm      not available in explore yet (baton run/migrate --backend kvm)\n", what, allows);
+  if (s.json) std::cout << json{{"backend", "sim"}, {"what", what}, {"allows", allows}, {"kvm", "baton explore --backend kvm"}}.dump(2) << "\n";
+  else std::printf("backend  sim: %s\nallows   %s\nkvm      baton explore --backend kvm runs the same guests on /dev/kvm\n", what, allows);
   return ok_result();
 }
 

@@ -186,7 +186,9 @@ std::vector<std::string> vmcs_field_names() {
 
 // regs [REG...]
 Result<void> cmd_regs(Session& s, const Args& a) {
-  const model::VcpuState v = s.vm->vcpu_state();
+  auto vs = s.vcpu_now();
+  if (!vs) return vs.error();
+  const model::VcpuState& v = *vs;
   auto all = registers(v);
   std::vector<std::pair<std::string, std::uint64_t>> shown;
   for (std::size_t i = 1; i < a.words.size(); ++i) {
@@ -210,7 +212,9 @@ Result<void> cmd_regs(Session& s, const Args& a) {
 // disas [ADDR] [N]
 Result<void> cmd_disas(Session& s, const Args& a) {
   if (a.words.size() > 3) return make_error("usage: disas [ADDR] [N]");
-  const model::VcpuState v = s.vm->vcpu_state();
+  auto vs = s.vcpu_now();
+  if (!vs) return vs.error();
+  const model::VcpuState& v = *vs;
   std::uint64_t addr = v.rip, count = 8;
   if (a.words.size() >= 2) {
     auto x = a.words[1] == "rip" ? std::optional<std::uint64_t>(v.rip) : parse_u64(a.words[1]);
@@ -222,7 +226,7 @@ Result<void> cmd_disas(Session& s, const Args& a) {
     if (!n || *n == 0 || *n > 1000) return make_error("count '" + a.words[2] + "' must be 1..1000");
     count = *n;
   }
-  const std::vector<std::uint8_t> bytes = s.vm->read_guest(model::Gpa{addr}, count * 15);
+  const std::vector<std::uint8_t> bytes = s.read_guest(addr, count * 15);
   if (bytes.empty()) return make_error("guest address " + hex(addr) + " is not readable (outside every memslot)");
   csh h = 0;
   if (cs_open(CS_ARCH_X86, v.cs.l != 0 ? CS_MODE_64 : CS_MODE_32, &h) != CS_ERR_OK) return make_error("capstone: cannot open");
@@ -260,7 +264,7 @@ Result<void> cmd_mem(Session& s, const Args& a) {
     if (!n || *n == 0 || *n > 65536) return make_error("length '" + a.words[2] + "' must be 1..65536 bytes");
     len = *n;
   }
-  const std::vector<std::uint8_t> b = s.vm->read_guest(model::Gpa{*gpa}, len);
+  const std::vector<std::uint8_t> b = s.read_guest(*gpa, len);
   if (b.empty()) return make_error("GPA " + hex(*gpa) + " is not readable (outside every memslot)");
   if (s.json) {
     std::string h;
@@ -288,7 +292,7 @@ Result<void> cmd_mem(Session& s, const Args& a) {
 // console
 Result<void> cmd_console(Session& s, const Args& a) {
   if (a.words.size() != 1) return make_error("usage: console");
-  const sim::GuestOutput& o = s.vm->output();
+  const sim::GuestOutput o = s.output_now();
   if (s.json) {
     json res = json::array();
     for (const auto& r : o.results) res.push_back(json{{"tag", r.tag}, {"value", hex(r.value)}});

@@ -133,6 +133,42 @@ Result<int> KvmSystem::try_check_extension(unsigned cap) const {
   return call(fd(), KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap=" + std::to_string(cap), cap);
 }
 
+const std::vector<std::pair<const char*, unsigned>>& host_capability_names() {
+  static const std::vector<std::pair<const char*, unsigned>> names = {
+      {"KVM_CAP_NR_VCPUS", KVM_CAP_NR_VCPUS},
+      {"KVM_CAP_MAX_VCPUS", KVM_CAP_MAX_VCPUS},
+      {"KVM_CAP_NR_MEMSLOTS", KVM_CAP_NR_MEMSLOTS},
+      {"KVM_CAP_USER_MEMORY", KVM_CAP_USER_MEMORY},
+      {"KVM_CAP_READONLY_MEM", KVM_CAP_READONLY_MEM},
+      {"KVM_CAP_SYNC_MMU", KVM_CAP_SYNC_MMU},
+      {"KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP},
+      {"KVM_CAP_SET_TSS_ADDR", KVM_CAP_SET_TSS_ADDR},
+      {"KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT},
+      {"KVM_CAP_SET_GUEST_DEBUG", KVM_CAP_SET_GUEST_DEBUG},
+      {"KVM_CAP_X86_ROBUST_SINGLESTEP", KVM_CAP_X86_ROBUST_SINGLESTEP},
+      {"KVM_CAP_VCPU_EVENTS", KVM_CAP_VCPU_EVENTS},
+      {"KVM_CAP_XSAVE", KVM_CAP_XSAVE},
+      {"KVM_CAP_XSAVE2", KVM_CAP_XSAVE2},
+      {"KVM_CAP_TSC_CONTROL", KVM_CAP_TSC_CONTROL},
+      {"KVM_CAP_GET_TSC_KHZ", KVM_CAP_GET_TSC_KHZ},
+      {"KVM_CAP_ADJUST_CLOCK", KVM_CAP_ADJUST_CLOCK},
+      {"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2},
+      {"KVM_CAP_DIRTY_LOG_RING", KVM_CAP_DIRTY_LOG_RING},
+      {"KVM_CAP_EXCEPTION_PAYLOAD", KVM_CAP_EXCEPTION_PAYLOAD},
+      {"KVM_CAP_X86_SMM", KVM_CAP_X86_SMM},
+  };
+  return names;
+}
+
+std::vector<std::pair<std::string, int>> KvmSystem::capabilities() const {
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& [name, cap] : host_capability_names()) {
+    const int r = ::ioctl(fd(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+    out.emplace_back(name, r < 0 ? 0 : r);
+  }
+  return out;
+}
+
 Result<std::size_t> KvmSystem::try_vcpu_mmap_size() const {
   auto r = call(fd(), KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE", "", 0ul);
   if (!r) return r.error();
@@ -254,6 +290,14 @@ Result<bool> KvmVcpu::try_run() {
   if (::ioctl(fd(), KVM_RUN, 0) == 0) return true;
   if (errno == EINTR) return false;
   return make_error("KVM_RUN(vcpu " + std::to_string(id_) + ") failed: " + std::strerror(errno));
+}
+
+Result<void> KvmVcpu::try_set_guest_debug(bool single_step) {
+  kvm_guest_debug d{};
+  d.control = single_step ? KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP : 0;
+  BATON_TRY_VOID(call(fd(), KVM_SET_GUEST_DEBUG, "KVM_SET_GUEST_DEBUG",
+                      "vcpu=" + std::to_string(id_) + ", control=" + hex(d.control), &d));
+  return ok_result();
 }
 
 Result<void> KvmVcpu::try_set_cpuid(const std::vector<std::uint8_t>& cpuid2) {

@@ -44,6 +44,7 @@ static_assert(sizeof(kvm_mp_state) == 4);
 static_assert(sizeof(kvm_userspace_memory_region) == 32);
 static_assert(sizeof(kvm_dirty_log) == 16);
 static_assert(sizeof(kvm_device_attr) == 24);
+static_assert(sizeof(kvm_guest_debug) == 72);
 
 // Every ioctl number hw-replay issues, as a C translation unit computes it.
 static_assert(KVM_GET_API_VERSION == 0xae00UL && KVM_CREATE_VM == 0xae01UL);
@@ -65,3 +66,4 @@ static_assert(KVM_GET_XSAVE == 0x9000aea4UL && KVM_SET_XSAVE == 0x5000aea5UL);
 static_assert(KVM_GET_XSAVE2 == 0x9000aecfUL);
 static_assert(KVM_GET_XCRS == 0x8188aea6UL && KVM_SET_XCRS == 0x4188aea7UL);
 static_assert(KVM_SET_DEVICE_ATTR == 0x4018aee1UL && KVM_HAS_DEVICE_ATTR == 0x4018aee3UL);
+static_assert(KVM_SET_GUEST_DEBUG == 0x4048ae9bUL);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -102,6 +103,7 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return make_error(std::string("socketpair(AF_UNIX) failed: ") + std::strerror(errno));
   const std::string timeout = std::to_string(timeout_ms);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     const int e = errno;
@@ -110,7 +112,11 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
     return make_error(std::string("fork failed: ") + std::strerror(e));
   }
   if (pid == 0) {
-    // The child: only async-signal-safe calls until exec.
+    // The child: only async-signal-safe calls until exec. Its own process group keeps a
+    // terminal's Ctrl-C (meant for baton explore's REPL) away from it; it dies with its parent.
+    ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the parent died before the prctl
     const int null = ::open("/dev/null", O_RDWR);
     if (null >= 0) {
       ::dup2(null, 1);
@@ -240,11 +246,17 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     capture_text_ = capture_->header();
     BATON_TRY_VOID(capture_->start());
   }
-  hw::KvmMachineOptions mo;
-  mo.device = cfg_.device;
-  auto m = hw::KvmMachine::try_create(image_, mo);
-  if (!m) return m.error();
-  machine_ = std::move(*m);
+  if (cfg_.source) {
+    auto m = cfg_.source();
+    if (!m) return m.error();
+    machine_ = std::move(*m);
+  } else {
+    hw::KvmMachineOptions mo;
+    mo.device = cfg_.device;
+    auto m = hw::KvmMachine::try_create(image_, mo);
+    if (!m) return m.error();
+    machine_ = std::move(*m);
+  }
   auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms);
   if (!w) return w.error();
   worker_ = std::move(*w);
@@ -257,6 +269,11 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
                                                                     cfg_.timeout_ms);
       !r)
     worker_error_ = r.error().message;
+  if (cfg_.source) {  // the source stands where its builder put it
+    last_run_ns_ = monotonic_ns();
+    const std::uint32_t stage = machine_->recorder().state().stage;
+    return RunEvent{StopReason::kInsnLimit, "where the explore session stands", stage};
+  }
   const std::uint32_t want = point.sync.value_or(1);
   for (;;) {
     auto r = run_source(true);

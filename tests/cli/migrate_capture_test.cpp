@@ -1,7 +1,8 @@
 // `baton migrate --backend kvm --capture FILE`: both VMM processes' KVM events through a
 // private tracefs instance, and the no-copy property proven from them: proven for local-lazy
 // (the worker maps the source's very pages), refuted for precopy (private copies). Needs a
-// usable KVM device and root (tracefs): main() exits 77 with the reason otherwise.
+// usable KVM device and root (tracefs): main() exits 77 with the reason otherwise. The same
+// through `baton explore --backend kvm` (migrate --capture, check).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -69,6 +70,30 @@ TEST_CASE("migrate --capture: precopy is refuted no-copy at a copied gfn", "[kvm
   CHECK(v == "refuted");
   CHECK_THAT(summary, Catch::Contains("gfn 0x"));
   CHECK(j.at("checksum_matches") == true);  // the guest itself is fine: the memory was copied
+}
+
+TEST_CASE("explore --backend kvm: migrate --capture proves no-copy, and check repeats it beside vcpu", "[kvm][capture][explore]") {
+  ScratchDir d;
+  const std::string cap = d / "e.txt";
+  const std::string s = d / "c.bsc";
+  std::ofstream(s) << "load memtouch --backend kvm --mem 64M -p size=4M\nrun to sync 2\nmigrate local-lazy --capture " << cap
+                   << "\nexpect verdict proven no-copy\nexpect checksum match\ncheck\nexpect verdict proven no-copy\n"
+                      "expect verdict proven vcpu\ncheck no-copy --json\n";
+  auto r = run_baton(d, "explore --script " + s);
+  INFO(r.out << r.err);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("from boot, replayed to sync point 2"));
+  CHECK_THAT(r.out, Catch::Contains("method       local-lazy at sync point 2"));
+  CHECK_THAT(r.out, Catch::Contains("(from the last migration's capture " + cap + ")"));
+  CHECK_THAT(slurp(cap), Catch::Contains("kvm_mmu_set_spte"));
+  const json j = json::parse(r.out.substr(r.out.find("explore> check no-copy --json\n") + 30));
+  CHECK(j.at("verdict") == "proven");
+  CHECK(j.at("properties").at(0).at("property") == "no-copy");
+  // Away from a sync point (right after the load) the source could not be replayed: refused.
+  std::ofstream(s) << "load memtouch --backend kvm --mem 64M -p size=4M\nmigrate local-lazy --capture " << cap << "2\n";
+  auto n = run_baton(d, "explore --script " + s);
+  CHECK(n.code == 2);
+  CHECK_THAT(n.err, Catch::Contains(":2: migrate --capture needs the session right after a sync point"));
 }
 
 int main(int argc, char** argv) {

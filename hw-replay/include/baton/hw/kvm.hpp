@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "baton/model/result.hpp"
@@ -83,6 +84,10 @@ Result<std::string> probe_kvm(const std::string& path = kKvmDevice);
 // rules above misname).
 std::string host_flavour();
 
+// The KVM_CAP_* names KvmSystem::capabilities() asks about: what a user of baton explore or a
+// migration wants to know about the host (memslots, vCPUs, debugging, dirty logging, TSC, XSAVE).
+const std::vector<std::pair<const char*, unsigned>>& host_capability_names();
+
 class KvmVm;
 class KvmVcpu;
 
@@ -100,6 +105,9 @@ class KvmSystem {
   // KVM_CHECK_EXTENSION on the system fd: 0 when the capability is absent.
   Result<int> try_check_extension(unsigned cap) const;
   int check_extension(unsigned cap) const { return or_throw(try_check_extension(cap)); }
+  // KVM_CHECK_EXTENSION of every capability in host_capability_names(), in that order; a
+  // capability the ioctl refuses counts as 0.
+  std::vector<std::pair<std::string, int>> capabilities() const;
   // KVM_GET_VCPU_MMAP_SIZE.
   Result<std::size_t> try_vcpu_mmap_size() const;
   // KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU.
@@ -177,6 +185,9 @@ class KvmVcpu {
   // and returns EINTR without entering the guest. Safe to call from another thread, which
   // then signals this vCPU's thread so that a KVM_RUN already inside the guest returns too.
   void set_immediate_exit(bool on);
+  // KVM_SET_GUEST_DEBUG: with `single_step`, every KVM_RUN returns KVM_EXIT_DEBUG after one
+  // guest instruction (KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP); without, debugging off.
+  Result<void> try_set_guest_debug(bool single_step);
   // KVM_SET_CPUID2 with the bytes of a struct kvm_cpuid2 (KvmSystem::try_supported_cpuid()).
   Result<void> try_set_cpuid(const std::vector<std::uint8_t>& cpuid2);
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "baton/guests/loader.hpp"
@@ -54,6 +55,8 @@ enum class KvmStop : std::uint8_t {
   kFailEntry,      // KVM_EXIT_FAIL_ENTRY
   kInternalError,  // KVM_EXIT_INTERNAL_ERROR
   kUnexpected,     // any other exit reason (MMIO, debug, ...)
+  kPort,           // the guest accessed the port KvmRunLimits::port asked to stop at
+  kStep,           // KVM_EXIT_DEBUG while single-stepping: one instruction retired
 };
 const char* to_string(KvmStop s);
 
@@ -61,6 +64,13 @@ struct KvmRunResult {
   KvmStop stop = KvmStop::kBudget;
   std::string detail;  // for faults: the exit's data and a dump of the vCPU state
   std::uint64_t exits = 0;
+};
+
+// When KvmMachine::run() stops, besides the guest's exit and its faults.
+struct KvmRunLimits {
+  std::uint64_t max_exits = ~std::uint64_t{0};  // exits to user space
+  bool stop_at_sync = false;                    // right after the guest announces a sync point
+  std::optional<std::uint16_t> port;            // right after an IN or OUT on this port
 };
 
 struct KvmMachineOptions {
@@ -84,6 +94,13 @@ class KvmMachine {
   // Runs until the guest exits, a fault, an interruption, `max_exits` exits, or (when
   // `stop_at_sync`) right after the guest announces a sync point.
   Result<KvmRunResult> run(std::uint64_t max_exits = ~std::uint64_t{0}, bool stop_at_sync = false);
+  // The same with every limit (a port to stop at too).
+  Result<KvmRunResult> run(const KvmRunLimits& limits);
+  // Turns single-stepping on or off (KVM_SET_GUEST_DEBUG): while on, run() stops with kStep
+  // after each guest instruction. An I/O exit comes first for an IN or OUT: the step ends
+  // once KVM completes it on the next KVM_RUN.
+  Result<void> set_single_step(bool on);
+  bool single_stepping() const { return single_step_; }
   // Captures the vCPU. An I/O exit is completed first (one KVM_RUN with immediate_exit), so
   // the state is past the IN/OUT: KVM finishes an I/O exit only on the next KVM_RUN, and a
   // state taken before that would make a restored VM execute the instruction again.
@@ -122,7 +139,8 @@ class KvmMachine {
   guests::PortRecorder ports_;
   StateOptions state_opt_;
   std::uint64_t input_seed_ = 0;
-  bool io_pending_ = false;  // the last exit was an IN/OUT or MMIO that KVM completes on the next KVM_RUN
+  bool io_pending_ = false;
+  bool single_step_ = false;  // the last exit was an IN/OUT or MMIO that KVM completes on the next KVM_RUN
 };
 
 }  // namespace baton::hw

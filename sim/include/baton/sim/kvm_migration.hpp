@@ -12,13 +12,23 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "baton/guests/loader.hpp"
 #include "baton/model/result.hpp"
 #include "baton/sim/migration.hpp"
 
+namespace baton::hw {
+class KvmMachine;
+}
+
 namespace baton::sim {
+
+// Builds the source VM at a state of its own choosing (baton explore: a copy of its session's VM,
+// memory and vCPU) instead of loading the image and running it to the migration point.
+using KvmSourcePrep = std::function<Result<std::unique_ptr<hw::KvmMachine>>()>;
 
 struct KvmMigrationConfig {
   std::string device = "/dev/kvm";
@@ -32,6 +42,8 @@ struct KvmMigrationConfig {
   int timeout_ms = 60'000;  // per handover message
   // Test fault injection: BATON_WORKER_DIE_AT for the worker (see hw::WorkerOptions::die_at).
   std::string worker_die_at;
+  // When set, the source VM comes from here and migrates where it stands (opt.at_sync unused).
+  KvmSourcePrep source;
 };
 
 // Runs `image` on KVM, migrates it to a `baton vmm-worker` process by `opt.method`, checks the
