@@ -386,8 +386,10 @@ struct SimMachine::Impl final : VcpuExits {
     h.source = "baton-sim";
     h.guest = cfg.guest_name;
     h.params = cfg.trace_params;
-    if (image != nullptr)
+    if (image != nullptr) {
       for (const guests::Param& p : image->params) h.params.emplace(p.key, std::to_string(p.value));
+      h.meta["image_hash"] = guests::image_hash(*image);
+    }
     h.cost_profile = profile_json(cfg.profile);
     h.time_unit = "cycles";
     auto w = traces::TraceWriter::open(cfg.trace_path, h, cfg.trace_overwrite);
