@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   baton::cli::register_guests(app);
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
+  baton::cli::register_replay(app);
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);

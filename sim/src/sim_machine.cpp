@@ -526,6 +526,7 @@ Result<void> SimMachine::load(const guests::GuestImage& image) {
   }
   m.input_seed = guests::input_seed_of(image);
   m.ports = guests::PortRecorder(m.input_seed);
+  if (m.cfg.input_source) m.ports.set_input_source(m.cfg.input_source);
   m.base = image.vcpu;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
@@ -563,6 +564,7 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   m.ports.resume(guests::PortRecorder::State{static_cast<std::uint32_t>(meta("abi.tag")),
                                              static_cast<std::uint32_t>(meta("abi.lo")),
                                              static_cast<std::uint32_t>(meta("abi.stage")), meta("abi.inputs")});
+  if (m.cfg.input_source) m.ports.set_input_source(m.cfg.input_source);
   m.out.inputs = m.ports.state().inputs;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
