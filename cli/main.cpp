@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "baton/model/file_io.hpp"
+#include "cmd_calibrate.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
 
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
   baton::cli::register_replay(app);
+  baton::cli::register_calibrate(app);
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);
