@@ -149,3 +149,52 @@ TEST_CASE("replay: bad input is one line and exit 2", "[cli][replay][bad-input]"
   CHECK(f.code == 2);
   CHECK_THAT(f.err, Catch::Contains("replay a foreign capture with --vm PID"));
 }
+
+TEST_CASE("replay --vm: a foreign capture replays with the isolation check", "[cli][replay][foreign]") {
+  ScratchDir d;
+  const std::string data = BATON_CHECKER_DATA_DIR;
+  // A local migration: the source (4242) and the worker (4300) share frames; declared, it holds.
+  auto ok = run_baton(d, "replay " + data + "/nocopy-local.txt --vm 4242 --pair 4242:4300 --json");
+  INFO(ok.err);
+  CHECK(ok.code == 0);
+  json j = parsed(ok);
+  CHECK(j.at("verdict") == "holds");
+  CHECK(j.at("handover").at("shared") == 4);
+  CHECK(j.at("handover").at("differing") == 0);
+  CHECK(j.at("import").at("malformed_lines") == 0);
+  // Undeclared, the same sharing is a violation at the worker's first install of a source frame.
+  auto bad = run_baton(d, "replay " + data + "/nocopy-local.txt --vm 4242 --json");
+  CHECK(bad.code == 1);
+  j = parsed(bad);
+  CHECK(j.at("verdict") == "violated");
+  CHECK(j.at("violation").at("pfn") == "0x1a2b01");
+  CHECK(j.at("violation").at("first").at("vm") == 4242);
+  CHECK(j.at("violation").at("first").at("event") == 3);
+  CHECK(j.at("violation").at("second").at("vm") == 4300);
+  CHECK(j.at("violation").at("second").at("event") == 21);
+  // One gfn copied to another frame: no-copy fails at the handover.
+  auto diff = run_baton(d, "replay " + data + "/nocopy-onediff.txt --vm 4242 --pair 4242:4300 --json");
+  CHECK(diff.code == 1);
+  j = parsed(diff);
+  CHECK(j.at("handover").at("differing") == 1);
+  CHECK(j.at("handover").at("first_differing").at("gfn") == "0x402");
+}
+
+TEST_CASE("replay --vm: malformed lines are counted and make a clean replay inconclusive", "[cli][replay][foreign]") {
+  ScratchDir d;
+  auto r = run_baton(d, "replay " + std::string(BATON_TRACES_DATA_DIR) + "/malformed.txt --vm 4242 --json");
+  CHECK(r.code == 2);
+  const json j = parsed(r);
+  CHECK(j.at("verdict") == "inconclusive");
+  CHECK(j.at("import").at("malformed_lines") == 7);
+  CHECK(j.at("import").at("unknown_lines") == 3);
+  CHECK(j.at("import").at("lost_events") == 17);
+  CHECK(j.at("import").at("samples").size() == 5);
+  // A VM that has no mapping events, and a pair without --vm in it: one line, exit 2.
+  auto none = run_baton(d, "replay " + std::string(BATON_TRACES_DATA_DIR) + "/malformed.txt --vm 1");
+  CHECK(none.code == 2);
+  CHECK(none.err == "baton: --vm 1 has no mapping events in the trace (VMs with some: 4242)\n");
+  auto pair = run_baton(d, "replay " + std::string(BATON_TRACES_DATA_DIR) + "/malformed.txt --vm 1 --pair 2:3");
+  CHECK(pair.code == 2);
+  CHECK(pair.err == "baton: --pair 2:3 does not include --vm 1\n");
+}
