@@ -11,6 +11,7 @@
 #include "baton/model/ept_walk.hpp"
 #include "baton/model/mapping_set.hpp"
 #include "baton/model/sample.hpp"
+#include "cmd_calibrate.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
 
@@ -152,6 +153,7 @@ void register_bench(CLI::App& app) {
   register_bench_migrate(*bench);
   register_bench_kvm(*bench);
   register_bench_trace(*bench);
+  register_bench_fidelity(*bench);
   // The benches without a table print JSON only; --json is accepted by every one of them.
   for (CLI::App* sc : bench->get_subcommands([](CLI::App*) { return true; }))
     if (sc->get_option_no_throw("--json") == nullptr)

@@ -64,9 +64,8 @@ void report(const MigrateCmd& o, const sim::MigrationResult& r) {
 void run_migrate_kvm(const MigrateCmd& o) {
   const MigrateOptions d;
   if (!o.sim.profile.empty() || o.sim.no_ad || o.mig.dirty != d.dirty || !o.mig.neighbour.empty() ||
-      o.mig.at_insn != 0 || o.mig.fault != d.fault || !o.trace.empty() || !o.save.empty())
-    return fail("--profile, --no-ad, --dirty, --neighbour, --at-insn, --fault, --trace and --save apply to --backend "
-                "sim only");
+      o.mig.at_insn != 0 || o.mig.fault != d.fault || !o.save.empty())
+    return fail("--profile, --no-ad, --dirty, --neighbour, --at-insn, --fault and --save apply to --backend sim only");
   auto method = sim::method_from_string(o.method);
   if (!method) return fail("--method '" + o.method + "' is not one of local-lazy, precopy (on kvm)");
   auto opt = make_migration_options(o.mig);
@@ -74,6 +73,8 @@ void run_migrate_kvm(const MigrateCmd& o) {
   opt->method = *method;
   if (!o.capture.empty())
     if (auto c = model::check_output_path(o.capture, o.force, "--capture"); !c) return fail(c.error().message);
+  if (!o.trace.empty())
+    if (auto c = model::check_output_path(o.trace, o.force, "--trace"); !c) return fail(c.error().message);
   const std::string device = hw::kvm_device();
   if (auto why = hw::kvm_unavailable_reason(device)) return fail(*why);
   auto image = make_guest_image(o.sim);
@@ -83,6 +84,10 @@ void run_migrate_kvm(const MigrateCmd& o) {
   kc.guest_name = o.sim.guest;
   kc.capture_path = o.capture;
   kc.overwrite_capture = o.force;
+  kc.trace_path = o.trace;
+  kc.overwrite_trace = o.force;
+  kc.trace_params = {{"mem", o.sim.mem}, {"pages", o.sim.pages}, {"method", o.method},
+                     {"at_sync", std::to_string(o.mig.at_sync)}};
   kc.timeout_ms = static_cast<int>(o.mig.timeout * 1000);
   if (const char* die = std::getenv("BATON_WORKER_DIE_AT")) kc.worker_die_at = die;  // tests
   const bool tty = isatty(fileno(stderr)) != 0 && !o.json_out;
@@ -114,6 +119,9 @@ void run_migrate(const MigrateCmd& o) {
   setup->cfg.trace_path = o.trace;
   setup->cfg.trace_overwrite = o.force;
   setup->cfg.trace_params["method"] = o.method;
+  setup->cfg.trace_params["at_sync"] = std::to_string(o.mig.at_sync);
+  setup->cfg.trace_params.emplace("mem", o.sim.mem);
+  setup->cfg.trace_params.emplace("pages", o.sim.pages);
   const bool tty = show_progress() && !o.json_out;
   if (tty) opt->progress = [](const std::string& s) { std::fprintf(stderr, "  .. %s\n", s.c_str()); };
   auto r = sim::migrate(setup->image, setup->cfg, *opt, nb);

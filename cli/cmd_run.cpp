@@ -1,4 +1,5 @@
 // baton run: runs a built-in guest (or a guest ELF) on a backend and reports what happened.
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include "baton/hw/kvm.hpp"
 #include "baton/hw/machine.hpp"
 #include "baton/model/file_io.hpp"
+#include "baton/sim/kvm_trace.hpp"
 #include "baton/sim/sim_machine.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
@@ -38,6 +40,13 @@ struct RunOptions {
   bool force = false;  // replace an existing --trace file
 };
 
+// CLOCK_MONOTONIC in nanoseconds (the clock of the KVM backend's events).
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
 // The simulator options within the run options.
 SimOptions sim_options(const RunOptions& o) {
   SimOptions s;
@@ -54,8 +63,10 @@ SimOptions sim_options(const RunOptions& o) {
 void run_guest_kvm(const RunOptions& o) {
   if (!parse_size(o.mem)) return fail("--mem '" + o.mem + "' is not a size (e.g. 256M, 4G)");
   if (!parse_page_level(o.pages)) return fail("--pages '" + o.pages + "' is not one of 4k, 2m, 1g");
-  if (!o.profile.empty() || !o.trace.empty() || o.dirty != "off" || o.no_ad || o.all_hooked)
-    return fail("--profile, --trace, --dirty, --no-ad and --all-hooked apply to --backend sim only");
+  if (!o.profile.empty() || o.dirty != "off" || o.no_ad || o.all_hooked)
+    return fail("--profile, --dirty, --no-ad and --all-hooked apply to --backend sim only");
+  if (!o.trace.empty())
+    if (auto r = model::check_output_path(o.trace, o.force, "--trace"); !r) return fail(r.error().message);
   // The device first: without KVM this one line is all the user needs to see.
   const std::string device = hw::kvm_device();
   if (auto why = hw::kvm_unavailable_reason(device)) return fail(*why);
@@ -63,12 +74,22 @@ void run_guest_kvm(const RunOptions& o) {
   if (!image) return fail(image.error().message);
   hw::KvmMachineOptions mo;
   mo.device = device;
+  mo.log_events = !o.trace.empty();
   auto m = hw::KvmMachine::try_create(*image, mo);
   if (!m) return fail(m.error().message);
+  const std::uint64_t t0_ns = monotonic_ns();
   const auto t0 = std::chrono::steady_clock::now();
   auto r = (*m)->run(o.budget);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r) return fail(r.error().message);
+  if (!o.trace.empty()) {
+    // Written whatever the outcome: a trace of a failed run is evidence too.
+    std::vector<traces::TraceEvent> ev;
+    sim::append_vmm_events(ev, (*m)->events(), 0, t0_ns);
+    traces::TraceHeader h = sim::kvm_trace_header(*image, o.guest, {{"mem", o.mem}, {"pages", o.pages}});
+    h.meta["outcome"] = hw::to_string(r->stop);
+    if (auto w = sim::write_kvm_trace(o.trace, h, std::move(ev), o.force); !w) return fail("--trace: " + w.error().message);
+  }
   const guests::GuestRun& out = (*m)->ports();
   auto expected = guests::expected_result(o.guest, image->params);
   const bool match = expected && out.exited && out.checksum == *expected;

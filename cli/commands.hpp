@@ -26,6 +26,8 @@ void register_bench_sim(CLI::App& bench);
 void register_trace(CLI::App& app);
 // `trace capture` under the trace subcommand (cli/cmd_trace_capture.cpp).
 void register_trace_capture(CLI::App& trace);
+// `baton replay` (cli/cmd_replay.cpp): a trace against the simulator, or a foreign capture's isolation.
+void register_replay(CLI::App& app);
 // `baton migrate` (cli/cmd_migrate.cpp) and `baton compare` (cli/cmd_compare.cpp).
 void register_migrate(CLI::App& app);
 void register_compare(CLI::App& app);

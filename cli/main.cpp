@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "baton/model/file_io.hpp"
+#include "cmd_calibrate.hpp"
 #include "commands.hpp"
 #include "parse.hpp"
 
@@ -127,6 +128,8 @@ int main(int argc, char** argv) {
   baton::cli::register_guests(app);
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
+  baton::cli::register_replay(app);
+  baton::cli::register_calibrate(app);
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);

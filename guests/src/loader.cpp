@@ -479,6 +479,33 @@ std::uint64_t GuestImage::chunk_bytes() const {
   return n;
 }
 
+std::string image_hash(const GuestImage& image) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  auto byte = [&h](std::uint8_t b) { h = (h ^ b) * 0x100000001b3ull; };
+  auto u64 = [&byte](std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) byte(static_cast<std::uint8_t>(v >> (8 * i)));
+  };
+  u64(image.mem_size);
+  u64(static_cast<std::uint64_t>(image.page_size));
+  u64(image.ring);
+  u64(image.entry);
+  u64(image.params.size());
+  for (const Param& p : image.params) {
+    u64(p.key.size());
+    for (char c : p.key) byte(static_cast<std::uint8_t>(c));
+    u64(p.value);
+  }
+  u64(image.chunks.size());
+  for (const MemoryChunk& c : image.chunks) {
+    u64(c.gpa.value);
+    u64(c.bytes.size());
+    for (std::uint8_t b : c.bytes) byte(b);
+  }
+  char out[32];
+  std::snprintf(out, sizeof out, "fnv1a64:%016llx", static_cast<unsigned long long>(h));
+  return out;
+}
+
 Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConfig& cfg) {
   BATON_TRY_VOID(check_config(cfg));
   auto info = parse_elf(elf);

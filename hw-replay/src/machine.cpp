@@ -7,6 +7,7 @@
 #include "kvm_uapi.hpp"
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,6 +21,12 @@ std::string hex(std::uint64_t v) {
   char b[32];
   std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
   return b;
+}
+// CLOCK_MONOTONIC in nanoseconds (the clock of the handover timing and of tracefs's "mono").
+std::uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 // Where KVM may put the three pages of its real-mode TSS on VMX (the usual spot below 4 GiB).
 constexpr std::uint64_t kTssAddr = 0xfffbd000;
@@ -147,6 +154,7 @@ Result<std::unique_ptr<KvmMachine>> KvmMachine::build(GuestMemory mem, const gue
                                                guests::PortRecorder(image)));
   m->state_opt_ = std::move(so);
   m->input_seed_ = guests::input_seed_of(image);
+  m->log_events_ = opt.log_events;
   return m;
 }
 
@@ -228,6 +236,13 @@ Result<KvmRunResult> KvmMachine::run(const KvmRunLimits& limits) {
       return res;
     }
     ++res.exits;
+    const std::uint64_t exit_ns = log_events_ ? monotonic_ns() : 0;
+    if (log_events_ && run->exit_reason != KVM_EXIT_IO) {
+      VmmEvent e;
+      e.ns = exit_ns;
+      e.exit_reason = run->exit_reason;
+      events_.push_back(e);
+    }
     switch (run->exit_reason) {
       case KVM_EXIT_IO: {
         io_pending_ = true;
@@ -235,17 +250,23 @@ Result<KvmRunResult> KvmMachine::run(const KvmRunLimits& limits) {
         const unsigned size = run->io.size;
         bool exited = false, sync = false, fault = false;
         for (std::uint32_t i = 0; i < run->io.count; ++i, data += size) {
-          if (run->io.direction == KVM_EXIT_IO_OUT) {
-            std::uint32_t v = 0;
+          const bool out = run->io.direction == KVM_EXIT_IO_OUT;
+          std::uint32_t v = 0;
+          guests::PortEvent ev;
+          if (out) {
             std::memcpy(&v, data, std::min<unsigned>(size, 4));
-            const guests::PortEventKind k = ports_.out(run->io.port, size, v).kind;
-            exited |= k == guests::PortEventKind::kExit;
-            sync |= k == guests::PortEventKind::kSync;
-            fault |= k == guests::PortEventKind::kFault;
+            ev = ports_.out(run->io.port, size, v);
+            exited |= ev.kind == guests::PortEventKind::kExit;
+            sync |= ev.kind == guests::PortEventKind::kSync;
+            fault |= ev.kind == guests::PortEventKind::kFault;
           } else {
-            const std::uint32_t v = ports_.in(run->io.port, size).value;
+            ev = ports_.in(run->io.port, size);
+            v = ev.value;
             std::memcpy(data, &v, std::min<unsigned>(size, 4));
           }
+          if (log_events_)
+            events_.push_back(VmmEvent{exit_ns, KVM_EXIT_IO, true, i == 0, !out, run->io.port,
+                                       static_cast<std::uint8_t>(size), v, ev.kind, ev.value});
         }
         if (fault) {
           res.stop = KvmStop::kGuestFault;

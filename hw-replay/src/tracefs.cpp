@@ -130,6 +130,9 @@ Result<std::unique_ptr<TracefsCapture>> TracefsCapture::open(const TracefsOption
   // A new instance records at once (tracing_on = 1); keep it quiet until start().
   BATON_TRY_VOID(c->write_file("tracing_on", "0"));
   BATON_TRY_VOID(c->write_file("buffer_size_kb", std::to_string(opt.buffer_kb)));
+  if (!opt.clock.empty())
+    if (auto r = c->write_file("trace_clock", opt.clock); !r)
+      return make_error("cannot set trace_clock to '" + opt.clock + "': " + r.error().message);
   // The importer takes the VM (VMM process) from the TGID column.
   if (auto r = c->write_file("options/record-tgid", "1"); !r)
     c->warnings_.push_back("cannot turn on options/record-tgid (" + r.error().message +

@@ -139,6 +139,49 @@ Result<guests::GuestRun> decode_guest_run(std::span<const std::uint8_t> p) {
   return r;
 }
 
+std::vector<std::uint8_t> encode_vmm_events(std::span<const VmmEvent> events) {
+  std::vector<std::uint8_t> o;
+  o.reserve(8 + events.size() * 32);
+  put64(o, events.size());
+  for (const VmmEvent& e : events) {
+    put64(o, e.ns);
+    put64(o, std::uint64_t{e.exit_reason} | std::uint64_t{e.io} << 32 | std::uint64_t{e.first} << 33 |
+                 std::uint64_t{e.in} << 34 | std::uint64_t{e.size} << 40 | std::uint64_t{static_cast<std::uint8_t>(e.kind)} << 48);
+    put64(o, std::uint64_t{e.port} | std::uint64_t{e.value} << 32);
+    put64(o, e.meaning);
+  }
+  return o;
+}
+
+Result<std::vector<VmmEvent>> decode_vmm_events(std::span<const std::uint8_t> p) {
+  if (p.size() < 8) return make_error("events message: " + std::to_string(p.size()) + " bytes, too short");
+  const std::uint64_t n = get64(p.data());
+  if (n > (p.size() - 8) / 32 || p.size() != 8 + n * 32)
+    return make_error("events message: " + std::to_string(n) + " events do not fill " + std::to_string(p.size()) + " bytes");
+  std::vector<VmmEvent> out;
+  out.reserve(n);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::uint8_t* q = p.data() + 8 + i * 32;
+    const std::uint64_t w = get64(q + 8), x = get64(q + 16), m = get64(q + 24);
+    const auto kind = static_cast<std::uint8_t>(w >> 48);
+    if (kind > static_cast<std::uint8_t>(guests::PortEventKind::kFault) || m > 0xffffffffu)
+      return make_error("events message: event " + std::to_string(i) + " is malformed");
+    VmmEvent e;
+    e.ns = get64(q);
+    e.exit_reason = static_cast<std::uint32_t>(w);
+    e.io = (w >> 32 & 1) != 0;
+    e.first = (w >> 33 & 1) != 0;
+    e.in = (w >> 34 & 1) != 0;
+    e.size = static_cast<std::uint8_t>(w >> 40);
+    e.kind = static_cast<guests::PortEventKind>(kind);
+    e.port = static_cast<std::uint16_t>(x);
+    e.value = static_cast<std::uint32_t>(x >> 32);
+    e.meaning = static_cast<std::uint32_t>(m);
+    out.push_back(e);
+  }
+  return out;
+}
+
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   // Test fault injection: a real SIGKILL at the named point.
   auto maybe_die = [&](const char* point) {
@@ -172,6 +215,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   shell.mem_size = ann->size;
   KvmMachineOptions mo;
   mo.device = opt.device;
+  mo.log_events = true;  // sent after the result, for the source's trace
   auto machine = KvmMachine::try_create_on(std::move(*mem), shell, mo);
   if (!machine) return failed(machine.error());
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("vm ready")));
@@ -224,6 +268,8 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   if (run->stop != KvmStop::kExited)
     return failed(make_error(std::string("the guest stopped on the worker: ") + to_string(run->stop) + ": " + run->detail));
   BATON_TRY_VOID(send_message(sock, MsgType::kResult, encode_guest_run(rep.ports)));
+  // Best effort: a source that only wanted the result may have closed the socket already.
+  (void)send_message(sock, MsgType::kEvents, encode_vmm_events((*machine)->events()));
   return rep;
 }
 
@@ -304,6 +350,14 @@ Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms) {
   auto r = decode_guest_run(done->payload);
   if (!r) return make_error("worker: " + r.error().message);
   return r;
+}
+
+Result<std::vector<VmmEvent>> wait_worker_events(int sock, int timeout_ms) {
+  auto m = expect(sock, MsgType::kEvents, timeout_ms);
+  if (!m) return make_error("worker: " + m.error().message);
+  auto e = decode_vmm_events(m->payload);
+  if (!e) return make_error("worker: " + e.error().message);
+  return e;
 }
 
 Result<std::string> wait_worker_result(int sock, int timeout_ms) {

@@ -188,6 +188,11 @@ Result<CostProfile> parse_profile(const std::string& json_text) {
   if (!duplicate.empty()) return make_error("key \"" + duplicate + "\" is given twice");
   CostProfile p = default_profile();
   for (auto it = j.begin(); it != j.end(); ++it) {
+    // Where a calibrated profile's figures come from (baton calibrate): kept by the file, not the model.
+    if (it.key() == "provenance") {
+      if (!it.value().is_object()) return make_error("\"provenance\" must be a JSON object");
+      continue;
+    }
     const Field* f = nullptr;
     for (const Field& cand : fields())
       if (it.key() == cand.key) f = &cand;

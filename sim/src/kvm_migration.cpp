@@ -25,6 +25,7 @@
 #include "baton/hw/tracefs.hpp"
 #include "baton/hw/worker.hpp"
 #include "baton/model/file_io.hpp"
+#include "baton/sim/kvm_trace.hpp"
 #include "baton/traces/ftrace.hpp"
 
 namespace baton::sim {
@@ -189,6 +190,8 @@ class KvmBackend final : public MigrationBackend {
   Result<void> resume_source() override;
   Result<void> finish_on_new(Method m) override;
   Result<void> epilogue() override { return ok_result(); }
+  // Writes the trace of the whole run (KvmMigrationConfig::trace_path), once the run is over.
+  Result<void> write_trace();
 
  private:
   // Adds a measured phase [from_ns, to_ns) to the timeline.
@@ -225,6 +228,14 @@ class KvmBackend final : public MigrationBackend {
   std::unique_ptr<hw::TracefsCapture> capture_;
   std::string capture_text_;
   std::size_t source_cut_ = std::string::npos;  // the capture text before the source's teardown
+  // the trace (KvmMigrationConfig::trace_path)
+  std::vector<hw::VmmEvent> source_events_, worker_events_;
+  std::vector<traces::TraceEvent> phases_;  // migration-phase events, time in CLOCK_MONOTONIC ns
+  std::string worker_events_error_;
+  // Notes a migration phase for the trace.
+  void trace_phase(std::uint64_t ns, traces::MigrationPhase p, std::uint64_t value = 0) {
+    if (!cfg_.trace_path.empty()) phases_.push_back(traces::phase_event(0, ns, p, value));
+  }
   // precopy
   std::thread vcpu_thread_;
   std::atomic<bool> vcpu_done_{false};
@@ -239,6 +250,7 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
   if (!cfg_.capture_path.empty()) {
     hw::TracefsOptions to;
     to.follow_forks = true;  // the worker (a child) and the precopy vCPU thread
+    if (!cfg_.trace_path.empty()) to.clock = "mono";  // merged with the VMMs' own events by time
     auto cap = hw::TracefsCapture::open(to);
     if (!cap) return make_error("--capture: " + cap.error().message);
     capture_ = std::move(*cap);
@@ -253,6 +265,7 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
   } else {
     hw::KvmMachineOptions mo;
     mo.device = cfg_.device;
+    mo.log_events = !cfg_.trace_path.empty();
     auto m = hw::KvmMachine::try_create(image_, mo);
     if (!m) return m.error();
     machine_ = std::move(*m);
@@ -279,7 +292,10 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     auto r = run_source(true);
     if (!r) return r.error();
     const std::uint32_t stage = machine_->ports().stages.empty() ? 0 : machine_->ports().stages.back();
-    if (r->stop == hw::KvmStop::kSync && stage >= want) return RunEvent{StopReason::kSyncPoint, "", stage};
+    if (r->stop == hw::KvmStop::kSync && stage >= want) {
+      trace_phase(last_run_ns_, traces::MigrationPhase::kStart);
+      return RunEvent{StopReason::kSyncPoint, "", stage};
+    }
     if (r->stop == hw::KvmStop::kSync) continue;
     const StopReason why = r->stop == hw::KvmStop::kExited ? StopReason::kExited
                            : r->stop == hw::KvmStop::kShutdown ? StopReason::kTripleFault
@@ -325,6 +341,7 @@ Result<void> KvmBackend::precopy() {
   first.cycles = static_cast<double>(monotonic_ns() - r1);
   res_->rounds.push_back(first);
   phase("precopy-round-1", r1, monotonic_ns(), false);
+  trace_phase(r1, traces::MigrationPhase::kCopyRound, 1);
   for (unsigned round = 2; round <= opt_.max_rounds && !vcpu_done_; ++round) {
     const std::uint64_t a = monotonic_ns(), before = timing_.bytes_copied;
     auto sent = hw::precopy_round(*machine_, worker_->sock.get(), timing_);
@@ -338,6 +355,7 @@ Result<void> KvmBackend::precopy() {
     res_->rounds.back().dirtied = c.pages;  // what the previous round left dirty
     res_->rounds.push_back(c);
     phase("precopy-round-" + std::to_string(round), a, monotonic_ns(), false);
+    trace_phase(a, traces::MigrationPhase::kCopyRound, round);
     if (opt_.progress)
       opt_.progress("precopy round " + std::to_string(round) + ": " + std::to_string(c.sent) + " dirty pages sent");
     if (c.pages <= opt_.converge_pages) break;
@@ -357,6 +375,7 @@ Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
   timing_.pause_ns = last_run_ns_;
   down_mark_ = capture_done_ns_;
   phase("state-save", last_run_ns_, capture_done_ns_, true);
+  trace_phase(last_run_ns_, traces::MigrationPhase::kPause);
   model::HandoverSnapshot s;
   s.vcpus.push_back(*state);
   s.memslots.push_back(model::Memslot{0, model::Gpa{0}, machine_->memory().size(), model::Hpa{0}, false});
@@ -382,6 +401,7 @@ Result<void> KvmBackend::stop_and_copy() {
   res_->rounds.push_back(c);
   const std::uint64_t done = monotonic_ns();
   phase("stop-and-copy", down_mark_, done, true);  // contiguous: the downtime phases add up exactly
+  trace_phase(a, traces::MigrationPhase::kStopAndCopy, c.pages);
   down_mark_ = done;
   return ok_result();
 }
@@ -395,6 +415,8 @@ Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::Han
   // Contiguous: the downtime phases add up to resumed - pause exactly.
   phase("state-transfer", down_mark_, timing_.state_received_ns, true);
   phase("state-restore", timing_.state_received_ns, timing_.resumed_ns, true);
+  trace_phase(down_mark_, traces::MigrationPhase::kStateTransfer);
+  trace_phase(timing_.resumed_ns, traces::MigrationPhase::kResume);
   res_->bytes_copied = timing_.bytes_copied;
   res_->pages_copied = timing_.bytes_copied / 4096;
   model::HandoverSnapshot after = pkg;
@@ -447,6 +469,7 @@ Result<void> KvmBackend::resume_source() {
   }
   phase("run to the end (old VMM)", a, monotonic_ns(), false);
   finish_output(machine_->ports(), std::nullopt);
+  source_events_ = machine_->events();
   res_->total = static_cast<double>(monotonic_ns() - t0_ns_);
   if (capture_) check_no_copy();
   return ok_result();
@@ -455,6 +478,7 @@ Result<void> KvmBackend::resume_source() {
 Result<void> KvmBackend::finish_on_new(Method) {
   // The old VMM tears its VM down; the guest memory stays with the memfd the worker mapped.
   const guests::GuestRun before = machine_->ports();
+  source_events_ = machine_->events();
   if (capture_) {
     // The source map is taken before its teardown (which may zap its SPTEs).
     (void)capture_->drain(capture_text_);
@@ -462,6 +486,11 @@ Result<void> KvmBackend::finish_on_new(Method) {
   }
   machine_.reset();
   auto run = hw::wait_worker_run(worker_->sock.get(), std::max(cfg_.timeout_ms, 600'000));
+  if (run && !cfg_.trace_path.empty()) {
+    auto ev = hw::wait_worker_events(worker_->sock.get(), cfg_.timeout_ms);
+    if (ev) worker_events_ = std::move(*ev);
+    else worker_events_error_ = ev.error().message;
+  }
   worker_->reap(cfg_.timeout_ms);
   if (!run) {
     // The worker owned the guest when it failed: the source must not resume it (its memory
@@ -480,6 +509,7 @@ Result<void> KvmBackend::finish_on_new(Method) {
     finish_output(before, *run);
   }
   phase("run to the end (new VMM)", timing_.resumed_ns, monotonic_ns(), false);
+  trace_phase(monotonic_ns(), traces::MigrationPhase::kDone, static_cast<std::uint64_t>(res_->downtime));
   res_->total = static_cast<double>(monotonic_ns() - t0_ns_);
   if (capture_) check_no_copy();
   return ok_result();
@@ -549,6 +579,31 @@ void KvmBackend::check_no_copy() {
   res_->checks.push_back(std::move(l));
 }
 
+Result<void> KvmBackend::write_trace() {
+  if (cfg_.trace_path.empty()) return ok_result();
+  if (!worker_events_error_.empty()) return make_error("--trace: the worker's events: " + worker_events_error_);
+  std::map<std::string, std::string> params = cfg_.trace_params;
+  traces::TraceHeader h = kvm_trace_header(image_, cfg_.guest_name, params);
+  h.meta["vm0.pid"] = std::to_string(res_->source_pid);
+  if (res_->worker_pid != 0) h.meta["vm1.pid"] = std::to_string(res_->worker_pid);
+  std::vector<traces::TraceEvent> ev;
+  append_vmm_events(ev, source_events_, 0, t0_ns_);
+  append_vmm_events(ev, worker_events_, 1, t0_ns_);
+  for (traces::TraceEvent p : phases_) {
+    p.time = p.time > t0_ns_ ? p.time - t0_ns_ : 0;
+    ev.push_back(p);
+  }
+  if (capture_ && !capture_text_.empty()) {
+    std::map<std::uint32_t, std::uint32_t> vms{{res_->source_pid, 0}};
+    if (res_->worker_pid != 0) vms[res_->worker_pid] = 1;
+    if (auto r = append_capture_mappings(ev, capture_text_, vms, t0_ns_, h.meta); !r)
+      return make_error("--trace: " + r.error().message);
+  }
+  if (auto r = write_kvm_trace(cfg_.trace_path, h, std::move(ev), cfg_.overwrite_trace); !r)
+    return make_error("--trace: " + r.error().message);
+  return ok_result();
+}
+
 }  // namespace
 
 Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMigrationConfig& cfg,
@@ -556,7 +611,10 @@ Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMi
   KvmBackend b(image, cfg, opt);
   std::optional<std::uint64_t> expected;
   if (auto ex = guests::expected_result(cfg.guest_name, image.params)) expected = *ex;
-  return drive_migration(b, opt, expected);
+  auto r = drive_migration(b, opt, expected);
+  if (!r) return r;
+  BATON_TRY_VOID(b.write_trace());
+  return r;
 }
 
 }  // namespace baton::sim

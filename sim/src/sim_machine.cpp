@@ -386,8 +386,10 @@ struct SimMachine::Impl final : VcpuExits {
     h.source = "baton-sim";
     h.guest = cfg.guest_name;
     h.params = cfg.trace_params;
-    if (image != nullptr)
+    if (image != nullptr) {
       for (const guests::Param& p : image->params) h.params.emplace(p.key, std::to_string(p.value));
+      h.meta["image_hash"] = guests::image_hash(*image);
+    }
     h.cost_profile = profile_json(cfg.profile);
     h.time_unit = "cycles";
     auto w = traces::TraceWriter::open(cfg.trace_path, h, cfg.trace_overwrite);
@@ -524,6 +526,7 @@ Result<void> SimMachine::load(const guests::GuestImage& image) {
   }
   m.input_seed = guests::input_seed_of(image);
   m.ports = guests::PortRecorder(m.input_seed);
+  if (m.cfg.input_source) m.ports.set_input_source(m.cfg.input_source);
   m.base = image.vcpu;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));
@@ -561,6 +564,7 @@ Result<std::unique_ptr<SimMachine>> SimMachine::restore(const model::HandoverSna
   m.ports.resume(guests::PortRecorder::State{static_cast<std::uint32_t>(meta("abi.tag")),
                                              static_cast<std::uint32_t>(meta("abi.lo")),
                                              static_cast<std::uint32_t>(meta("abi.stage")), meta("abi.inputs")});
+  if (m.cfg.input_source) m.ports.set_input_source(m.cfg.input_source);
   m.out.inputs = m.ports.state().inputs;
   BATON_TRY_VOID(m.check_state_in_ram(m.base));
   BATON_TRY_VOID(m.check_identity(m.base));

@@ -43,7 +43,7 @@ TEST_CASE("run --backend: unknown backends and sim-only options are refused", "[
   auto r = run_baton(d, "run checksum --backend xen");
   CHECK(r.code == 2);
   CHECK(r.err == "baton: --backend 'xen' is not one of sim, kvm\n");
-  auto t = run_baton(d, "run checksum --backend kvm --trace " + (d / "x.trc"));
+  auto t = run_baton(d, "run checksum --backend kvm --dirty wp");
   CHECK(t.code == 2);
   CHECK_THAT(t.err, Catch::Contains("apply to --backend sim only"));
 }

@@ -422,3 +422,28 @@ TEST_CASE("precopy pages: malformed pages messages are clear errors", "[handover
   REQUIRE(fits);
   CHECK(*fits == 1);
 }
+
+TEST_CASE("handover: the worker's events message round-trips and refuses malformed payloads", "[handover][events]") {
+  using baton::hw::VmmEvent;
+  std::vector<VmmEvent> ev(3);
+  ev[0] = VmmEvent{1000, 2, true, true, true, 0x514, 4, 0xdeadbeef, baton::guests::PortEventKind::kInput, 0xdeadbeef};
+  ev[1] = VmmEvent{2000, 2, true, true, false, 0x510, 4, 3, baton::guests::PortEventKind::kSync, 3};
+  ev[2] = VmmEvent{3000, 8, false, true, false, 0, 0, 0, baton::guests::PortEventKind::kNone, 0};  // KVM_EXIT_SHUTDOWN
+  const auto bytes = baton::hw::encode_vmm_events(ev);
+  CHECK(bytes.size() == 8 + 3 * 32);
+  auto back = baton::hw::decode_vmm_events(bytes);
+  REQUIRE(back);
+  CHECK(*back == ev);
+  // One byte short, one byte more, and an unknown port-event kind are refused.
+  auto cut = bytes;
+  cut.pop_back();
+  CHECK_FALSE(baton::hw::decode_vmm_events(cut));
+  auto more = bytes;
+  more.push_back(0);
+  CHECK_FALSE(baton::hw::decode_vmm_events(more));
+  auto bad = bytes;
+  bad[8 + 8 + 6] = 0x7f;  // the kind byte of event 0
+  auto r = baton::hw::decode_vmm_events(bad);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message == "events message: event 0 is malformed");
+}

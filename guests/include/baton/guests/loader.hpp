@@ -83,6 +83,11 @@ struct GuestImage {
   std::uint64_t chunk_bytes() const;
 };
 
+// Identifies an image for traces: "fnv1a64:" and 16 hex digits of FNV-1a over the memory size,
+// page size, ring, entry point, parameters and every chunk's address and bytes. Two images
+// with the same hash boot the same guest in the same memory.
+std::string image_hash(const GuestImage& image);
+
 // Builds the image for an ELF. Every malformed input gives one clear one-line error.
 Result<GuestImage> load_guest(std::span<const std::uint8_t> elf, const GuestConfig& cfg);
 

@@ -36,6 +36,7 @@ enum class MsgType : std::uint16_t {
   kDone = 7,       // source -> worker: no more messages
   kResumed = 8,    // worker -> source: the first KVM_RUN begins (u64 CLOCK_MONOTONIC ns, then the restored state)
   kResult = 9,     // worker -> source: the guest exited (payload: encode_guest_run)
+  kEvents = 10,    // worker -> source, after the result: what its VMM saw (payload: encode_vmm_events)
 };
 // Names a message type ("vcpu-state", ...), or "type N" for an unknown one.
 std::string to_string(MsgType t);

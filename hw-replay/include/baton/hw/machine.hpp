@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "baton/guests/loader.hpp"
 #include "baton/guests/ports.hpp"
@@ -76,6 +77,23 @@ struct KvmRunLimits {
 struct KvmMachineOptions {
   std::string device = kKvmDevice;
   bool irqchip = true;  // create an in-kernel irqchip (LAPIC state capture needs it)
+  bool log_events = false;  // keep a VmmEvent per exit to user space and per port access (traces)
+};
+
+// One thing the VMM saw: a return from KVM_RUN and, for KVM_EXIT_IO, one port access with its
+// value (for an IN, the value the VMM answered). A string I/O exit gives one event per element.
+struct VmmEvent {
+  std::uint64_t ns = 0;           // CLOCK_MONOTONIC when KVM_RUN returned
+  std::uint32_t exit_reason = 0;  // KVM_EXIT_*
+  bool io = false;                // a port access: the fields below are valid
+  bool first = true;              // the first access of its exit (the exit itself is traced once)
+  bool in = false;
+  std::uint16_t port = 0;
+  std::uint8_t size = 0;
+  std::uint32_t value = 0;
+  guests::PortEventKind kind = guests::PortEventKind::kNone;  // what the access meant in the port ABI
+  std::uint32_t meaning = 0;                                   // its value: the stage of a sync point, ...
+  friend bool operator==(const VmmEvent&, const VmmEvent&) = default;
 };
 
 // One VM with one vCPU running a GuestImage.
@@ -115,6 +133,8 @@ class KvmMachine {
   Result<std::vector<std::uint64_t>> dirty_bitmap();
 
   const guests::GuestRun& ports() const { return ports_.run(); }
+  // The events logged so far (KvmMachineOptions::log_events), in order.
+  const std::vector<VmmEvent>& events() const { return events_; }
   guests::PortRecorder& recorder() { return ports_; }
   std::uint64_t input_seed() const { return input_seed_; }
   GuestMemory& memory() { return mem_; }
@@ -139,8 +159,10 @@ class KvmMachine {
   guests::PortRecorder ports_;
   StateOptions state_opt_;
   std::uint64_t input_seed_ = 0;
-  bool io_pending_ = false;
-  bool single_step_ = false;  // the last exit was an IN/OUT or MMIO that KVM completes on the next KVM_RUN
+  bool io_pending_ = false;  // the last exit was an IN/OUT or MMIO that KVM completes on the next KVM_RUN
+  bool single_step_ = false;
+  bool log_events_ = false;
+  std::vector<VmmEvent> events_;
 };
 
 }  // namespace baton::hw

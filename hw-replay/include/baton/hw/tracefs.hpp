@@ -36,6 +36,9 @@ struct TracefsOptions {
   std::vector<pid_t> pids = {};  // filter: these tasks only (empty: every task); see add_pid()
   bool follow_forks = true;      // options/event-fork: children and threads of filtered tasks are added
   std::size_t buffer_kb = 16384;  // buffer_size_kb (per CPU)
+  // trace_clock of the instance, or "" for the kernel's default ("local"). "mono" stamps events
+  // with CLOCK_MONOTONIC, the clock of the VMM's own events, so the two can be merged in order.
+  std::string clock;
   // Where /proc/mounts is read from (tests point it elsewhere).
   std::string mounts_file = "/proc/mounts";
 };

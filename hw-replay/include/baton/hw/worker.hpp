@@ -21,6 +21,7 @@
 
 #include "baton/guests/ports.hpp"
 #include "baton/hw/kvm.hpp"
+#include "baton/hw/machine.hpp"
 #include "baton/model/result.hpp"
 
 namespace baton::hw {
@@ -53,6 +54,10 @@ struct WorkerOptions {
 std::vector<std::uint8_t> encode_guest_run(const guests::GuestRun& r);
 Result<guests::GuestRun> decode_guest_run(std::span<const std::uint8_t> p);
 
+// The worker's VmmEvents as bytes (the events message: a count, then 32 bytes each), and back.
+std::vector<std::uint8_t> encode_vmm_events(std::span<const VmmEvent> events);
+Result<std::vector<VmmEvent>> decode_vmm_events(std::span<const std::uint8_t> p);
+
 // What the worker saw after the migration.
 struct WorkerReport {
   guests::GuestRun ports;           // the guest's port activity after the resume
@@ -63,8 +68,6 @@ struct WorkerReport {
 
 // Runs the worker's side of the protocol on a connected socket until the guest exits.
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt = {});
-
-class KvmMachine;
 
 // The source side, in three steps so that everything slow happens before the pause:
 // 1. prepare_worker: wait for hello, send the memfd, wait until the worker's VM is ready.
@@ -96,6 +99,8 @@ Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_m
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
 // The same result as the guest's port activity after the resume.
 Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
+// The events message that follows the result: every exit and port access of the worker's VMM.
+Result<std::vector<VmmEvent>> wait_worker_events(int sock, int timeout_ms = 60'000);
 
 // hand_over in its pieces, for a driver that captures the state itself:
 // send_state sends it (with the ResumeInfo of `m`), await_resumed waits for the worker's

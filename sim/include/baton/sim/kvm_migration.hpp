@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,11 @@ struct KvmMigrationConfig {
   std::string capture_path;
   bool overwrite_capture = false;  // replace an existing capture_path (else it is never touched)
   int timeout_ms = 60'000;  // per handover message
+  // Writes a trace (format v1, docs/trace-format.md) of both VMMs' events, the migration
+  // timeline and (with capture_path) KVM's mapping events to this file; "" for none.
+  std::string trace_path;
+  bool overwrite_trace = false;
+  std::map<std::string, std::string> trace_params;  // run options recorded in the header (mem, pages, method, ...)
   // Test fault injection: BATON_WORKER_DIE_AT for the worker (see hw::WorkerOptions::die_at).
   std::string worker_die_at;
   // When set, the source VM comes from here and migrates where it stands (opt.at_sync unused).

@@ -26,6 +26,8 @@ struct SimConfig {
   std::map<std::string, std::string> trace_params;
   std::vector<model::GpaRange> mmio;         // carved out of RAM, served by the MMIO device
   bool record_writes = false;                // remember every written gfn (tests)
+  // Answers the guest's n-th input instead of the seed's sequence (replay feeds recorded inputs).
+  std::function<std::uint32_t(std::uint64_t n)> input_source;
   bool hookless = true;                      // hot blocks run without memory hooks (false: every access hooked, a reference)
 };
 
