@@ -295,6 +295,10 @@ void KvmBackend::stop_vcpu_thread() {
 
 Result<void> KvmBackend::precopy() {
   timing_.precopy = true;
+  // The worker's baseline, while the vCPU is stopped (a capture waits for KVM_RUN to end).
+  auto baseline = machine_->capture();
+  if (!baseline) return baseline.error();
+  timing_.baseline = std::move(*baseline);
   start_vcpu_thread();  // the guest runs on while memory is copied
   const std::uint64_t r1 = monotonic_ns();
   if (auto r = hw::prepare_worker(*machine_, worker_->sock.get(), timing_, cfg_.timeout_ms); !r) {
@@ -334,7 +338,10 @@ Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
     if (!vcpu_result_) return vcpu_result_.error();
     if (vcpu_result_->stop == hw::KvmStop::kExited) res_->finished_before_switch = true;
   }
-  auto state = machine_->capture();
+  // A prepared worker holds the baseline: capture only what the guest changes without
+  // privileges; verify() proves the rest with a full capture of this stopped vCPU.
+  auto state = timing_.baseline && worker_error_.empty() ? machine_->capture_changes(*timing_.baseline)
+                                                         : machine_->capture();
   capture_done_ns_ = monotonic_ns();
   if (!state) return state.error();
   timing_.pause_ns = last_run_ns_;
@@ -372,7 +379,7 @@ Result<void> KvmBackend::stop_and_copy() {
 Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::HandoverSnapshot& pkg) {
   if (!worker_error_.empty()) return make_error(worker_error_);
   if (res_->finished_before_switch) return make_error("the guest exited during pre-copy: nothing to hand over");
-  BATON_TRY_VOID(hw::send_state(*machine_, worker_->sock.get(), pkg.vcpus.at(0)));
+  BATON_TRY_VOID(hw::send_state(*machine_, timing_, pkg.vcpus.at(0)));
   auto restored = hw::await_resumed(worker_->sock.get(), timing_, cfg_.timeout_ms);
   if (!restored) return restored.error();
   // Contiguous: the downtime phases add up to resumed - pause exactly.
@@ -390,8 +397,23 @@ Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::Han
 void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   // The worker resumed at once; the state it restored must be the captured one, with the
   // guest TSC continuous. The no-copy property follows from the capture after the run.
+  // The pause read only what an unprivileged guest changes (capture_changes); the rest came
+  // from the baseline. The source vCPU has not run since, so a full capture now is its state at
+  // the pause: the property is checked against that, with the TSC fields read at the pause.
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = checker::check_vcpu(before, after, checker::Verdict::kProven, opt_.check);
+  auto full = machine_->capture();
+  if (!full) {
+    res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown,
+                                     "the full capture of the stopped source vCPU failed: " + full.error().message,
+                                     seconds_since(t0), std::nullopt});
+    return;
+  }
+  model::HandoverSnapshot proof = before;
+  const model::VcpuState& paused = before.vcpus.at(0);
+  proof.vcpus.at(0) = *full;
+  proof.vcpus.at(0).tsc_offset = paused.tsc_offset;
+  proof.vcpus.at(0).host_tsc_at_capture = paused.host_tsc_at_capture;
+  auto r = checker::check_vcpu(proof, after, checker::Verdict::kProven, opt_.check);
   if (!r) {
     res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown, r.error().message, seconds_since(t0), std::nullopt});
     return;
