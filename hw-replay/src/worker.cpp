@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <x86intrin.h>
@@ -36,12 +37,6 @@ std::uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-// Whether `sock` has data (or a hang-up) to read now.
-bool readable(int sock) {
-  pollfd p{sock, POLLIN, 0};
-  return ::poll(&p, 1, 0) > 0;
 }
 
 // Receives one message of the expected type; an error message from the peer becomes ours.
@@ -250,15 +245,19 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   if (!mailbox) return failed(mailbox.error());
   auto baseline = decode_vcpu_state(bm->payload);
   if (!baseline) return failed(make_error("baseline message: " + baseline.error().message));
+  auto wm = expect(sock, MsgType::kWakeup, opt.timeout_ms);
+  if (!wm) return failed(wm.error());
+  if (!wm->fd.valid()) return failed(make_error("the wakeup message came without its eventfd"));
+  const Fd wakeup = std::move(wm->fd);
   if (auto r = (*machine)->restore(*baseline); !r) return failed(r.error());
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("baseline loaded")));
 
-  // Precopy pages arrive on the socket until the pause; the state arrives in the mailbox. Spin on
-  // the mailbox (a sleeping worker would add its wake-up to the downtime), look at the socket
-  // every ~20 us (pages, an error, or the source gone), and after spin_ms only once a ms.
-  const std::uint64_t spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_ms) * 1'000'000ull;
-  std::uint64_t deadline = spin_until + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
-  std::uint64_t next_look = 0;
+  // Until the pause: asleep in poll() on the socket (precopy pages, an error, the source gone)
+  // and the eventfd. The source writes the eventfd as the pause begins, so this wake-up
+  // overlaps its capture; from then on spin on the mailbox (no second wake-up inside the
+  // downtime), looking at the socket every ~20 us.
+  std::uint64_t spin_until = 0, next_look = 0;
+  std::uint64_t deadline = monotonic_ns() + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
   for (;;) {
     bool pages_due = false;  // the state is posted, but pages sent before it are still on the socket
     if ((*mailbox)->published()) {
@@ -271,20 +270,21 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
     }
     if (!pages_due) {
       const std::uint64_t now = monotonic_ns();
-      if (now < next_look) {
+      if (now < spin_until && now < next_look) {
         _mm_pause();
         continue;
       }
       if (now > deadline)
         return failed(make_error("no vCPU state from the source within " + std::to_string(opt.timeout_ms) + " ms"));
-      const bool spinning = now < spin_until;
-      next_look = now + (spinning ? 20'000 : 0);
-      if (spinning && !readable(sock)) {
-        ::sched_yield();  // let a source that shares this CPU run
-        continue;
+      next_look = now + 20'000;
+      pollfd p[2] = {{sock, POLLIN, 0}, {wakeup.get(), POLLIN, 0}};
+      if (::poll(p, 2, now < spin_until ? 0 : 100) <= 0) continue;
+      if (p[1].revents & POLLIN) {
+        std::uint64_t n = 0;
+        if (::read(wakeup.get(), &n, sizeof n) == static_cast<ssize_t>(sizeof n))
+          spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_ms) * 1'000'000ull;
       }
-      pollfd p{sock, POLLIN, 0};
-      if (!spinning && ::poll(&p, 1, 1) <= 0) continue;  // asleep up to 1 ms, woken by a message
+      if (p[0].revents == 0) continue;
     }
     auto pm = recv_message(sock, opt.timeout_ms);
     if (!pm) return failed(pm.error());
@@ -295,7 +295,10 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
     auto n = apply_pages(pm->payload, (*machine)->memory().data(), (*machine)->memory().size());
     if (!n) return failed(n.error());
     rep.bytes_received += *n * 4096;
-    deadline = std::max(spin_until, monotonic_ns()) + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
+    const std::uint64_t now = monotonic_ns();
+    deadline = now + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
+    if (spin_until != 0)  // woken: the stop-and-copy; keep spinning while its pages arrive
+      spin_until = std::max<std::uint64_t>(spin_until, now + static_cast<std::uint64_t>(opt.spin_ms) * 1000000ull);
     next_look = 0;  // drain what follows at once
   }
   const std::uint64_t received_ns = monotonic_ns();
@@ -364,6 +367,10 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   if (!mailbox) return mailbox.error();
   t.mailbox = std::move(*mailbox);
   BATON_TRY_VOID(send_message(sock, MsgType::kBaseline, encode_vcpu_state(*t.baseline), t.mailbox->fd()));
+  const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) return make_error(std::string("eventfd failed: ") + std::strerror(errno));
+  t.wakeup = Fd(efd);
+  BATON_TRY_VOID(send_message(sock, MsgType::kWakeup, std::span<const std::uint8_t>(), t.wakeup.get()));
   auto loaded = expect(sock, MsgType::kAck, timeout_ms);
   if (!loaded) return make_error("worker: " + loaded.error().message);
   if (!t.precopy) return ok_result();
@@ -407,8 +414,14 @@ Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_
   return s;
 }
 
+void wake_worker(const HandoverTiming& t) {
+  const std::uint64_t one = 1;
+  if (t.wakeup.valid()) (void)!::write(t.wakeup.get(), &one, sizeof one);  // a lost wake-up costs only time
+}
+
 Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
   t.pause_ns = monotonic_ns();
+  wake_worker(t);
   if (t.precopy) {  // stop-and-copy: the pages dirtied since the last round, inside the downtime
     auto last = precopy_round(m, sock, t);
     if (!last) return last.error();

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -95,9 +96,41 @@ struct Worker {
   ~Worker() { stop(); }
 };
 
+// The CPUs of a migration: the source's vCPU on the CPU it runs on, the worker on another one
+// it may use, so that neither the worker's wake-up at the pause nor its spinning takes the
+// source's CPU. Empty (no pinning) with a single allowed CPU, or with BATON_KVM_PIN=0.
+struct CpuPlan {
+  bool pinned = false;
+  cpu_set_t original{};  // the source thread's mask before
+  cpu_set_t source{}, worker{};
+};
+
+// Plans the CPUs from the calling thread's affinity and pins the calling thread.
+CpuPlan pin_source_thread() {
+  CpuPlan p;
+  if (const char* e = std::getenv("BATON_KVM_PIN"); e != nullptr && std::string(e) == "0") return p;
+  if (::sched_getaffinity(0, sizeof p.original, &p.original) != 0 || CPU_COUNT(&p.original) < 2) return p;
+  int here = ::sched_getcpu();
+  if (here < 0 || !CPU_ISSET(here, &p.original)) here = -1;
+  int other = -1;
+  for (int c = 0; c < CPU_SETSIZE && (here < 0 || other < 0); ++c) {
+    if (!CPU_ISSET(c, &p.original)) continue;
+    if (here < 0) here = c;
+    else if (c != here) other = c;
+  }
+  if (other < 0) return p;
+  CPU_ZERO(&p.source);
+  CPU_SET(here, &p.source);
+  CPU_ZERO(&p.worker);
+  CPU_SET(other, &p.worker);
+  p.pinned = ::sched_setaffinity(0, sizeof p.source, &p.source) == 0;
+  return p;
+}
+
 // Starts `exe vmm-worker --fd 3` with its stdout and stderr on /dev/null (it reports over
-// the socket).
-Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::string& die_at, int timeout_ms) {
+// the socket), on `cpus.worker` when the plan pins.
+Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::string& die_at, int timeout_ms,
+                                             const CpuPlan& cpus) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return make_error(std::string("socketpair(AF_UNIX) failed: ") + std::strerror(errno));
@@ -111,6 +144,7 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
   }
   if (pid == 0) {
     // The child: only async-signal-safe calls until exec.
+    if (cpus.pinned) (void)::sched_setaffinity(0, sizeof cpus.worker, &cpus.worker);
     const int null = ::open("/dev/null", O_RDWR);
     if (null >= 0) {
       ::dup2(null, 1);
@@ -140,6 +174,7 @@ class KvmBackend final : public MigrationBackend {
     if (vcpu_thread_.joinable()) {
       stop_vcpu_thread();
     }
+    unpin();
   }
 
   Capabilities capabilities() const override {
@@ -198,6 +233,11 @@ class KvmBackend final : public MigrationBackend {
     return r;
   }
   void start_vcpu_thread();
+  // Gives the source thread back its CPU mask of before the migration.
+  void unpin() {
+    if (cpus_.pinned) (void)::sched_setaffinity(0, sizeof cpus_.original, &cpus_.original);
+    cpus_.pinned = false;
+  }
   // Kicks the vCPU thread out of KVM_RUN and joins it.
   void stop_vcpu_thread();
   // Reports where the guest ended up when the source keeps it.
@@ -211,6 +251,7 @@ class KvmBackend final : public MigrationBackend {
   std::uint64_t t0_ns_ = 0;
   std::unique_ptr<hw::KvmMachine> machine_;
   std::unique_ptr<Worker> worker_;
+  CpuPlan cpus_;
   std::string worker_error_;  // the worker failed before the handover
   hw::HandoverTiming timing_;
   std::uint64_t last_run_ns_ = 0;
@@ -245,7 +286,10 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
   auto m = hw::KvmMachine::try_create(image_, mo);
   if (!m) return m.error();
   machine_ = std::move(*m);
-  auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms);
+  // local-lazy only: precopy's rounds need every CPU the scheduler can give them (pinned, its
+  // round 1 took 3x as long on a loaded machine), and its downtime is the stop-and-copy's.
+  if (opt_.method != Method::kPrecopy) cpus_ = pin_source_thread();
+  auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms, cpus_);
   if (!w) return w.error();
   worker_ = std::move(*w);
   res_->worker_pid = static_cast<std::uint32_t>(worker_->pid);
@@ -277,6 +321,8 @@ void KvmBackend::start_vcpu_thread() {
   vcpu_done_ = false;
   machine_->vcpu().set_immediate_exit(false);
   vcpu_thread_ = std::thread([this] {
+    // The guest runs on during the rounds wherever it may, not on the CPU that sends them.
+    if (cpus_.pinned) (void)::sched_setaffinity(0, sizeof cpus_.original, &cpus_.original);
     vcpu_result_ = run_source(false);
     vcpu_done_ = true;
   });
@@ -333,6 +379,7 @@ Result<void> KvmBackend::precopy() {
 }
 
 Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
+  hw::wake_worker(timing_);  // the worker wakes while the state is captured
   if (vcpu_thread_.joinable()) {
     stop_vcpu_thread();
     if (!vcpu_result_) return vcpu_result_.error();
@@ -435,6 +482,7 @@ void KvmBackend::finish_output(const guests::GuestRun& before, const std::option
 }
 
 Result<void> KvmBackend::resume_source() {
+  unpin();
   // The handover did not happen (the worker failed before it resumed the guest), so the
   // guest's memory and vCPU are as the source left them: it resumes here.
   if (worker_) worker_->stop();
@@ -458,6 +506,7 @@ Result<void> KvmBackend::resume_source() {
 }
 
 Result<void> KvmBackend::finish_on_new(Method) {
+  unpin();
   // The old VMM tears its VM down; the guest memory stays with the memfd the worker mapped.
   const guests::GuestRun before = machine_->ports();
   if (capture_) {

@@ -37,6 +37,7 @@ enum class MsgType : std::uint16_t {
   kResumed = 8,    // worker -> source: the first KVM_RUN begins (u64 CLOCK_MONOTONIC ns, then the restored state)
   kResult = 9,     // worker -> source: the guest exited (payload: encode_guest_run)
   kBaseline = 10,  // source -> worker: the vCPU state to pre-load before the pause, mailbox memfd attached
+  kWakeup = 11,    // source -> worker: an eventfd the source writes when the pause begins (no payload)
 };
 // Names a message type ("vcpu-state", ...), or "type N" for an unknown one.
 std::string to_string(MsgType t);

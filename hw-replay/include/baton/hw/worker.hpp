@@ -8,9 +8,12 @@
 //   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
 //   worker -> ack                        registers the same pages as its memslot: all before the pause
 //   baseline + mailbox memfd             a full vCPU state the source captured before the pause;
-//   worker -> ack                        the worker restores it and maps the mailbox (StateMailbox)
-//   [the pause] the state (ResumeInfo + VcpuState) in the mailbox, not on the socket: the worker
-//             spins on it, writes only what differs from the baseline, and enters KVM_RUN
+//   wakeup + eventfd                     the worker restores it, maps the mailbox (StateMailbox)
+//   worker -> ack                        and sleeps in poll() on the socket and the eventfd
+//   [the pause] the source writes the eventfd as the pause begins, so the worker wakes while
+//             the state is captured; then the state (ResumeInfo + VcpuState) in the mailbox,
+//             not on the socket: the worker spins on it, writes only what differs from the
+//             baseline, and enters KVM_RUN
 //   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN, ns when the state
 //             arrived, then the state its vCPU holds: the received one with the TSC offset it
 //             chose), sent once that first KVM_RUN has returned
@@ -45,9 +48,9 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 struct WorkerOptions {
   std::string device = kKvmDevice;
   int timeout_ms = 60'000;  // per message
-  // How long the worker spins on the mailbox for the vCPU state once its VM is ready, before
-  // it checks only once a millisecond: a sleeping worker adds its wake-up to the downtime.
-  int spin_ms = 10'000;
+  // How long the worker spins on the mailbox once the source has woken it at the pause,
+  // before it sleeps again (a source that woke it and then failed).
+  int spin_ms = 1'000;
   // Fault injection for tests (BATON_WORKER_DIE_AT of `baton vmm-worker`): the worker kills
   // itself with SIGKILL at this point: "hello" (after hello), "vm" (after its VM is ready),
   // "state" (the vCPU state received, before the restore), "resumed" (right after it told
@@ -128,6 +131,7 @@ struct HandoverTiming {
   // captures only what differs from it (KvmMachine::capture_changes).
   std::optional<model::VcpuState> baseline;
   std::shared_ptr<StateMailbox> mailbox;  // created by prepare_worker
+  Fd wakeup;                              // the eventfd that wakes the worker (prepare_worker)
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
 };
 // With t.precopy, prepare_worker also enables dirty logging and sends all of memory (round 1),
@@ -140,6 +144,9 @@ Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
 // hand_over returns the state the worker's vCPU holds (what await_resumed returns).
 Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+// Wakes the worker as the pause begins (one eventfd write), so that its wake-up overlaps the
+// capture; hand_over does it itself, a driver that captures the state itself calls it first.
+void wake_worker(const HandoverTiming& t);
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
 // The same result as the guest's port activity after the resume.
 Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
