@@ -193,7 +193,7 @@ Result<void> KvmMachine::restore(const model::VcpuState& s) {
   return vcpu_.try_set_state(s, state_opt_);
 }
 
-Result<model::VcpuState> KvmMachine::restore_changes(const model::VcpuState& loaded, const model::VcpuState& s) {
+Result<StateWrite> KvmMachine::restore_changes(const model::VcpuState& loaded, const model::VcpuState& s) {
   BATON_TRY_VOID(complete_pending_io(false));
   return vcpu_.try_set_state_changes(loaded, s, state_opt_);
 }

@@ -429,56 +429,55 @@ Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOption
   return ok_result();
 }
 
-Result<model::VcpuState> KvmVcpu::try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
-                                                         const StateOptions& opt) {
+Result<StateWrite> KvmVcpu::try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
+                                                  const StateOptions& opt) {
   const int fd = this->fd();
   BATON_TRY_VOID(refuse_kvmclock(s));
   const auto apic_base = [](const model::VcpuState& x) {
     auto it = x.msrs.find(0x1b);
     return it == x.msrs.end() ? std::optional<std::uint64_t>{} : std::optional<std::uint64_t>{it->second};
   };
+  StateWrite w;
   // The sregs go after the MSRs and the LAPIC here; that is only right while the APIC base
   // stays. Without a known loaded sregs, or with a new APIC base, restore everything.
   if (!sregs_loaded_ || apic_base(loaded) != apic_base(s)) {
     BATON_TRY_VOID(try_set_state(s, opt));
-    return s;
+    w.all = true;
+    return w;
   }
-  // Every part comes from `s` where it was written and from `loaded` where it was equal, so the
-  // returned state is what the vCPU holds: a part skipped wrongly shows in a comparison with s.
-  model::VcpuState now = loaded;
-  if (s.xsave != loaded.xsave) BATON_TRY_VOID(write_xsave(fd, id_, opt, s));
-  now.xsave = s.xsave;
+  if (s.xsave != loaded.xsave) {
+    BATON_TRY_VOID(write_xsave(fd, id_, opt, s));
+    w.xsave = true;
+  }
   if (s.xcr0 != loaded.xcr0) {
     kvm_xcrs xcrs{};
     xcrs.nr_xcrs = 1;
     xcrs.xcrs[0].xcr = 0;
     xcrs.xcrs[0].value = s.xcr0;
     BATON_TRY_VOID(xio(fd, KVM_SET_XCRS, "KVM_SET_XCRS", id_, &xcrs));
-    now.xcr0 = s.xcr0;
+    w.xcr0 = true;
   }
   std::vector<std::pair<std::uint32_t, std::uint64_t>> msrs;
   for (const auto& [index, value] : s.msrs)
     if (auto it = loaded.msrs.find(index); it == loaded.msrs.end() || it->second != value) msrs.emplace_back(index, value);
   BATON_TRY_VOID(write_msrs(fd, id_, msrs));
-  for (const auto& [index, value] : msrs) now.msrs[index] = value;
+  for (const auto& m : msrs) w.msrs.push_back(m.first);
   BATON_TRY_VOID(write_tsc(fd, id_, s, has_tsc_attr_));
-  now.tsc_offset = s.tsc_offset;
-  now.host_tsc_at_capture = s.host_tsc_at_capture;
   if (opt.lapic && !s.lapic.empty() && s.lapic != loaded.lapic) {
     kvm_lapic_state l{};
     std::memcpy(l.regs, s.lapic.data(), std::min(sizeof l.regs, s.lapic.size()));
     BATON_TRY_VOID(xio(fd, KVM_SET_LAPIC, "KVM_SET_LAPIC", id_, &l));
-    now.lapic = s.lapic;
+    w.lapic = true;
   }
   if (s.dr != loaded.dr) {
     kvm_debugregs dr = debugregs_from_model(s);
     BATON_TRY_VOID(xio(fd, KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", id_, &dr));
-    now.dr = s.dr;
+    w.dr = true;
   }
   if (s.activity != loaded.activity) {
     kvm_mp_state mp = mp_from_model(s);
     BATON_TRY_VOID(xio(fd, KVM_SET_MP_STATE, "KVM_SET_MP_STATE", id_, &mp));
-    now.activity = s.activity;
+    w.mp = true;
   }
   // regs, sregs and events: always written, in the run area for the next KVM_RUN where KVM
   // offers KVM_CAP_SYNC_REGS (it applies them before it enters the guest), else by ioctl.
@@ -502,11 +501,32 @@ Result<model::VcpuState> KvmVcpu::try_set_state_changes(const model::VcpuState& 
   }
   synced_ = false;
   std::memcpy(sregs_loaded_->data(), &sr, sizeof sr);
-  now.gpr = s.gpr;
-  now.rip = s.rip;
-  now.rflags = s.rflags;
-  sregs_to_model(sr, now);
-  events_to_model(ev, now);
+  return w;
+}
+
+model::VcpuState KvmVcpu::state_after(const model::VcpuState& loaded, const model::VcpuState& s, const StateWrite& w) const {
+  if (w.all) return s;
+  // Every part from `s` where it was written and from `loaded` where it was kept, so that a
+  // part skipped wrongly shows in a comparison with the state captured at the pause.
+  model::VcpuState now = loaded;
+  if (w.xsave) now.xsave = s.xsave;
+  if (w.xcr0) now.xcr0 = s.xcr0;
+  for (std::uint32_t i : w.msrs) now.msrs[i] = s.msrs.at(i);
+  if (w.lapic) now.lapic = s.lapic;
+  if (w.dr) now.dr = s.dr;
+  if (w.mp) now.activity = s.activity;
+  now.tsc_offset = s.tsc_offset;
+  now.host_tsc_at_capture = s.host_tsc_at_capture;
+  // regs, sregs and events as written: the struct kvm_sregs last set, the regs and events of s.
+  if (sregs_loaded_) {
+    kvm_sregs sr{};
+    std::memcpy(&sr, sregs_loaded_->data(), sizeof sr);
+    sregs_to_model(sr, now);
+  }
+  kvm_regs regs{};
+  fill_regs(regs, s);
+  regs_to_model(regs, now);
+  events_to_model(events_from_model(s), now);
   return now;
 }
 

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "baton/guests/abi.hpp"
@@ -98,14 +99,14 @@ bool StateMailbox::published() const {
   return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p_)).load(std::memory_order_acquire) != 0;
 }
 
-Result<std::pair<std::vector<std::uint8_t>, std::uint64_t>> StateMailbox::take() const {
+Result<std::span<const std::uint8_t>> StateMailbox::take() const {
   if (!published()) return make_error("state mailbox: nothing posted");
   std::uint64_t head[3];
   std::memcpy(head, p_ + 8, sizeof head);
   if (head[0] > kSize - kPayloadAt) return make_error("state mailbox: payload length " + std::to_string(head[0]) + " is implausible");
-  std::vector<std::uint8_t> payload(p_ + kPayloadAt, p_ + kPayloadAt + head[0]);
+  const std::span<const std::uint8_t> payload(p_ + kPayloadAt, head[0]);
   if (XXH64(payload.data(), payload.size(), 0) != head[2]) return make_error("state mailbox: checksum mismatch");
-  return std::make_pair(std::move(payload), head[1]);
+  return payload;
 }
 
 std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s) {
@@ -304,17 +305,17 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const std::uint64_t received_ns = monotonic_ns();
   auto payload = (*mailbox)->take();
   if (!payload) return failed(payload.error());
-  auto resume = decode_resume(payload->first);
+  auto resume = decode_resume(*payload);
   if (!resume) return failed(resume.error());
   maybe_die("state");
   // The guest TSC continues from its value at the capture: the downtime is not seen by the
   // guest (the TSC relation of the vCPU property, docs/checker.md).
-  model::VcpuState state = resume->second;
+  model::VcpuState state = std::move(resume->second);
   const std::uint64_t guest_tsc = state.guest_tsc();
   state.host_tsc_at_capture = __rdtsc();
   state.tsc_offset = guest_tsc - state.host_tsc_at_capture;
-  auto holds = (*machine)->restore_changes(*baseline, state);
-  if (!holds) return failed(holds.error());
+  auto wrote = (*machine)->restore_changes(*baseline, state);
+  if (!wrote) return failed(wrote.error());
   const ResumeInfo info = resume->first;
   (*machine)->recorder().resume(info.ports);  // inputs continue at value number info.inputs_consumed
   (*machine)->recorder().set_input_source(
@@ -327,8 +328,8 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   std::vector<std::uint8_t> resumed;
   put64(resumed, rep.resumed_ns);
   put64(resumed, received_ns);
-  const auto restored = encode_vcpu_state(*holds);
-  resumed.insert(resumed.end(), restored.begin(), restored.end());
+  const auto holds = encode_vcpu_state((*machine)->vcpu().state_after(*baseline, state, *wrote));
+  resumed.insert(resumed.end(), holds.begin(), holds.end());
   BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
   maybe_die("resumed");
   if (!first) return failed(first.error());
@@ -400,6 +401,15 @@ Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::Vcp
   if (!t.mailbox) return make_error("no state mailbox: prepare_worker did not run");
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
   return t.mailbox->post(encode_resume(info, state), t.bytes_copied);
+}
+
+bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {
+  if (!t.mailbox || !t.mailbox->published()) return false;
+  auto posted = t.mailbox->take();
+  if (!posted) return false;
+  const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
+  const auto bytes = encode_resume(info, state);
+  return std::equal(bytes.begin(), bytes.end(), posted->begin(), posted->end());
 }
 
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms) {

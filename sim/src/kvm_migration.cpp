@@ -256,6 +256,7 @@ class KvmBackend final : public MigrationBackend {
   hw::HandoverTiming timing_;
   std::uint64_t last_run_ns_ = 0;
   std::uint64_t capture_done_ns_ = 0;
+  bool state_sent_ = false;  // local-lazy: pause_and_capture posted the state
   std::uint64_t down_mark_ = 0;  // where the next downtime phase begins
   std::unique_ptr<hw::TracefsCapture> capture_;
   std::string capture_text_;
@@ -306,7 +307,12 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     auto r = run_source(true);
     if (!r) return r.error();
     const std::uint32_t stage = machine_->ports().stages.empty() ? 0 : machine_->ports().stages.back();
-    if (r->stop == hw::KvmStop::kSync && stage >= want) return RunEvent{StopReason::kSyncPoint, "", stage};
+    if (r->stop == hw::KvmStop::kSync && stage >= want) {
+      // The pause begins: wake the worker now, so that its wake-up overlaps the capture
+      // (precopy wakes it in pause_and_capture, once the guest stops for good).
+      if (opt_.method != Method::kPrecopy) hw::wake_worker(timing_);
+      return RunEvent{StopReason::kSyncPoint, "", stage};
+    }
     if (r->stop == hw::KvmStop::kSync) continue;
     const StopReason why = r->stop == hw::KvmStop::kExited ? StopReason::kExited
                            : r->stop == hw::KvmStop::kShutdown ? StopReason::kTripleFault
@@ -379,8 +385,8 @@ Result<void> KvmBackend::precopy() {
 }
 
 Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
-  hw::wake_worker(timing_);  // the worker wakes while the state is captured
   if (vcpu_thread_.joinable()) {
+    hw::wake_worker(timing_);  // precopy: the worker wakes while the vCPU stops and the state is captured
     stop_vcpu_thread();
     if (!vcpu_result_) return vcpu_result_.error();
     if (vcpu_result_->stop == hw::KvmStop::kExited) res_->finished_before_switch = true;
@@ -390,6 +396,12 @@ Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
   auto state = timing_.baseline && worker_error_.empty() ? machine_->capture_changes(*timing_.baseline)
                                                          : machine_->capture();
   capture_done_ns_ = monotonic_ns();
+  if (state && opt_.method != Method::kPrecopy && timing_.baseline && worker_error_.empty()) {
+    // local-lazy: nothing more goes before the state, so it leaves at once (precopy posts it
+    // after the stop-and-copy). KVM refuses --fault, so the package hand_over gets is this state.
+    if (auto sent = hw::send_state(*machine_, timing_, *state); sent) state_sent_ = true;
+    else worker_error_ = sent.error().message;
+  }
   if (!state) return state.error();
   timing_.pause_ns = last_run_ns_;
   down_mark_ = capture_done_ns_;
@@ -426,9 +438,10 @@ Result<void> KvmBackend::stop_and_copy() {
 Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::HandoverSnapshot& pkg) {
   if (!worker_error_.empty()) return make_error(worker_error_);
   if (res_->finished_before_switch) return make_error("the guest exited during pre-copy: nothing to hand over");
-  BATON_TRY_VOID(hw::send_state(*machine_, timing_, pkg.vcpus.at(0)));
+  if (!state_sent_) BATON_TRY_VOID(hw::send_state(*machine_, timing_, pkg.vcpus.at(0)));
   auto restored = hw::await_resumed(worker_->sock.get(), timing_, cfg_.timeout_ms);
   if (!restored) return restored.error();
+  BATON_CHECK(hw::state_sent_is(*machine_, timing_, pkg.vcpus.at(0)));  // the worker got this package
   // Contiguous: the downtime phases add up to resumed - pause exactly.
   phase("state-transfer", down_mark_, timing_.state_received_ns, true);
   phase("state-restore", timing_.state_received_ns, timing_.resumed_ns, true);

@@ -144,10 +144,21 @@ TEST_CASE("kvm: a capture of what changed since a baseline and a restore of only
   auto m2 = KvmMachine::try_create_on(std::move(*shared), im);
   REQUIRE(m2);
   REQUIRE((*m2)->restore(*base));
-  auto holds = (*m2)->restore_changes(*base, *full);
-  REQUIRE(holds);
-  CHECK(state_diff(*holds, *full).empty());
-  CHECK(holds->tsc_offset == full->tsc_offset);
+  auto wrote = (*m2)->restore_changes(*base, *full);
+  REQUIRE(wrote);
+  CHECK_FALSE(wrote->all);
+  CHECK(wrote->msrs.empty());  // the guest changed no MSR: none is written
+  const model::VcpuState holds = (*m2)->vcpu().state_after(*base, *full, *wrote);
+  CHECK(state_diff(holds, *full).empty());
+  CHECK(holds.tsc_offset == full->tsc_offset);
+  // A part skipped wrongly would show: the composed state takes kept parts from the baseline.
+  CHECK_FALSE(wrote->dr);
+  model::VcpuState other = *full;
+  other.dr[0] = 0x1234;
+  StateWrite w = *wrote;
+  CHECK(state_diff((*m2)->vcpu().state_after(*base, other, w), other).size() == 1);
+  w.dr = true;
+  CHECK(state_diff((*m2)->vcpu().state_after(*base, other, w), other).empty());
   // regs, sregs and events wait in the run area for KVM_RUN: a capture before it is refused ...
   auto early = (*m2)->vcpu().try_get_state(StateOptions{});
   REQUIRE_FALSE(early);

@@ -159,6 +159,13 @@ struct StateOptions {
   bool sync_regs = false;                  // KVM_CAP_SYNC_REGS offers regs, sregs and events in kvm_run
 };
 
+// What KvmVcpu::try_set_state_changes wrote besides the TSC, regs, sregs and events (always).
+struct StateWrite {
+  bool all = false;  // the whole state (try_set_state)
+  bool xsave = false, xcr0 = false, lapic = false, dr = false, mp = false;
+  std::vector<std::uint32_t> msrs;  // the MSRs written
+};
+
 // A vCPU fd and its mapped kvm_run area.
 class KvmVcpu {
  public:
@@ -205,10 +212,13 @@ class KvmVcpu {
   // Restores `s` on a vCPU that holds `loaded` (set by try_set_state and not run since):
   // writes only the parts of `s` that differ, the TSC offset, and regs, sregs and events, which
   // go in the run area for the next KVM_RUN where KVM_CAP_SYNC_REGS exists (KVM applies them
-  // before it enters the guest). Returns the state the vCPU then holds, part by part from
-  // what was written or kept. A new APIC base, or no try_set_state before, restores all of `s`.
-  Result<model::VcpuState> try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
-                                                 const StateOptions& opt);
+  // before it enters the guest). A new APIC base, or no try_set_state before, restores all of
+  // `s`. Returns what it wrote; state_after() turns that into the state the vCPU holds.
+  Result<StateWrite> try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
+                                           const StateOptions& opt);
+  // The state the vCPU holds after try_set_state_changes(loaded, s) wrote `w`: each part from
+  // `s` where it was written, from `loaded` where it was kept.
+  model::VcpuState state_after(const model::VcpuState& loaded, const model::VcpuState& s, const StateWrite& w) const;
   // Sets only what a freshly loaded guest needs: segments, control registers, EFER, GPRs, RIP, RFLAGS.
   Result<void> try_set_boot_state(const model::VcpuState& s);
 

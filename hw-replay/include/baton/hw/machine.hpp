@@ -98,8 +98,8 @@ class KvmMachine {
   Result<void> restore(const model::VcpuState& s);
   // Restores `s` on a vCPU that holds `loaded` (restored with restore() and not run since),
   // writing only what differs; regs, sregs and events take effect with the next KVM_RUN.
-  // Returns the state the vCPU then holds (KvmVcpu::try_set_state_changes).
-  Result<model::VcpuState> restore_changes(const model::VcpuState& loaded, const model::VcpuState& s);
+  // Returns what it wrote: vcpu().state_after(loaded, s, w) is the state the vCPU then holds.
+  Result<StateWrite> restore_changes(const model::VcpuState& loaded, const model::VcpuState& s);
 
   // Dirty logging on guest RAM (memslot 0) for precopy: enable it, then fetch and reset the
   // bitmap of pages written since the last fetch (KVM_GET_DIRTY_LOG).

@@ -98,9 +98,9 @@ class StateMailbox {
   bool published() const;
   // Worker, once published: the precopy bytes the source sent over the socket before the state.
   std::uint64_t socket_bytes_before() const;
-  // Worker: the published payload and the socket bytes before it, checked against its length
-  // and checksum.
-  Result<std::pair<std::vector<std::uint8_t>, std::uint64_t>> take() const;
+  // Worker: the published payload (in the mailbox, valid while it lives), checked against its
+  // length and checksum.
+  Result<std::span<const std::uint8_t>> take() const;
 
  private:
   StateMailbox(Fd fd, std::uint8_t* p) : fd_(std::move(fd)), p_(p) {}
@@ -155,6 +155,8 @@ Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
 // send_state posts it in t.mailbox (with the ResumeInfo of `m`), await_resumed waits for the worker's
 // resumed message and returns the state the worker restored (TSC fields as it set them).
 Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
+// Whether send_state(m, t, state) is what was sent (the source vCPU not run since).
+bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 
 }  // namespace baton::hw
