@@ -166,17 +166,22 @@ kvm_vcpu_events events_from_model(const model::VcpuState& s) {
   return ev;
 }
 
-// Reads the guest TSC through IA32_TSC, bracketed by host RDTSCs: guest = host + offset.
-Result<void> read_tsc(int fd, unsigned vcpu, model::VcpuState& s) {
-  MsrBuffer b(1);
-  b.get()->nmsrs = 1;
+// Reads the guest TSC through IA32_TSC, bracketed by host RDTSCs: guest = host + offset. The
+// `clocks` (other clock MSRs, model::is_clock_msr) come in the same KVM_GET_MSRS into s.msrs.
+Result<void> read_tsc(int fd, unsigned vcpu, model::VcpuState& s, const std::vector<std::uint32_t>& clocks = {}) {
+  MsrBuffer b(1 + clocks.size());
+  b.get()->nmsrs = static_cast<std::uint32_t>(1 + clocks.size());
   b.get()->entries[0].index = model::kMsrTsc;
+  for (std::size_t i = 0; i < clocks.size(); ++i) b.get()->entries[1 + i].index = clocks[i];
   const std::uint64_t h0 = __rdtsc();
   const int got = ::ioctl(fd, KVM_GET_MSRS, b.get());
   const std::uint64_t h1 = __rdtsc();
-  if (got != 1) return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(vcpu) + ", IA32_TSC) failed");
+  if (got != static_cast<int>(1 + clocks.size()))
+    return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(vcpu) + ", IA32_TSC and " + std::to_string(clocks.size()) +
+                      " clock MSRs) failed");
   s.host_tsc_at_capture = h0 + (h1 - h0) / 2;
   s.tsc_offset = b.get()->entries[0].data - s.host_tsc_at_capture;
+  for (std::size_t i = 0; i < clocks.size(); ++i) s.msrs[clocks[i]] = b.get()->entries[1 + i].data;
   return ok_result();
 }
 
@@ -313,17 +318,22 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const m
     events_to_model(ev, s);
   }
   BATON_TRY_VOID(read_xsave(fd, id_, opt, s));
-  BATON_TRY_VOID(read_tsc(fd, id_, s));
   if (baseline != nullptr) {
     // The parts a guest changes only with privileged instructions (XSETBV, WRMSR, MOV DR, HLT,
     // the APIC page): the baseline's. The caller proves them later against a full capture.
+    // The clocks run on by themselves: they come with the TSC, in one KVM_GET_MSRS.
     s.xcr0 = baseline->xcr0;
     s.msrs = baseline->msrs;
     s.lapic = baseline->lapic;
     s.dr = baseline->dr;
     s.activity = baseline->activity;
+    std::vector<std::uint32_t> clocks;
+    for (const auto& [index, value] : baseline->msrs)
+      if (model::is_clock_msr(index)) clocks.push_back(index);
+    BATON_TRY_VOID(read_tsc(fd, id_, s, clocks));
     return s;
   }
+  BATON_TRY_VOID(read_tsc(fd, id_, s));
 
   kvm_xcrs xcrs{};
   BATON_TRY_VOID(xio(fd, KVM_GET_XCRS, "KVM_GET_XCRS", id_, &xcrs));

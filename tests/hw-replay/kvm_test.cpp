@@ -147,7 +147,10 @@ TEST_CASE("kvm: a capture of what changed since a baseline and a restore of only
   auto wrote = (*m2)->restore_changes(*base, *full);
   REQUIRE(wrote);
   CHECK_FALSE(wrote->all);
-  CHECK(wrote->msrs.empty());  // the guest changed no MSR: none is written
+  for (std::uint32_t i : wrote->msrs) {  // the guest changed no MSR: only the clocks ran on (nested SVM's Hyper-V ones)
+    INFO("MSR " << std::hex << i);
+    CHECK(model::is_clock_msr(i));
+  }
   const model::VcpuState holds = (*m2)->vcpu().state_after(*base, *full, *wrote);
   CHECK(state_diff(holds, *full).empty());
   CHECK(holds.tsc_offset == full->tsc_offset);
