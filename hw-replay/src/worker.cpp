@@ -12,12 +12,11 @@
 #include <x86intrin.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstring>
-
-#include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "baton/guests/abi.hpp"
 #include "baton/hw/handover.hpp"
@@ -38,6 +37,14 @@ std::uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Puts the calling thread on SCHED_FIFO priority 1 (`on`) or back on SCHED_OTHER; returns
+// whether that worked.
+bool set_fifo(bool on) {
+  sched_param sp{};
+  sp.sched_priority = on ? 1 : 0;
+  return ::sched_setscheduler(0, on ? SCHED_FIFO : SCHED_OTHER, &sp) == 0;
 }
 
 // Receives one message of the expected type; an error message from the peer becomes ours.
@@ -252,6 +259,10 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const Fd wakeup = std::move(wm->fd);
   if (auto r = (*machine)->restore(*baseline); !r) return failed(r.error());
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("baseline loaded")));
+  // From the wake-up to the first KVM_RUN the worker must not wait for a CPU: at real-time
+  // priority the wake-up preempts whatever runs there (without it, 3 ms waits on a loaded
+  // machine). Where that is not permitted, or opt.realtime is off, it stays as it is.
+  const bool realtime = opt.realtime && rep.shared_memory && set_fifo(true);  // local only: precopy copies for seconds
 
   // Until the pause: asleep in poll() on the socket (precopy pages, an error, the source gone)
   // and the eventfd. The source writes the eventfd as the pause begins, so this wake-up
@@ -332,6 +343,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   resumed.insert(resumed.end(), holds.begin(), holds.end());
   BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
   maybe_die("resumed");
+  if (realtime) set_fifo(false);
   if (!first) return failed(first.error());
   auto run = first->stop == KvmStop::kBudget ? (*machine)->run() : first;
   if (!run) return failed(run.error());

@@ -51,6 +51,10 @@ struct WorkerOptions {
   // How long the worker spins on the mailbox once the source has woken it at the pause,
   // before it sleeps again (a source that woke it and then failed).
   int spin_ms = 1'000;
+  // local-lazy: run at SCHED_FIFO priority 1 from the baseline until the first KVM_RUN returns, so that the
+  // wake-up at the pause preempts other processes (where permitted; BATON_KVM_RT=0 of
+  // `baton vmm-worker` turns it off).
+  bool realtime = true;
   // Fault injection for tests (BATON_WORKER_DIE_AT of `baton vmm-worker`): the worker kills
   // itself with SIGKILL at this point: "hello" (after hello), "vm" (after its VM is ready),
   // "state" (the vCPU state received, before the restore), "resumed" (right after it told
