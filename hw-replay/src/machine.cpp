@@ -188,6 +188,12 @@ Result<model::VcpuState> KvmMachine::capture_changes(const model::VcpuState& bas
   return vcpu_.try_get_state(state_opt_, &baseline);
 }
 
+Result<model::VcpuState> KvmMachine::capture_again() {
+  if (io_pending_) return make_error("capture_again: an I/O exit is pending (capture first)");
+  vcpu_.forget_sync();
+  return vcpu_.try_get_state(state_opt_);
+}
+
 Result<void> KvmMachine::restore(const model::VcpuState& s) {
   BATON_TRY_VOID(complete_pending_io(false));
   return vcpu_.try_set_state(s, state_opt_);

@@ -461,7 +461,7 @@ void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const mod
   // from the baseline. The source vCPU has not run since, so a full capture now is its state at
   // the pause: the property is checked against that, with the TSC fields read at the pause.
   const auto t0 = std::chrono::steady_clock::now();
-  auto full = machine_->capture();
+  auto full = machine_->capture_again();
   if (!full) {
     res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown,
                                      "the full capture of the stopped source vCPU failed: " + full.error().message,

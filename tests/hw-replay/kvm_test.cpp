@@ -122,7 +122,7 @@ TEST_CASE("kvm: a capture of what changed since a baseline and a restore of only
   REQUIRE(r->stop == KvmStop::kSync);
   auto fast = (*m)->capture_changes(*base);
   REQUIRE(fast);
-  auto full = (*m)->capture();
+  auto full = (*m)->capture_again();
   REQUIRE(full);
   // Nothing the baseline supplied has changed in this guest, and the fast capture (regs, sregs
   // and events from the run area) reads what the ioctls read.
@@ -136,7 +136,10 @@ TEST_CASE("kvm: a capture of what changed since a baseline and a restore of only
   stale.msrs.begin()->second ^= 1;
   auto wrong = (*m)->capture_changes(stale);
   REQUIRE(wrong);
-  CHECK(state_diff(*wrong, *full).size() == 2);
+  // (this capture_changes ran a KVM_RUN after `full`, so XSAVE's header may differ: not counted)
+  std::size_t stale_fields = 0;
+  for (const auto& d : state_diff(*wrong, *full)) stale_fields += d.field.find("xsave") == std::string::npos ? 1 : 0;
+  CHECK(stale_fields == 2);
 
   // A new VM on the same memfd pre-loads the baseline, then restores only the changes.
   auto shared = GuestMemory::try_adopt(::dup((*m)->memory().fd()), im.mem_size);
@@ -246,7 +249,7 @@ TEST_CASE("kvm: local migration to a second process shares the memfd and reaches
   INFO((h ? "" : h.error().message));
   REQUIRE(h);
   // The worker holds the state of the stopped source vCPU, the parts taken from the baseline too.
-  auto full = (*m)->capture();
+  auto full = (*m)->capture_again();
   REQUIRE(full);
   CHECK(state_diff(*full, *h).empty());
   m->reset();  // the source tears its VM down
@@ -283,7 +286,7 @@ TEST_CASE("kvm: precopy to a second process copies memory in rounds and reaches 
   auto h = hand_over(**m, sock, t);  // stop-and-copy, then the state
   INFO((h ? "" : h.error().message));
   REQUIRE(h);
-  auto full = (*m)->capture();
+  auto full = (*m)->capture_again();
   REQUIRE(full);
   CHECK(state_diff(*full, *h).empty());
   m->reset();

@@ -194,6 +194,8 @@ class KvmVcpu {
   // `sync_out`, KVM also stores regs, sregs and events in the run area (KVM_CAP_SYNC_REGS),
   // and the next try_get_state() takes them from there instead of three ioctls.
   Result<void> try_complete_io(bool sync_out);
+  // Forgets the regs, sregs and events in the run area, so that the next capture reads them by ioctl.
+  void forget_sync() { synced_ = false; }
   // Captures the whole state: regs, sregs, XSAVE and XCRs, the MSRs of the list, the LAPIC,
   // vCPU events, debug registers, MP state and the TSC (guest = host + offset). With a
   // `baseline`, reads only what an unprivileged guest changes (regs, sregs, events, XSAVE and

@@ -93,6 +93,10 @@ class KvmMachine {
   // The capture of a pause: the same, but reads only what an unprivileged guest changes and
   // takes the rest from `baseline` (KvmVcpu::try_get_state); prove it with capture() later.
   Result<model::VcpuState> capture_changes(const model::VcpuState& baseline);
+  // The proof of a capture_changes(): a full capture of the same vCPU, not run since, by ioctls
+  // only and without a KVM_RUN (one would reload and save the guest FPU, and XSAVE's header may
+  // then record the same register state differently: XSTATE_BV's init optimization).
+  Result<model::VcpuState> capture_again();
   // Restores a captured state; a pending I/O exit is completed first, so that KVM cannot
   // apply it to the restored registers on the next KVM_RUN.
   Result<void> restore(const model::VcpuState& s);
