@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "baton/guests/registry.hpp"
@@ -50,6 +51,7 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
   auto image = make_guest_image(so);
   if (!image) return json{{"error", image.error().message}};
   std::vector<double> down, total;
+  std::map<std::string, std::vector<double>> phases;  // the downtime phases, by name
   std::uint64_t copied = 0;
   std::size_t rounds = 0;
   bool all_ok = true;
@@ -65,11 +67,15 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
     if (!r) return json{{"error", r.error().message}};
     all_ok = all_ok && r->switched && r->checksum_ok() && r->verdict == checker::Verdict::kProven;
     down.push_back(r->micros(r->downtime));
+    for (const sim::Phase& ph : r->timeline)
+      if (ph.downtime) phases[ph.name].push_back(r->micros(ph.cycles));
     total.push_back(r->micros(r->total));
     copied = r->bytes_copied;
     rounds = r->rounds.size();
   }
   if (median_us != nullptr) *median_us = median(down);
+  json phase_medians = json::object();
+  for (const auto& [name, v] : phases) phase_medians[name] = median(v);
   return json{{"guest", guest},
               {"mem", mem},
               {"params", params},
@@ -78,13 +84,16 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
               {"downtime_us_median", median(down)},
               {"downtime_us_min", *std::min_element(down.begin(), down.end())},
               {"downtime_us_all", down},
+              {"downtime_phases_us_median", phase_medians},
               {"total_us_median", median(total)},
               {"bytes_copied", copied},
               {"rounds", rounds},
               {"all_proven_and_checksums_match", all_ok}};
 }
 
-// Times vCPU state capture and restore on one guest stopped at its first sync point.
+// Times vCPU state capture and restore on one guest stopped at its first sync point: the full
+// ones, and the pause's: a capture of what changed since a baseline taken before the guest ran,
+// and a restore of only that on a second vCPU that holds the baseline.
 json capture_restore(unsigned reps) {
   SimOptions so;
   so.guest = "memtouch";
@@ -95,10 +104,15 @@ json capture_restore(unsigned reps) {
   mo.device = hw::kvm_device();
   auto m = hw::KvmMachine::try_create(*image, mo);
   if (!m) return json{{"error", m.error().message}};
+  auto base = (*m)->capture();
+  if (!base) return json{{"error", base.error().message}};
   auto run = (*m)->run(~std::uint64_t{0}, true);
   if (!run) return json{{"error", run.error().message}};
-  std::vector<double> cap, res;
-  std::size_t bytes = 0;
+  auto m2 = hw::KvmMachine::try_create(*image, mo);  // the worker's side (its memory is not used)
+  if (!m2) return json{{"error", m2.error().message}};
+  std::vector<double> cap, res, cap_changes, res_changes;
+  std::size_t msrs = 0;
+  const auto us = [](auto a, auto b) { return std::chrono::duration<double, std::micro>(b - a).count(); };
   for (unsigned i = 0; i < std::max(reps, 20u); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     auto s = (*m)->capture();
@@ -107,15 +121,27 @@ json capture_restore(unsigned reps) {
     auto r = (*m)->restore(*s);
     const auto t2 = std::chrono::steady_clock::now();
     if (!r) return json{{"error", r.error().message}};
-    cap.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-    res.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());
-    bytes = s->msrs.size();
+    auto f = (*m)->capture_changes(*base);
+    const auto t3 = std::chrono::steady_clock::now();
+    if (!f) return json{{"error", f.error().message}};
+    if (auto b = (*m2)->restore(*base); !b) return json{{"error", b.error().message}};
+    const auto t4 = std::chrono::steady_clock::now();
+    auto w = (*m2)->restore_changes(*base, *f);
+    const auto t5 = std::chrono::steady_clock::now();
+    if (!w) return json{{"error", w.error().message}};
+    cap.push_back(us(t0, t1));
+    res.push_back(us(t1, t2));
+    cap_changes.push_back(us(t2, t3));
+    res_changes.push_back(us(t4, t5));
+    msrs = s->msrs.size();
   }
   return json{{"capture_us_median", median(cap)},
               {"restore_us_median", median(res)},
               {"capture_us_min", *std::min_element(cap.begin(), cap.end())},
               {"restore_us_min", *std::min_element(res.begin(), res.end())},
-              {"msrs", bytes},
+              {"capture_changes_us_median", median(cap_changes)},
+              {"restore_changes_us_median", median(res_changes)},
+              {"msrs", msrs},
               {"reps", cap.size()}};
 }
 

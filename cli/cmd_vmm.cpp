@@ -50,6 +50,7 @@ void run_worker(const WorkerCliOptions& o) {
   wo.timeout_ms = o.timeout_ms >= 0 ? o.timeout_ms : static_cast<int>(o.timeout_s * 1000);
   wo.device = hw::kvm_device();
   if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
+  if (const char* rt = std::getenv("BATON_KVM_RT"); rt != nullptr && std::string(rt) == "0") wo.realtime = false;
   auto r = hw::serve_worker(sock, wo);
   if (!r) return fail(r.error().message);
   std::printf("worker %d: guest exited with code %u, checksum 0x%llx, resumed at %llu ns (CLOCK_MONOTONIC)\n",

@@ -102,7 +102,7 @@ Result<void> write_all(int sock, const std::uint8_t* buf, std::size_t n, int fd)
   return ok_result();
 }
 
-bool known_type(std::uint16_t t) { return t >= 1 && t <= static_cast<std::uint16_t>(MsgType::kEvents); }
+bool known_type(std::uint16_t t) { return t >= 1 && t <= static_cast<std::uint16_t>(MsgType::kWakeup); }
 
 }  // namespace
 
@@ -118,6 +118,8 @@ std::string to_string(MsgType t) {
     case MsgType::kResumed: return "resumed";
     case MsgType::kResult: return "result";
     case MsgType::kEvents: return "events";
+    case MsgType::kBaseline: return "baseline";
+    case MsgType::kWakeup: return "wakeup";
   }
   return "type " + std::to_string(static_cast<unsigned>(t));
 }

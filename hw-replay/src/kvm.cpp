@@ -265,7 +265,14 @@ Result<KvmVcpu> KvmVm::try_create_vcpu(unsigned id, std::size_t mmap_size) {
 KvmVcpu KvmVm::create_vcpu(unsigned id, std::size_t mmap_size) { return or_throw(try_create_vcpu(id, mmap_size)); }
 
 KvmVcpu::KvmVcpu(KvmVcpu&& o) noexcept
-    : fd_(std::move(o.fd_)), id_(o.id_), run_(std::exchange(o.run_, nullptr)), run_size_(o.run_size_) {}
+    : fd_(std::move(o.fd_)),
+      id_(o.id_),
+      run_(std::exchange(o.run_, nullptr)),
+      run_size_(o.run_size_),
+      unreadable_msrs_(std::move(o.unreadable_msrs_)),
+      synced_(o.synced_),
+      has_tsc_attr_(o.has_tsc_attr_),
+      sregs_loaded_(o.sregs_loaded_) {}
 
 KvmVcpu& KvmVcpu::operator=(KvmVcpu&& o) noexcept {
   if (this != &o) {
@@ -274,6 +281,10 @@ KvmVcpu& KvmVcpu::operator=(KvmVcpu&& o) noexcept {
     id_ = o.id_;
     run_ = std::exchange(o.run_, nullptr);
     run_size_ = o.run_size_;
+    unreadable_msrs_ = std::move(o.unreadable_msrs_);
+    synced_ = o.synced_;
+    has_tsc_attr_ = o.has_tsc_attr_;
+    sregs_loaded_ = o.sregs_loaded_;
   }
   return *this;
 }
@@ -287,6 +298,7 @@ void KvmVcpu::set_immediate_exit(bool on) {
 }
 
 Result<bool> KvmVcpu::try_run() {
+  synced_ = false;  // the guest moves on (or a pending restore is applied): the run area is stale
   if (::ioctl(fd(), KVM_RUN, 0) == 0) return true;
   if (errno == EINTR) return false;
   return make_error("KVM_RUN(vcpu " + std::to_string(id_) + ") failed: " + std::strerror(errno));

@@ -36,6 +36,10 @@ static_assert(sizeof(kvm_regs) == 144);
 static_assert(sizeof(kvm_sregs) == 312);
 static_assert(sizeof(kvm_run) == 2352);
 static_assert(offsetof(kvm_run, immediate_exit) == 1 && offsetof(kvm_run, io) == 32);
+// KVM_CAP_SYNC_REGS: the valid/dirty masks and struct kvm_sync_regs {regs, sregs, events} in kvm_run.
+static_assert(offsetof(kvm_run, kvm_valid_regs) == 288 && offsetof(kvm_run, kvm_dirty_regs) == 296);
+static_assert(offsetof(kvm_run, s) == 304 && sizeof(kvm_sync_regs) == 520);
+static_assert(offsetof(kvm_sync_regs, sregs) == 144 && offsetof(kvm_sync_regs, events) == 456);
 static_assert(sizeof(kvm_xcrs) == 392);
 static_assert(sizeof(kvm_lapic_state) == 1024);
 static_assert(sizeof(kvm_vcpu_events) == 64);

@@ -148,6 +148,8 @@ Result<std::unique_ptr<KvmMachine>> KvmMachine::build(GuestMemory mem, const gue
   auto xs2 = vm->try_check_extension(KVM_CAP_XSAVE2);
   so.xsave_size = xs2 && *xs2 > 0 ? static_cast<std::size_t>(*xs2) : 0;
   so.lapic = vm->has_irqchip();
+  auto sync = vm->try_check_extension(KVM_CAP_SYNC_REGS);
+  so.sync_regs = sync && (static_cast<unsigned>(*sync) & KVM_SYNC_X86_VALID_FIELDS) == KVM_SYNC_X86_VALID_FIELDS;
 
   if (boot) BATON_TRY_VOID(vcpu->try_set_boot_state(image.vcpu));
   std::unique_ptr<KvmMachine> m(new KvmMachine(std::move(*sys), std::move(*vm), std::move(mem), std::move(*vcpu),
@@ -177,30 +179,41 @@ std::string KvmMachine::dump_state() {
   return b;
 }
 
-Result<void> KvmMachine::complete_pending_io() {
-  if (!io_pending_) return ok_result();
-  auto* run = static_cast<kvm_run*>(vcpu_.run_area());
-  run->immediate_exit = 1;  // KVM completes the I/O, then returns EINTR before entering the guest
-  auto r = vcpu_.try_run();
-  run->immediate_exit = 0;
-  if (!r) return r.error();
+Result<void> KvmMachine::complete_pending_io(bool sync_out) {
+  // Where KVM stores regs, sregs and events at KVM_RUN's end, the completing KVM_RUN replaces
+  // three GET ioctls, so it runs even with no I/O pending (it never enters the guest).
+  if (!io_pending_ && !sync_out) return ok_result();
   // While single-stepping, the completed IN/OUT is a retired instruction: KVM may report its
   // debug exit instead of EINTR (measured on nested SVM); the I/O is complete either way.
-  if (*r && !(single_step_ && run->exit_reason == KVM_EXIT_DEBUG))
-    return make_error("KVM_RUN with immediate_exit entered the guest (exit reason " +
-                      std::to_string(run->exit_reason) + ") instead of returning EINTR");
+  BATON_TRY_VOID(vcpu_.try_complete_io(sync_out, single_step_));
   io_pending_ = false;
   return ok_result();
 }
 
 Result<model::VcpuState> KvmMachine::capture() {
-  BATON_TRY_VOID(complete_pending_io());
+  BATON_TRY_VOID(complete_pending_io(state_opt_.sync_regs));
+  return vcpu_.try_get_state(state_opt_);
+}
+
+Result<model::VcpuState> KvmMachine::capture_changes(const model::VcpuState& baseline) {
+  BATON_TRY_VOID(complete_pending_io(state_opt_.sync_regs));
+  return vcpu_.try_get_state(state_opt_, &baseline);
+}
+
+Result<model::VcpuState> KvmMachine::capture_again() {
+  if (io_pending_) return make_error("capture_again: an I/O exit is pending (capture first)");
+  vcpu_.forget_sync();
   return vcpu_.try_get_state(state_opt_);
 }
 
 Result<void> KvmMachine::restore(const model::VcpuState& s) {
-  BATON_TRY_VOID(complete_pending_io());
+  BATON_TRY_VOID(complete_pending_io(false));
   return vcpu_.try_set_state(s, state_opt_);
+}
+
+Result<StateWrite> KvmMachine::restore_changes(const model::VcpuState& loaded, const model::VcpuState& s) {
+  BATON_TRY_VOID(complete_pending_io(false));
+  return vcpu_.try_set_state_changes(loaded, s, state_opt_);
 }
 
 std::string KvmMachine::fault_detail() {

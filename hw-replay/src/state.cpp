@@ -5,12 +5,15 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 
 #include "baton/hw/kvm.hpp"
 
 namespace baton::hw {
+
+static_assert(sizeof(kvm_sregs) == KvmVcpu::kSregsBytes);
 
 namespace {
 
@@ -105,22 +108,17 @@ void fill_regs(kvm_regs& r, const model::VcpuState& s) {
   r.rflags = s.rflags;
 }
 
-}  // namespace
-
-Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
-  model::VcpuState s;
-  const int fd = this->fd();
-
-  kvm_regs regs{};
-  BATON_TRY_VOID(xio(fd, KVM_GET_REGS, "KVM_GET_REGS", id_, &regs));
+// Copies struct kvm_regs into the model (its order is the model's: rax, rbx, rcx, ... r15).
+void regs_to_model(const kvm_regs& regs, model::VcpuState& s) {
   const std::uint64_t g[] = {regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rsp, regs.rbp,
                              regs.r8,  regs.r9,  regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15};
   for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i) s.gpr[i] = g[i];
   s.rip = regs.rip;
   s.rflags = regs.rflags;
+}
 
-  kvm_sregs sr{};
-  BATON_TRY_VOID(xio(fd, KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));
+// Copies struct kvm_sregs into the model (apic_base travels as MSR 0x1b, the interrupt bitmap as events).
+void sregs_to_model(const kvm_sregs& sr, model::VcpuState& s) {
   s.cs = from_kvm(sr.cs);
   s.ds = from_kvm(sr.ds);
   s.es = from_kvm(sr.es);
@@ -137,15 +135,209 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
   s.cr4 = sr.cr4;
   s.cr8 = sr.cr8;
   s.efer = sr.efer;
+}
 
-  // XSAVE: KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 gave (AMX and friends), else 4 KiB.
+// Copies struct kvm_vcpu_events into the model.
+void events_to_model(const kvm_vcpu_events& ev, model::VcpuState& s) {
+  s.events.exception_pending = ev.exception.injected || ev.exception.pending;
+  s.events.exception_nr = ev.exception.nr;
+  s.events.exception_has_error_code = ev.exception.has_error_code;
+  s.events.exception_error_code = ev.exception.error_code;
+  s.events.interrupt_pending = ev.interrupt.injected;
+  s.events.interrupt_nr = ev.interrupt.nr;
+  s.events.interrupt_shadow = ev.interrupt.shadow;
+  s.events.nmi_pending = ev.nmi.injected || ev.nmi.pending;
+  s.events.nmi_masked = ev.nmi.masked;
+}
+
+// The struct kvm_vcpu_events that restores the model's events (with the interrupt shadow).
+kvm_vcpu_events events_from_model(const model::VcpuState& s) {
+  kvm_vcpu_events ev{};
+  ev.exception.injected = s.events.exception_pending;
+  ev.exception.nr = s.events.exception_nr;
+  ev.exception.has_error_code = s.events.exception_has_error_code;
+  ev.exception.error_code = s.events.exception_error_code;
+  ev.interrupt.injected = s.events.interrupt_pending;
+  ev.interrupt.nr = s.events.interrupt_nr;
+  ev.interrupt.shadow = s.events.interrupt_shadow;
+  ev.nmi.injected = s.events.nmi_pending;
+  ev.nmi.masked = s.events.nmi_masked;
+  ev.flags = KVM_VCPUEVENT_VALID_SHADOW;
+  return ev;
+}
+
+// Reads the guest TSC through IA32_TSC, bracketed by host RDTSCs: guest = host + offset. The
+// `clocks` (other clock MSRs, model::is_clock_msr) come in the same KVM_GET_MSRS into s.msrs.
+Result<void> read_tsc(int fd, unsigned vcpu, model::VcpuState& s, const std::vector<std::uint32_t>& clocks = {}) {
+  MsrBuffer b(1 + clocks.size());
+  b.get()->nmsrs = static_cast<std::uint32_t>(1 + clocks.size());
+  b.get()->entries[0].index = model::kMsrTsc;
+  for (std::size_t i = 0; i < clocks.size(); ++i) b.get()->entries[1 + i].index = clocks[i];
+  const std::uint64_t h0 = __rdtsc();
+  const int got = ::ioctl(fd, KVM_GET_MSRS, b.get());
+  const std::uint64_t h1 = __rdtsc();
+  if (got != static_cast<int>(1 + clocks.size()))
+    return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(vcpu) + ", IA32_TSC and " + std::to_string(clocks.size()) +
+                      " clock MSRs) failed");
+  s.host_tsc_at_capture = h0 + (h1 - h0) / 2;
+  s.tsc_offset = b.get()->entries[0].data - s.host_tsc_at_capture;
+  for (std::size_t i = 0; i < clocks.size(); ++i) s.msrs[clocks[i]] = b.get()->entries[1 + i].data;
+  return ok_result();
+}
+
+// Reads the XSAVE area: KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 gave (AMX and friends), else 4 KiB.
+Result<void> read_xsave(int fd, unsigned vcpu, const StateOptions& opt, model::VcpuState& s) {
   const std::size_t xs = std::max<std::size_t>(opt.xsave_size, sizeof(kvm_xsave));
   std::vector<std::uint64_t> xbuf((xs + 7) / 8);
   if (opt.xsave_size > sizeof(kvm_xsave))
-    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE2, "KVM_GET_XSAVE2", id_, xbuf.data()));
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE2, "KVM_GET_XSAVE2", vcpu, xbuf.data()));
   else
-    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE, "KVM_GET_XSAVE", id_, xbuf.data()));
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE, "KVM_GET_XSAVE", vcpu, xbuf.data()));
   s.xsave.assign(reinterpret_cast<std::uint8_t*>(xbuf.data()), reinterpret_cast<std::uint8_t*>(xbuf.data()) + xs);
+  return ok_result();
+}
+
+// Writes the XSAVE area (at least 4 KiB, as KVM_SET_XSAVE reads).
+Result<void> write_xsave(int fd, unsigned vcpu, const StateOptions& opt, const model::VcpuState& s) {
+  const std::size_t xs = std::max<std::size_t>({opt.xsave_size, sizeof(kvm_xsave), s.xsave.size()});
+  std::vector<std::uint64_t> xbuf((xs + 7) / 8);
+  std::memcpy(xbuf.data(), s.xsave.data(), s.xsave.size());
+  return xio(fd, KVM_SET_XSAVE, "KVM_SET_XSAVE", vcpu, xbuf.data());
+}
+
+// Sets the listed MSRs in one KVM_SET_MSRS; an MSR KVM refuses is named with its value.
+Result<void> write_msrs(int fd, unsigned vcpu, const std::vector<std::pair<std::uint32_t, std::uint64_t>>& msrs) {
+  if (msrs.empty()) return ok_result();
+  MsrBuffer b(msrs.size());
+  for (std::size_t n = 0; n < msrs.size(); ++n) {
+    b.get()->entries[n].index = msrs[n].first;
+    b.get()->entries[n].data = msrs[n].second;
+  }
+  const std::size_t n = msrs.size();
+  b.get()->nmsrs = static_cast<std::uint32_t>(n);
+  const int set = ::ioctl(fd, KVM_SET_MSRS, b.get());
+  if (set < 0)
+    return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(vcpu) + ", nmsrs=" + std::to_string(n) +
+                      ") failed: " + std::strerror(errno));
+  if (static_cast<std::size_t>(set) != n) {
+    char m[160];
+    std::snprintf(m, sizeof m, "KVM_SET_MSRS(vcpu=%u, nmsrs=%zu) stopped at MSR 0x%x (value 0x%llx)", vcpu, n,
+                  b.get()->entries[set].index, static_cast<unsigned long long>(b.get()->entries[set].data));
+    return make_error(m);
+  }
+  return ok_result();
+}
+
+// Gives the guest TSC the state's offset to the host TSC: the vCPU attribute where the kernel
+// has it (exact; `has_attr` caches KVM_HAS_DEVICE_ATTR), else a write of IA32_TSC from the host TSC now.
+Result<void> write_tsc(int fd, unsigned vcpu, const model::VcpuState& s, int& has_attr) {
+  std::uint64_t offset = s.tsc_offset;
+  kvm_device_attr attr{};
+  attr.group = KVM_VCPU_TSC_CTRL;
+  attr.attr = KVM_VCPU_TSC_OFFSET;
+  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+  if (has_attr < 0) has_attr = ::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0 ? 1 : 0;
+  if (has_attr == 1) return xio(fd, KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", vcpu, &attr);
+  MsrBuffer b(1);
+  b.get()->nmsrs = 1;
+  b.get()->entries[0].index = model::kMsrTsc;
+  b.get()->entries[0].data = __rdtsc() + s.tsc_offset;
+  if (::ioctl(fd, KVM_SET_MSRS, b.get()) != 1)
+    return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(vcpu) + ", IA32_TSC) failed");
+  return ok_result();
+}
+
+// Refuses a state whose guest enabled kvmclock: per-VM state (KVM_GET/SET_CLOCK) that a vCPU
+// state does not carry, so a guest using it would see its clock jump in a new VM.
+Result<void> refuse_kvmclock(const model::VcpuState& s) {
+  for (std::uint32_t m : {kMsrKvmSystemTime, kMsrKvmSystemTimeNew})
+    if (auto it = s.msrs.find(m); it != s.msrs.end() && (it->second & 1) != 0)
+      return make_error("the guest enabled kvmclock (MSR " + hex32(m) +
+                        " bit 0); carrying the VM clock (KVM_SET_CLOCK) is not implemented");
+  return ok_result();
+}
+
+// The struct kvm_debugregs of a state (DR6/DR7 at their reset values when zero).
+kvm_debugregs debugregs_from_model(const model::VcpuState& s) {
+  kvm_debugregs dr{};
+  for (int i = 0; i < 4; ++i) dr.db[i] = s.dr[i];
+  dr.dr6 = s.dr[6] ? s.dr[6] : 0xffff0ff0;
+  dr.dr7 = s.dr[7] ? s.dr[7] : 0x400;
+  return dr;
+}
+
+// The struct kvm_mp_state of a state's activity.
+kvm_mp_state mp_from_model(const model::VcpuState& s) {
+  kvm_mp_state mp{};
+  mp.mp_state = s.activity == model::ActivityState::kHlt           ? KVM_MP_STATE_HALTED
+                : s.activity == model::ActivityState::kWaitForSipi ? KVM_MP_STATE_INIT_RECEIVED
+                                                                   : KVM_MP_STATE_RUNNABLE;
+  return mp;
+}
+
+}  // namespace
+
+Result<void> KvmVcpu::try_complete_io(bool sync_out, bool debug_exit_ok) {
+  auto* run = static_cast<kvm_run*>(run_);
+  run->kvm_valid_regs = sync_out ? KVM_SYNC_X86_VALID_FIELDS : 0;
+  run->immediate_exit = 1;  // KVM completes the I/O (and applies dirty sync regs), then returns EINTR
+  const int r = ::ioctl(fd(), KVM_RUN, 0);
+  const int err = errno;
+  run->immediate_exit = 0;
+  run->kvm_valid_regs = 0;
+  synced_ = false;
+  if (r == 0 && debug_exit_ok && run->exit_reason == KVM_EXIT_DEBUG) {
+    synced_ = sync_out;
+    return ok_result();
+  }
+  if (r == 0)
+    return make_error("KVM_RUN with immediate_exit entered the guest (exit reason " +
+                      std::to_string(run->exit_reason) + ") instead of returning EINTR");
+  if (err != EINTR) return make_error("KVM_RUN(vcpu " + std::to_string(id_) + ", immediate_exit) failed: " + std::strerror(err));
+  synced_ = sync_out;
+  return ok_result();
+}
+
+Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const model::VcpuState* baseline) {
+  model::VcpuState s;
+  const int fd = this->fd();
+  auto* run = static_cast<kvm_run*>(run_);
+  if (run->kvm_dirty_regs != 0)
+    return make_error("vCPU " + std::to_string(id_) + ": a restore is pending for the next KVM_RUN; capture after it");
+
+  // regs, sregs and events: from the run area when the last KVM_RUN stored them (KVM_CAP_SYNC_REGS).
+  if (synced_) {
+    regs_to_model(run->s.regs.regs, s);
+    sregs_to_model(run->s.regs.sregs, s);
+    events_to_model(run->s.regs.events, s);
+  } else {
+    kvm_regs regs{};
+    BATON_TRY_VOID(xio(fd, KVM_GET_REGS, "KVM_GET_REGS", id_, &regs));
+    regs_to_model(regs, s);
+    kvm_sregs sr{};
+    BATON_TRY_VOID(xio(fd, KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));
+    sregs_to_model(sr, s);
+    kvm_vcpu_events ev{};
+    BATON_TRY_VOID(xio(fd, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", id_, &ev));
+    events_to_model(ev, s);
+  }
+  BATON_TRY_VOID(read_xsave(fd, id_, opt, s));
+  if (baseline != nullptr) {
+    // The parts a guest changes only with privileged instructions (XSETBV, WRMSR, MOV DR, HLT,
+    // the APIC page): the baseline's. The caller proves them later against a full capture.
+    // The clocks run on by themselves: they come with the TSC, in one KVM_GET_MSRS.
+    s.xcr0 = baseline->xcr0;
+    s.msrs = baseline->msrs;
+    s.lapic = baseline->lapic;
+    s.dr = baseline->dr;
+    s.activity = baseline->activity;
+    std::vector<std::uint32_t> clocks;
+    for (const auto& [index, value] : baseline->msrs)
+      if (model::is_clock_msr(index)) clocks.push_back(index);
+    BATON_TRY_VOID(read_tsc(fd, id_, s, clocks));
+    return s;
+  }
+  BATON_TRY_VOID(read_tsc(fd, id_, s));
 
   kvm_xcrs xcrs{};
   BATON_TRY_VOID(xio(fd, KVM_GET_XCRS, "KVM_GET_XCRS", id_, &xcrs));
@@ -173,36 +365,11 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
     from += static_cast<std::size_t>(got) + 1;  // the MSR at `got` could not be read
   }
 
-  // The TSC: the guest value through IA32_TSC, bracketed by host RDTSCs.
-  {
-    MsrBuffer b(1);
-    b.get()->nmsrs = 1;
-    b.get()->entries[0].index = model::kMsrTsc;
-    const std::uint64_t h0 = __rdtsc();
-    const int got = ::ioctl(fd, KVM_GET_MSRS, b.get());
-    const std::uint64_t h1 = __rdtsc();
-    if (got != 1) return make_error("KVM_GET_MSRS(vcpu=" + std::to_string(id_) + ", IA32_TSC) failed");
-    s.host_tsc_at_capture = h0 + (h1 - h0) / 2;
-    s.tsc_offset = b.get()->entries[0].data - s.host_tsc_at_capture;
-  }
-
   if (opt.lapic) {
     kvm_lapic_state l{};
     BATON_TRY_VOID(xio(fd, KVM_GET_LAPIC, "KVM_GET_LAPIC", id_, &l));
     s.lapic.assign(reinterpret_cast<std::uint8_t*>(l.regs), reinterpret_cast<std::uint8_t*>(l.regs) + sizeof l.regs);
   }
-
-  kvm_vcpu_events ev{};
-  BATON_TRY_VOID(xio(fd, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", id_, &ev));
-  s.events.exception_pending = ev.exception.injected || ev.exception.pending;
-  s.events.exception_nr = ev.exception.nr;
-  s.events.exception_has_error_code = ev.exception.has_error_code;
-  s.events.exception_error_code = ev.exception.error_code;
-  s.events.interrupt_pending = ev.interrupt.injected;
-  s.events.interrupt_nr = ev.interrupt.nr;
-  s.events.interrupt_shadow = ev.interrupt.shadow;
-  s.events.nmi_pending = ev.nmi.injected || ev.nmi.pending;
-  s.events.nmi_masked = ev.nmi.masked;
 
   kvm_debugregs dr{};
   BATON_TRY_VOID(xio(fd, KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", id_, &dr));
@@ -223,6 +390,7 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt) {
 }
 
 Result<void> KvmVcpu::try_set_boot_state(const model::VcpuState& s) {
+  synced_ = false;
   kvm_sregs sr{};
   BATON_TRY_VOID(xio(fd(), KVM_GET_SREGS, "KVM_GET_SREGS", id_, &sr));  // keeps apic_base
   fill_sregs(sr, s);
@@ -235,21 +403,12 @@ Result<void> KvmVcpu::try_set_boot_state(const model::VcpuState& s) {
 
 Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOptions& opt) {
   const int fd = this->fd();
-  // kvmclock is per-VM state (KVM_GET/SET_CLOCK) that a vCPU state does not carry: a guest that
-  // enabled it would see its clock jump in a new VM. baton's guests never enable it; refuse
-  // rather than restore a wrong clock.
-  for (std::uint32_t m : {kMsrKvmSystemTime, kMsrKvmSystemTimeNew})
-    if (auto it = s.msrs.find(m); it != s.msrs.end() && (it->second & 1) != 0)
-      return make_error("the guest enabled kvmclock (MSR " + hex32(m) +
-                        " bit 0); carrying the VM clock (KVM_SET_CLOCK) is not implemented");
+  synced_ = false;
+  sregs_loaded_.reset();
+  BATON_TRY_VOID(refuse_kvmclock(s));
   // XSAVE and XCRs first; the sregs (with the APIC base) before the MSRs and the LAPIC; the
   // regs last. KVM checks XSAVE against what it supports, not against the current XCR0.
-  if (!s.xsave.empty()) {
-    const std::size_t xs = std::max<std::size_t>({opt.xsave_size, sizeof(kvm_xsave), s.xsave.size()});
-    std::vector<std::uint64_t> xbuf((xs + 7) / 8);
-    std::memcpy(xbuf.data(), s.xsave.data(), s.xsave.size());
-    BATON_TRY_VOID(xio(fd, KVM_SET_XSAVE, "KVM_SET_XSAVE", id_, xbuf.data()));
-  }
+  if (!s.xsave.empty()) BATON_TRY_VOID(write_xsave(fd, id_, opt, s));
   kvm_xcrs xcrs{};
   xcrs.nr_xcrs = 1;
   xcrs.xcrs[0].xcr = 0;
@@ -262,82 +421,127 @@ Result<void> KvmVcpu::try_set_state(const model::VcpuState& s, const StateOption
   if (auto it = s.msrs.find(0x1b); it != s.msrs.end()) sr.apic_base = it->second;  // IA32_APIC_BASE
   BATON_TRY_VOID(xio(fd, KVM_SET_SREGS, "KVM_SET_SREGS", id_, &sr));
 
-  if (!s.msrs.empty()) {
-    MsrBuffer b(s.msrs.size());
-    std::size_t n = 0;
-    for (const auto& [index, value] : s.msrs) {
-      b.get()->entries[n].index = index;
-      b.get()->entries[n].data = value;
-      ++n;
-    }
-    b.get()->nmsrs = static_cast<std::uint32_t>(n);
-    const int set = ::ioctl(fd, KVM_SET_MSRS, b.get());
-    if (set < 0)
-      return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(id_) + ", nmsrs=" + std::to_string(n) +
-                        ") failed: " + std::strerror(errno));
-    if (static_cast<std::size_t>(set) != n) {
-      char m[160];
-      std::snprintf(m, sizeof m, "KVM_SET_MSRS(vcpu=%u, nmsrs=%zu) stopped at MSR 0x%x (value 0x%llx)", id_, n,
-                    b.get()->entries[set].index, static_cast<unsigned long long>(b.get()->entries[set].data));
-      return make_error(m);
-    }
-  }
-
-  // The TSC keeps its offset: the vCPU attribute where the kernel has it (exact), else a write
-  // of IA32_TSC computed from the host TSC now.
-  {
-    std::uint64_t offset = s.tsc_offset;
-    kvm_device_attr attr{};
-    attr.group = KVM_VCPU_TSC_CTRL;
-    attr.attr = KVM_VCPU_TSC_OFFSET;
-    attr.addr = reinterpret_cast<std::uint64_t>(&offset);
-    if (::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0) {
-      BATON_TRY_VOID(xio(fd, KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", id_, &attr));
-    } else {
-      MsrBuffer b(1);
-      b.get()->nmsrs = 1;
-      b.get()->entries[0].index = model::kMsrTsc;
-      b.get()->entries[0].data = __rdtsc() + s.tsc_offset;
-      if (::ioctl(fd, KVM_SET_MSRS, b.get()) != 1)
-        return make_error("KVM_SET_MSRS(vcpu=" + std::to_string(id_) + ", IA32_TSC) failed");
-    }
-  }
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> msrs(s.msrs.begin(), s.msrs.end());
+  BATON_TRY_VOID(write_msrs(fd, id_, msrs));
+  BATON_TRY_VOID(write_tsc(fd, id_, s, has_tsc_attr_));
 
   if (opt.lapic && !s.lapic.empty()) {
     kvm_lapic_state l{};
     std::memcpy(l.regs, s.lapic.data(), std::min(sizeof l.regs, s.lapic.size()));
     BATON_TRY_VOID(xio(fd, KVM_SET_LAPIC, "KVM_SET_LAPIC", id_, &l));
   }
-
-  kvm_vcpu_events ev{};
-  ev.exception.injected = s.events.exception_pending;
-  ev.exception.nr = s.events.exception_nr;
-  ev.exception.has_error_code = s.events.exception_has_error_code;
-  ev.exception.error_code = s.events.exception_error_code;
-  ev.interrupt.injected = s.events.interrupt_pending;
-  ev.interrupt.nr = s.events.interrupt_nr;
-  ev.interrupt.shadow = s.events.interrupt_shadow;
-  ev.nmi.injected = s.events.nmi_pending;
-  ev.nmi.masked = s.events.nmi_masked;
-  ev.flags = KVM_VCPUEVENT_VALID_SHADOW;
+  kvm_vcpu_events ev = events_from_model(s);
   BATON_TRY_VOID(xio(fd, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", id_, &ev));
-
-  kvm_mp_state mp{};
-  mp.mp_state = s.activity == model::ActivityState::kHlt           ? KVM_MP_STATE_HALTED
-                : s.activity == model::ActivityState::kWaitForSipi ? KVM_MP_STATE_INIT_RECEIVED
-                                                                   : KVM_MP_STATE_RUNNABLE;
+  kvm_mp_state mp = mp_from_model(s);
   BATON_TRY_VOID(xio(fd, KVM_SET_MP_STATE, "KVM_SET_MP_STATE", id_, &mp));
-
-  kvm_debugregs dr{};
-  for (int i = 0; i < 4; ++i) dr.db[i] = s.dr[i];
-  dr.dr6 = s.dr[6] ? s.dr[6] : 0xffff0ff0;
-  dr.dr7 = s.dr[7] ? s.dr[7] : 0x400;
+  kvm_debugregs dr = debugregs_from_model(s);
   BATON_TRY_VOID(xio(fd, KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", id_, &dr));
-
   kvm_regs regs{};
   fill_regs(regs, s);
   BATON_TRY_VOID(xio(fd, KVM_SET_REGS, "KVM_SET_REGS", id_, &regs));
+  std::memcpy(sregs_loaded_.emplace().data(), &sr, sizeof sr);
   return ok_result();
+}
+
+Result<StateWrite> KvmVcpu::try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
+                                                  const StateOptions& opt) {
+  const int fd = this->fd();
+  BATON_TRY_VOID(refuse_kvmclock(s));
+  const auto apic_base = [](const model::VcpuState& x) {
+    auto it = x.msrs.find(0x1b);
+    return it == x.msrs.end() ? std::optional<std::uint64_t>{} : std::optional<std::uint64_t>{it->second};
+  };
+  StateWrite w;
+  // The sregs go after the MSRs and the LAPIC here; that is only right while the APIC base
+  // stays. Without a known loaded sregs, or with a new APIC base, restore everything.
+  if (!sregs_loaded_ || apic_base(loaded) != apic_base(s)) {
+    BATON_TRY_VOID(try_set_state(s, opt));
+    w.all = true;
+    return w;
+  }
+  if (s.xsave != loaded.xsave) {
+    BATON_TRY_VOID(write_xsave(fd, id_, opt, s));
+    w.xsave = true;
+  }
+  if (s.xcr0 != loaded.xcr0) {
+    kvm_xcrs xcrs{};
+    xcrs.nr_xcrs = 1;
+    xcrs.xcrs[0].xcr = 0;
+    xcrs.xcrs[0].value = s.xcr0;
+    BATON_TRY_VOID(xio(fd, KVM_SET_XCRS, "KVM_SET_XCRS", id_, &xcrs));
+    w.xcr0 = true;
+  }
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> msrs;
+  for (const auto& [index, value] : s.msrs)
+    if (auto it = loaded.msrs.find(index); it == loaded.msrs.end() || it->second != value) msrs.emplace_back(index, value);
+  BATON_TRY_VOID(write_msrs(fd, id_, msrs));
+  for (const auto& m : msrs) w.msrs.push_back(m.first);
+  BATON_TRY_VOID(write_tsc(fd, id_, s, has_tsc_attr_));
+  if (opt.lapic && !s.lapic.empty() && s.lapic != loaded.lapic) {
+    kvm_lapic_state l{};
+    std::memcpy(l.regs, s.lapic.data(), std::min(sizeof l.regs, s.lapic.size()));
+    BATON_TRY_VOID(xio(fd, KVM_SET_LAPIC, "KVM_SET_LAPIC", id_, &l));
+    w.lapic = true;
+  }
+  if (s.dr != loaded.dr) {
+    kvm_debugregs dr = debugregs_from_model(s);
+    BATON_TRY_VOID(xio(fd, KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", id_, &dr));
+    w.dr = true;
+  }
+  if (s.activity != loaded.activity) {
+    kvm_mp_state mp = mp_from_model(s);
+    BATON_TRY_VOID(xio(fd, KVM_SET_MP_STATE, "KVM_SET_MP_STATE", id_, &mp));
+    w.mp = true;
+  }
+  // regs, sregs and events: always written, in the run area for the next KVM_RUN where KVM
+  // offers KVM_CAP_SYNC_REGS (it applies them before it enters the guest), else by ioctl.
+  kvm_sregs sr{};
+  std::memcpy(&sr, sregs_loaded_->data(), sizeof sr);
+  fill_sregs(sr, s);
+  kvm_regs regs{};
+  fill_regs(regs, s);
+  const kvm_vcpu_events ev = events_from_model(s);
+  if (opt.sync_regs) {
+    auto* run = static_cast<kvm_run*>(run_);
+    run->s.regs.regs = regs;
+    run->s.regs.sregs = sr;
+    run->s.regs.events = ev;
+    run->kvm_dirty_regs = KVM_SYNC_X86_VALID_FIELDS;
+  } else {
+    BATON_TRY_VOID(xio(fd, KVM_SET_SREGS, "KVM_SET_SREGS", id_, &sr));
+    kvm_vcpu_events e = ev;
+    BATON_TRY_VOID(xio(fd, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", id_, &e));
+    BATON_TRY_VOID(xio(fd, KVM_SET_REGS, "KVM_SET_REGS", id_, &regs));
+  }
+  synced_ = false;
+  std::memcpy(sregs_loaded_->data(), &sr, sizeof sr);
+  return w;
+}
+
+model::VcpuState KvmVcpu::state_after(const model::VcpuState& loaded, const model::VcpuState& s, const StateWrite& w) const {
+  if (w.all) return s;
+  // Every part from `s` where it was written and from `loaded` where it was kept, so that a
+  // part skipped wrongly shows in a comparison with the state captured at the pause.
+  model::VcpuState now = loaded;
+  if (w.xsave) now.xsave = s.xsave;
+  if (w.xcr0) now.xcr0 = s.xcr0;
+  for (std::uint32_t i : w.msrs) now.msrs[i] = s.msrs.at(i);
+  if (w.lapic) now.lapic = s.lapic;
+  if (w.dr) now.dr = s.dr;
+  if (w.mp) now.activity = s.activity;
+  now.tsc_offset = s.tsc_offset;
+  now.host_tsc_at_capture = s.host_tsc_at_capture;
+  // regs, sregs and events as written: the struct kvm_sregs last set, the regs and events of s.
+  if (sregs_loaded_) {
+    kvm_sregs sr{};
+    std::memcpy(&sr, sregs_loaded_->data(), sizeof sr);
+    sregs_to_model(sr, now);
+  }
+  kvm_regs regs{};
+  fill_regs(regs, s);
+  regs_to_model(regs, now);
+  events_to_model(events_from_model(s), now);
+  return now;
 }
 
 }  // namespace baton::hw

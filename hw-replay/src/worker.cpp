@@ -6,9 +6,17 @@
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <x86intrin.h>
+#include <xxhash.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "baton/guests/abi.hpp"
 #include "baton/hw/handover.hpp"
@@ -31,11 +39,12 @@ std::uint64_t monotonic_ns() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-// Polls `sock` until it is readable or `spin_ms` have passed, yielding the CPU between polls.
-void wait_readable_spinning(int sock, int spin_ms) {
-  const std::uint64_t until = monotonic_ns() + static_cast<std::uint64_t>(spin_ms) * 1'000'000ull;
-  pollfd p{sock, POLLIN, 0};
-  while (::poll(&p, 1, 0) == 0 && monotonic_ns() < until) ::sched_yield();
+// Puts the calling thread on SCHED_FIFO priority 1 (`on`) or back on SCHED_OTHER; returns
+// whether that worked.
+bool set_fifo(bool on) {
+  sched_param sp{};
+  sp.sched_priority = on ? 1 : 0;
+  return ::sched_setscheduler(0, on ? SCHED_FIFO : SCHED_OTHER, &sp) == 0;
 }
 
 // Receives one message of the expected type; an error message from the peer becomes ours.
@@ -48,6 +57,64 @@ Result<Message> expect(int sock, MsgType type, int timeout_ms) {
   return m;
 }
 }  // namespace
+
+Result<std::shared_ptr<StateMailbox>> StateMailbox::try_create() {
+  const int fd = ::memfd_create("baton-state-mailbox", MFD_CLOEXEC);
+  if (fd < 0) return make_error(std::string("memfd_create(baton-state-mailbox) failed: ") + std::strerror(errno));
+  Fd owned(fd);
+  if (::ftruncate(fd, static_cast<off_t>(kSize)) != 0)
+    return make_error(std::string("ftruncate(state mailbox) failed: ") + std::strerror(errno));
+  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return make_error(std::string("mmap(state mailbox) failed: ") + std::strerror(errno));
+  return std::shared_ptr<StateMailbox>(new StateMailbox(std::move(owned), static_cast<std::uint8_t*>(p)));
+}
+
+Result<std::shared_ptr<StateMailbox>> StateMailbox::try_adopt(int fd) {
+  Fd owned(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return make_error(std::string("fstat(state mailbox) failed: ") + std::strerror(errno));
+  if (static_cast<std::uint64_t>(st.st_size) != kSize)
+    return make_error("the state mailbox holds " + std::to_string(st.st_size) + " bytes, not " + std::to_string(kSize));
+  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return make_error(std::string("mmap(state mailbox) failed: ") + std::strerror(errno));
+  return std::shared_ptr<StateMailbox>(new StateMailbox(std::move(owned), static_cast<std::uint8_t*>(p)));
+}
+
+StateMailbox::~StateMailbox() {
+  if (p_) ::munmap(p_, kSize);
+}
+
+Result<void> StateMailbox::post(std::span<const std::uint8_t> payload, std::uint64_t socket_bytes_before) {
+  if (payload.size() > kSize - kPayloadAt)
+    return make_error("state mailbox: a payload of " + std::to_string(payload.size()) + " bytes does not fit");
+  std::atomic_ref<std::uint64_t> published(*reinterpret_cast<std::uint64_t*>(p_));
+  if (published.load(std::memory_order_relaxed) != 0) return make_error("state mailbox: already posted");
+  std::memcpy(p_ + kPayloadAt, payload.data(), payload.size());
+  const std::uint64_t head[3] = {payload.size(), socket_bytes_before, XXH64(payload.data(), payload.size(), 0)};
+  std::memcpy(p_ + 8, head, sizeof head);
+  published.store(1, std::memory_order_release);
+  return ok_result();
+}
+
+std::uint64_t StateMailbox::socket_bytes_before() const {
+  std::uint64_t v;
+  std::memcpy(&v, p_ + 16, sizeof v);
+  return v;
+}
+
+bool StateMailbox::published() const {
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p_)).load(std::memory_order_acquire) != 0;
+}
+
+Result<std::span<const std::uint8_t>> StateMailbox::take() const {
+  if (!published()) return make_error("state mailbox: nothing posted");
+  std::uint64_t head[3];
+  std::memcpy(head, p_ + 8, sizeof head);
+  if (head[0] > kSize - kPayloadAt) return make_error("state mailbox: payload length " + std::to_string(head[0]) + " is implausible");
+  const std::span<const std::uint8_t> payload(p_ + kPayloadAt, head[0]);
+  if (XXH64(payload.data(), payload.size(), 0) != head[2]) return make_error("state mailbox: checksum mismatch");
+  return payload;
+}
 
 std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s) {
   std::vector<std::uint8_t> o;
@@ -221,48 +288,108 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("vm ready")));
   maybe_die("vm");
 
-  // Precopy pages until the vCPU state; then the pause is on: restore and resume at once.
-  Result<Message> sm = make_error("no message");
+  // Still before the pause: pre-load the source's baseline state and map the mailbox, so that
+  // at the pause only what changed since is written.
+  auto bm = expect(sock, MsgType::kBaseline, opt.timeout_ms);
+  if (!bm) return failed(bm.error());
+  if (!bm->fd.valid()) return failed(make_error("the baseline message came without the state mailbox"));
+  auto mailbox = StateMailbox::try_adopt(bm->fd.release());
+  if (!mailbox) return failed(mailbox.error());
+  auto baseline = decode_vcpu_state(bm->payload);
+  if (!baseline) return failed(make_error("baseline message: " + baseline.error().message));
+  auto wm = expect(sock, MsgType::kWakeup, opt.timeout_ms);
+  if (!wm) return failed(wm.error());
+  if (!wm->fd.valid()) return failed(make_error("the wakeup message came without its eventfd"));
+  const Fd wakeup = std::move(wm->fd);
+  if (auto r = (*machine)->restore(*baseline); !r) return failed(r.error());
+  BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("baseline loaded")));
+  // From the wake-up to the first KVM_RUN the worker must not wait for a CPU: at real-time
+  // priority the wake-up preempts whatever runs there (without it, 3 ms waits on a loaded
+  // machine). Where that is not permitted, or opt.realtime is off, it stays as it is.
+  const bool realtime = opt.realtime && rep.shared_memory && set_fifo(true);  // local only: precopy copies for seconds
+
+  // Until the pause: asleep in poll() on the socket (precopy pages, an error, the source gone)
+  // and the eventfd. The source writes the eventfd as the pause begins, so this wake-up
+  // overlaps its capture; from then on spin on the mailbox (no second wake-up inside the
+  // downtime), looking at the socket every ~20 us.
+  std::uint64_t spin_until = 0, next_look = 0;
+  std::uint64_t deadline = monotonic_ns() + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
   for (;;) {
-    // The vCPU state ends the pause: poll for it rather than sleep, so that no wake-up latency
-    // adds to the downtime (the worker is a hot standby; it yields the CPU between polls).
-    wait_readable_spinning(sock, opt.spin_ms);
-    sm = recv_message(sock, opt.timeout_ms);
-    if (!sm) return failed(sm.error());
-    if (sm->type != MsgType::kPages) break;
+    bool pages_due = false;  // the state is posted, but pages sent before it are still on the socket
+    if ((*mailbox)->published()) {
+      const std::uint64_t before = (*mailbox)->socket_bytes_before();
+      if (before == rep.bytes_received) break;  // every page sent before the state is in
+      if (before < rep.bytes_received)
+        return failed(make_error("the state follows " + std::to_string(before) + " bytes of pages, but " +
+                                 std::to_string(rep.bytes_received) + " arrived"));
+      pages_due = true;
+    }
+    if (!pages_due) {
+      const std::uint64_t now = monotonic_ns();
+      if (now < spin_until && now < next_look) {
+        _mm_pause();
+        continue;
+      }
+      if (now > deadline)
+        return failed(make_error("no vCPU state from the source within " + std::to_string(opt.timeout_ms) + " ms"));
+      next_look = now + 20'000;
+      pollfd p[2] = {{sock, POLLIN, 0}, {wakeup.get(), POLLIN, 0}};
+      if (::poll(p, 2, now < spin_until ? 0 : 100) <= 0) continue;
+      if (p[1].revents & POLLIN) {
+        std::uint64_t n = 0;
+        if (::read(wakeup.get(), &n, sizeof n) == static_cast<ssize_t>(sizeof n))
+          spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_ms) * 1'000'000ull;
+      }
+      if (p[0].revents == 0) continue;
+    }
+    auto pm = recv_message(sock, opt.timeout_ms);
+    if (!pm) return failed(pm.error());
+    if (pm->type == MsgType::kError)
+      return failed(make_error("the source reported: " + std::string(pm->payload.begin(), pm->payload.end())));
+    if (pm->type != MsgType::kPages) return failed(make_error("expected pages or the vCPU state, got a " + to_string(pm->type) + " message"));
     if (rep.shared_memory) return failed(make_error("pages message in a local migration (memory is shared)"));
-    auto n = apply_pages(sm->payload, (*machine)->memory().data(), (*machine)->memory().size());
+    auto n = apply_pages(pm->payload, (*machine)->memory().data(), (*machine)->memory().size());
     if (!n) return failed(n.error());
     rep.bytes_received += *n * 4096;
+    const std::uint64_t now = monotonic_ns();
+    deadline = now + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
+    if (spin_until != 0)  // woken: the stop-and-copy; keep spinning while its pages arrive
+      spin_until = std::max<std::uint64_t>(spin_until, now + static_cast<std::uint64_t>(opt.spin_ms) * 1000000ull);
+    next_look = 0;  // drain what follows at once
   }
-  if (sm->type == MsgType::kError)
-    return failed(make_error("the source reported: " + std::string(sm->payload.begin(), sm->payload.end())));
-  if (sm->type != MsgType::kVcpuState)
-    return failed(make_error("expected a vcpu-state message, got " + to_string(sm->type)));
   const std::uint64_t received_ns = monotonic_ns();
-  auto resume = decode_resume(sm->payload);
+  auto payload = (*mailbox)->take();
+  if (!payload) return failed(payload.error());
+  auto resume = decode_resume(*payload);
   if (!resume) return failed(resume.error());
   maybe_die("state");
   // The guest TSC continues from its value at the capture: the downtime is not seen by the
   // guest (the TSC relation of the vCPU property, docs/checker.md).
-  model::VcpuState state = resume->second;
+  model::VcpuState state = std::move(resume->second);
   const std::uint64_t guest_tsc = state.guest_tsc();
   state.host_tsc_at_capture = __rdtsc();
   state.tsc_offset = guest_tsc - state.host_tsc_at_capture;
-  if (auto r = (*machine)->restore(state); !r) return failed(r.error());
+  auto wrote = (*machine)->restore_changes(*baseline, state);
+  if (!wrote) return failed(wrote.error());
   const ResumeInfo info = resume->first;
   (*machine)->recorder().resume(info.ports);  // inputs continue at value number info.inputs_consumed
   (*machine)->recorder().set_input_source(
       [seed = info.input_seed](std::uint64_t n) { return guests::input_value(seed, n); });
+  // The downtime ends here: the first KVM_RUN follows the stamp at once (KVM applies the regs,
+  // sregs and events restore_changes left in the run area, then enters the guest); the source
+  // hears of it once that KVM_RUN has returned.
   rep.resumed_ns = monotonic_ns();
+  auto first = (*machine)->run(1);
   std::vector<std::uint8_t> resumed;
   put64(resumed, rep.resumed_ns);
   put64(resumed, received_ns);
-  const auto restored = encode_vcpu_state(state);
-  resumed.insert(resumed.end(), restored.begin(), restored.end());
+  const auto holds = encode_vcpu_state((*machine)->vcpu().state_after(*baseline, state, *wrote));
+  resumed.insert(resumed.end(), holds.begin(), holds.end());
   BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
   maybe_die("resumed");
-  auto run = (*machine)->run();
+  if (realtime) set_fifo(false);
+  if (!first) return failed(first.error());
+  auto run = first->stop == KvmStop::kBudget ? (*machine)->run() : first;
   if (!run) return failed(run.error());
   rep.ports = (*machine)->ports();
   if (run->stop != KvmStop::kExited)
@@ -290,6 +417,21 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   BATON_TRY_VOID(send_message(sock, MsgType::kMemory, encode_memory_announce(ann), t.precopy ? -1 : m.memory().fd()));
   auto ack = expect(sock, MsgType::kAck, timeout_ms);
   if (!ack) return make_error("worker: " + ack.error().message);
+  if (!t.baseline) {
+    auto b = m.capture();
+    if (!b) return b.error();
+    t.baseline = std::move(*b);
+  }
+  auto mailbox = StateMailbox::try_create();
+  if (!mailbox) return mailbox.error();
+  t.mailbox = std::move(*mailbox);
+  BATON_TRY_VOID(send_message(sock, MsgType::kBaseline, encode_vcpu_state(*t.baseline), t.mailbox->fd()));
+  const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) return make_error(std::string("eventfd failed: ") + std::strerror(errno));
+  t.wakeup = Fd(efd);
+  BATON_TRY_VOID(send_message(sock, MsgType::kWakeup, std::span<const std::uint8_t>(), t.wakeup.get()));
+  auto loaded = expect(sock, MsgType::kAck, timeout_ms);
+  if (!loaded) return make_error("worker: " + loaded.error().message);
   if (!t.precopy) return ok_result();
   // Round 1: log from now on, then send everything.
   BATON_TRY_VOID(m.enable_dirty_log());
@@ -313,9 +455,19 @@ Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) 
   return *sent;
 }
 
-Result<void> send_state(KvmMachine& m, int sock, const model::VcpuState& state) {
+Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {
+  if (!t.mailbox) return make_error("no state mailbox: prepare_worker did not run");
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
-  return send_message(sock, MsgType::kVcpuState, encode_resume(info, state));
+  return t.mailbox->post(encode_resume(info, state), t.bytes_copied);
+}
+
+bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {
+  if (!t.mailbox || !t.mailbox->published()) return false;
+  auto posted = t.mailbox->take();
+  if (!posted) return false;
+  const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
+  const auto bytes = encode_resume(info, state);
+  return std::equal(bytes.begin(), bytes.end(), posted->begin(), posted->end());
 }
 
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms) {
@@ -330,18 +482,23 @@ Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_
   return s;
 }
 
-Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
+void wake_worker(const HandoverTiming& t) {
+  const std::uint64_t one = 1;
+  if (t.wakeup.valid()) (void)!::write(t.wakeup.get(), &one, sizeof one);  // a lost wake-up costs only time
+}
+
+Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
   t.pause_ns = monotonic_ns();
+  wake_worker(t);
   if (t.precopy) {  // stop-and-copy: the pages dirtied since the last round, inside the downtime
     auto last = precopy_round(m, sock, t);
     if (!last) return last.error();
   }
-  auto state = m.capture();
+  if (!t.baseline) return make_error("no baseline state: prepare_worker did not run");
+  auto state = m.capture_changes(*t.baseline);
   if (!state) return state.error();
-  BATON_TRY_VOID(send_state(m, sock, *state));
-  auto restored = await_resumed(sock, t, timeout_ms);
-  if (!restored) return restored.error();
-  return ok_result();
+  BATON_TRY_VOID(send_state(m, t, *state));
+  return await_resumed(sock, t, timeout_ms);
 }
 
 Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms) {

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -97,9 +98,41 @@ struct Worker {
   ~Worker() { stop(); }
 };
 
+// The CPUs of a migration: the source's vCPU on the CPU it runs on, the worker on another one
+// it may use, so that neither the worker's wake-up at the pause nor its spinning takes the
+// source's CPU. Empty (no pinning) with a single allowed CPU, or with BATON_KVM_PIN=0.
+struct CpuPlan {
+  bool pinned = false;
+  cpu_set_t original{};  // the source thread's mask before
+  cpu_set_t source{}, worker{};
+};
+
+// Plans the CPUs from the calling thread's affinity and pins the calling thread.
+CpuPlan pin_source_thread() {
+  CpuPlan p;
+  if (const char* e = std::getenv("BATON_KVM_PIN"); e != nullptr && std::string(e) == "0") return p;
+  if (::sched_getaffinity(0, sizeof p.original, &p.original) != 0 || CPU_COUNT(&p.original) < 2) return p;
+  int here = ::sched_getcpu();
+  if (here < 0 || !CPU_ISSET(here, &p.original)) here = -1;
+  int other = -1;
+  for (int c = 0; c < CPU_SETSIZE && (here < 0 || other < 0); ++c) {
+    if (!CPU_ISSET(c, &p.original)) continue;
+    if (here < 0) here = c;
+    else if (c != here) other = c;
+  }
+  if (other < 0) return p;
+  CPU_ZERO(&p.source);
+  CPU_SET(here, &p.source);
+  CPU_ZERO(&p.worker);
+  CPU_SET(other, &p.worker);
+  p.pinned = ::sched_setaffinity(0, sizeof p.source, &p.source) == 0;
+  return p;
+}
+
 // Starts `exe vmm-worker --fd 3` with its stdout and stderr on /dev/null (it reports over
-// the socket).
-Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::string& die_at, int timeout_ms) {
+// the socket), on `cpus.worker` when the plan pins.
+Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::string& die_at, int timeout_ms,
+                                             const CpuPlan& cpus) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return make_error(std::string("socketpair(AF_UNIX) failed: ") + std::strerror(errno));
@@ -118,6 +151,7 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
     ::setpgid(0, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);  // the parent died before the prctl
+    if (cpus.pinned) (void)::sched_setaffinity(0, sizeof cpus.worker, &cpus.worker);
     const int null = ::open("/dev/null", O_RDWR);
     if (null >= 0) {
       ::dup2(null, 1);
@@ -147,6 +181,7 @@ class KvmBackend final : public MigrationBackend {
     if (vcpu_thread_.joinable()) {
       stop_vcpu_thread();
     }
+    unpin();
   }
 
   Capabilities capabilities() const override {
@@ -207,6 +242,11 @@ class KvmBackend final : public MigrationBackend {
     return r;
   }
   void start_vcpu_thread();
+  // Gives the source thread back its CPU mask of before the migration.
+  void unpin() {
+    if (cpus_.pinned) (void)::sched_setaffinity(0, sizeof cpus_.original, &cpus_.original);
+    cpus_.pinned = false;
+  }
   // Kicks the vCPU thread out of KVM_RUN and joins it.
   void stop_vcpu_thread();
   // Reports where the guest ended up when the source keeps it.
@@ -220,10 +260,12 @@ class KvmBackend final : public MigrationBackend {
   std::uint64_t t0_ns_ = 0;
   std::unique_ptr<hw::KvmMachine> machine_;
   std::unique_ptr<Worker> worker_;
+  CpuPlan cpus_;
   std::string worker_error_;  // the worker failed before the handover
   hw::HandoverTiming timing_;
   std::uint64_t last_run_ns_ = 0;
   std::uint64_t capture_done_ns_ = 0;
+  bool state_sent_ = false;  // local-lazy: pause_and_capture posted the state
   std::uint64_t down_mark_ = 0;  // where the next downtime phase begins
   std::unique_ptr<hw::TracefsCapture> capture_;
   std::string capture_text_;
@@ -270,7 +312,10 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     if (!m) return m.error();
     machine_ = std::move(*m);
   }
-  auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms);
+  // local-lazy only: precopy's rounds need every CPU the scheduler can give them (pinned, its
+  // round 1 took 3x as long on a loaded machine), and its downtime is the stop-and-copy's.
+  if (opt_.method != Method::kPrecopy) cpus_ = pin_source_thread();
+  auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms, cpus_);
   if (!w) return w.error();
   worker_ = std::move(*w);
   res_->worker_pid = static_cast<std::uint32_t>(worker_->pid);
@@ -294,6 +339,9 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     const std::uint32_t stage = machine_->ports().stages.empty() ? 0 : machine_->ports().stages.back();
     if (r->stop == hw::KvmStop::kSync && stage >= want) {
       trace_phase(last_run_ns_, traces::MigrationPhase::kStart);
+      // The pause begins: wake the worker now, so that its wake-up overlaps the capture
+      // (precopy wakes it in pause_and_capture, once the guest stops for good).
+      if (opt_.method != Method::kPrecopy) hw::wake_worker(timing_);
       return RunEvent{StopReason::kSyncPoint, "", stage};
     }
     if (r->stop == hw::KvmStop::kSync) continue;
@@ -310,6 +358,8 @@ void KvmBackend::start_vcpu_thread() {
   vcpu_done_ = false;
   machine_->vcpu().set_immediate_exit(false);
   vcpu_thread_ = std::thread([this] {
+    // The guest runs on during the rounds wherever it may, not on the CPU that sends them.
+    if (cpus_.pinned) (void)::sched_setaffinity(0, sizeof cpus_.original, &cpus_.original);
     vcpu_result_ = run_source(false);
     vcpu_done_ = true;
   });
@@ -328,6 +378,10 @@ void KvmBackend::stop_vcpu_thread() {
 
 Result<void> KvmBackend::precopy() {
   timing_.precopy = true;
+  // The worker's baseline, while the vCPU is stopped (a capture waits for KVM_RUN to end).
+  auto baseline = machine_->capture();
+  if (!baseline) return baseline.error();
+  timing_.baseline = std::move(*baseline);
   start_vcpu_thread();  // the guest runs on while memory is copied
   const std::uint64_t r1 = monotonic_ns();
   if (auto r = hw::prepare_worker(*machine_, worker_->sock.get(), timing_, cfg_.timeout_ms); !r) {
@@ -365,12 +419,22 @@ Result<void> KvmBackend::precopy() {
 
 Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
   if (vcpu_thread_.joinable()) {
+    hw::wake_worker(timing_);  // precopy: the worker wakes while the vCPU stops and the state is captured
     stop_vcpu_thread();
     if (!vcpu_result_) return vcpu_result_.error();
     if (vcpu_result_->stop == hw::KvmStop::kExited) res_->finished_before_switch = true;
   }
-  auto state = machine_->capture();
+  // A prepared worker holds the baseline: capture only what the guest changes without
+  // privileges; verify() proves the rest with a full capture of this stopped vCPU.
+  auto state = timing_.baseline && worker_error_.empty() ? machine_->capture_changes(*timing_.baseline)
+                                                         : machine_->capture();
   capture_done_ns_ = monotonic_ns();
+  if (state && opt_.method != Method::kPrecopy && timing_.baseline && worker_error_.empty()) {
+    // local-lazy: nothing more goes before the state, so it leaves at once (precopy posts it
+    // after the stop-and-copy). KVM refuses --fault, so the package hand_over gets is this state.
+    if (auto sent = hw::send_state(*machine_, timing_, *state); sent) state_sent_ = true;
+    else worker_error_ = sent.error().message;
+  }
   if (!state) return state.error();
   timing_.pause_ns = last_run_ns_;
   down_mark_ = capture_done_ns_;
@@ -409,9 +473,10 @@ Result<void> KvmBackend::stop_and_copy() {
 Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::HandoverSnapshot& pkg) {
   if (!worker_error_.empty()) return make_error(worker_error_);
   if (res_->finished_before_switch) return make_error("the guest exited during pre-copy: nothing to hand over");
-  BATON_TRY_VOID(hw::send_state(*machine_, worker_->sock.get(), pkg.vcpus.at(0)));
+  if (!state_sent_) BATON_TRY_VOID(hw::send_state(*machine_, timing_, pkg.vcpus.at(0)));
   auto restored = hw::await_resumed(worker_->sock.get(), timing_, cfg_.timeout_ms);
   if (!restored) return restored.error();
+  BATON_CHECK(hw::state_sent_is(*machine_, timing_, pkg.vcpus.at(0)));  // the worker got this package
   // Contiguous: the downtime phases add up to resumed - pause exactly.
   phase("state-transfer", down_mark_, timing_.state_received_ns, true);
   phase("state-restore", timing_.state_received_ns, timing_.resumed_ns, true);
@@ -429,8 +494,23 @@ Result<model::HandoverSnapshot> KvmBackend::hand_over(Method m, const model::Han
 void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   // The worker resumed at once; the state it restored must be the captured one, with the
   // guest TSC continuous. The no-copy property follows from the capture after the run.
+  // The pause read only what an unprivileged guest changes (capture_changes); the rest came
+  // from the baseline. The source vCPU has not run since, so a full capture now is its state at
+  // the pause: the property is checked against that, with the TSC fields read at the pause.
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = checker::check_vcpu(before, after, checker::Verdict::kProven, opt_.check);
+  auto full = machine_->capture_again();
+  if (!full) {
+    res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown,
+                                     "the full capture of the stopped source vCPU failed: " + full.error().message,
+                                     seconds_since(t0), std::nullopt});
+    return;
+  }
+  model::HandoverSnapshot proof = before;
+  const model::VcpuState& paused = before.vcpus.at(0);
+  proof.vcpus.at(0) = *full;
+  proof.vcpus.at(0).tsc_offset = paused.tsc_offset;
+  proof.vcpus.at(0).host_tsc_at_capture = paused.host_tsc_at_capture;
+  auto r = checker::check_vcpu(proof, after, checker::Verdict::kProven, opt_.check);
   if (!r) {
     res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown, r.error().message, seconds_since(t0), std::nullopt});
     return;
@@ -452,6 +532,7 @@ void KvmBackend::finish_output(const guests::GuestRun& before, const std::option
 }
 
 Result<void> KvmBackend::resume_source() {
+  unpin();
   // The handover did not happen (the worker failed before it resumed the guest), so the
   // guest's memory and vCPU are as the source left them: it resumes here.
   if (worker_) worker_->stop();
@@ -476,6 +557,7 @@ Result<void> KvmBackend::resume_source() {
 }
 
 Result<void> KvmBackend::finish_on_new(Method) {
+  unpin();
   // The old VMM tears its VM down; the guest memory stays with the memfd the worker mapped.
   const guests::GuestRun before = machine_->ports();
   source_events_ = machine_->events();

@@ -22,7 +22,7 @@
 namespace baton::hw {
 
 inline constexpr std::uint32_t kHandoverMagic = 0x564f4842;  // "BHOV" little-endian
-inline constexpr std::uint16_t kHandoverVersion = 2;
+inline constexpr std::uint16_t kHandoverVersion = 3;
 inline constexpr std::size_t kHandoverHeaderSize = 32;
 inline constexpr std::uint64_t kHandoverMaxPayload = std::uint64_t{1} << 30;
 
@@ -37,6 +37,8 @@ enum class MsgType : std::uint16_t {
   kResumed = 8,    // worker -> source: the first KVM_RUN begins (u64 CLOCK_MONOTONIC ns, then the restored state)
   kResult = 9,     // worker -> source: the guest exited (payload: encode_guest_run)
   kEvents = 10,    // worker -> source, after the result: what its VMM saw (payload: encode_vmm_events)
+  kBaseline = 11,  // source -> worker: the vCPU state to pre-load before the pause, mailbox memfd attached
+  kWakeup = 12,    // source -> worker: an eventfd the source writes when the pause begins (no payload)
 };
 // Names a message type ("vcpu-state", ...), or "type N" for an unknown one.
 std::string to_string(MsgType t);

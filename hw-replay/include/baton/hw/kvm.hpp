@@ -6,6 +6,7 @@
 // structures stay in hw-replay/src. docs/kvm-backend.md describes the backend.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -163,6 +164,14 @@ struct StateOptions {
   std::vector<std::uint32_t> msr_indices;  // from KvmSystem::try_msr_index_list(); IA32_TSC is handled apart
   std::size_t xsave_size = 0;              // KVM_CAP_XSAVE2 on the VM fd, or 0 for the 4 KiB KVM_GET_XSAVE
   bool lapic = false;                      // the VM has an in-kernel irqchip
+  bool sync_regs = false;                  // KVM_CAP_SYNC_REGS offers regs, sregs and events in kvm_run
+};
+
+// What KvmVcpu::try_set_state_changes wrote besides the TSC, regs, sregs and events (always).
+struct StateWrite {
+  bool all = false;  // the whole state (try_set_state)
+  bool xsave = false, xcr0 = false, lapic = false, dr = false, mp = false;
+  std::vector<std::uint32_t> msrs;  // the MSRs written
 };
 
 // A vCPU fd and its mapped kvm_run area.
@@ -191,9 +200,19 @@ class KvmVcpu {
   // KVM_SET_CPUID2 with the bytes of a struct kvm_cpuid2 (KvmSystem::try_supported_cpuid()).
   Result<void> try_set_cpuid(const std::vector<std::uint8_t>& cpuid2);
 
+  // KVM_RUN with immediate_exit: completes a pending I/O or MMIO exit without entering the
+  // guest (KVM returns EINTR) and applies a restore left for the next KVM_RUN. With
+  // `sync_out`, KVM also stores regs, sregs and events in the run area (KVM_CAP_SYNC_REGS),
+  // and the next try_get_state() takes them from there instead of three ioctls.
+  Result<void> try_complete_io(bool sync_out, bool debug_exit_ok = false);
+  // Forgets the regs, sregs and events in the run area, so that the next capture reads them by ioctl.
+  void forget_sync() { synced_ = false; }
   // Captures the whole state: regs, sregs, XSAVE and XCRs, the MSRs of the list, the LAPIC,
-  // vCPU events, debug registers, MP state and the TSC (guest = host + offset).
-  Result<model::VcpuState> try_get_state(const StateOptions& opt);
+  // vCPU events, debug registers, MP state and the TSC (guest = host + offset). With a
+  // `baseline`, reads only what an unprivileged guest changes (regs, sregs, events, XSAVE and
+  // the TSC) and takes XCR0, the MSRs, the LAPIC, the debug registers and the MP state from
+  // it: the caller must prove those against a full capture of the stopped vCPU later.
+  Result<model::VcpuState> try_get_state(const StateOptions& opt, const model::VcpuState* baseline = nullptr);
   model::VcpuState get_state(const StateOptions& opt) { return or_throw(try_get_state(opt)); }
   // The listed MSRs that KVM_GET_MSRS refused in the last capture (not in its state): empty on
   // every host measured so far (PVM, nested SVM); tests assert it, so a refusal is never silent.
@@ -203,6 +222,16 @@ class KvmVcpu {
   // keeps its offset to the host TSC, so it stays monotonic and continuous.
   Result<void> try_set_state(const model::VcpuState& s, const StateOptions& opt);
   void set_state(const model::VcpuState& s, const StateOptions& opt) { or_throw(try_set_state(s, opt)); }
+  // Restores `s` on a vCPU that holds `loaded` (set by try_set_state and not run since):
+  // writes only the parts of `s` that differ, the TSC offset, and regs, sregs and events, which
+  // go in the run area for the next KVM_RUN where KVM_CAP_SYNC_REGS exists (KVM applies them
+  // before it enters the guest). A new APIC base, or no try_set_state before, restores all of
+  // `s`. Returns what it wrote; state_after() turns that into the state the vCPU holds.
+  Result<StateWrite> try_set_state_changes(const model::VcpuState& loaded, const model::VcpuState& s,
+                                           const StateOptions& opt);
+  // The state the vCPU holds after try_set_state_changes(loaded, s) wrote `w`: each part from
+  // `s` where it was written, from `loaded` where it was kept.
+  model::VcpuState state_after(const model::VcpuState& loaded, const model::VcpuState& s, const StateWrite& w) const;
   // Sets only what a freshly loaded guest needs: segments, control registers, EFER, GPRs, RIP, RFLAGS.
   Result<void> try_set_boot_state(const model::VcpuState& s);
 
@@ -214,6 +243,12 @@ class KvmVcpu {
   void* run_ = nullptr;
   std::size_t run_size_ = 0;
   std::vector<std::uint32_t> unreadable_msrs_;
+  bool synced_ = false;  // the run area holds regs, sregs and events of the stopped vCPU
+  int has_tsc_attr_ = -1;  // KVM_HAS_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET): -1 not asked yet
+ public:
+  static constexpr std::size_t kSregsBytes = 312;  // sizeof(struct kvm_sregs), pinned in state.cpp
+ private:
+  std::optional<std::array<std::uint8_t, kSregsBytes>> sregs_loaded_;  // the struct kvm_sregs last set
 };
 
 }  // namespace baton::hw

@@ -122,10 +122,23 @@ class KvmMachine {
   // Captures the vCPU. An I/O exit is completed first (one KVM_RUN with immediate_exit), so
   // the state is past the IN/OUT: KVM finishes an I/O exit only on the next KVM_RUN, and a
   // state taken before that would make a restored VM execute the instruction again.
+  // Where KVM has KVM_CAP_SYNC_REGS that KVM_RUN always runs, and regs, sregs and events
+  // come back in the run area with it.
   Result<model::VcpuState> capture();
+  // The capture of a pause: the same, but reads only what an unprivileged guest changes and
+  // takes the rest from `baseline` (KvmVcpu::try_get_state); prove it with capture() later.
+  Result<model::VcpuState> capture_changes(const model::VcpuState& baseline);
+  // The proof of a capture_changes(): a full capture of the same vCPU, not run since, by ioctls
+  // only and without a KVM_RUN (one would reload and save the guest FPU, and XSAVE's header may
+  // then record the same register state differently: XSTATE_BV's init optimization).
+  Result<model::VcpuState> capture_again();
   // Restores a captured state; a pending I/O exit is completed first, so that KVM cannot
   // apply it to the restored registers on the next KVM_RUN.
   Result<void> restore(const model::VcpuState& s);
+  // Restores `s` on a vCPU that holds `loaded` (restored with restore() and not run since),
+  // writing only what differs; regs, sregs and events take effect with the next KVM_RUN.
+  // Returns what it wrote: vcpu().state_after(loaded, s, w) is the state the vCPU then holds.
+  Result<StateWrite> restore_changes(const model::VcpuState& loaded, const model::VcpuState& s);
 
   // Dirty logging on guest RAM (memslot 0) for precopy: enable it, then fetch and reset the
   // bitmap of pages written since the last fetch (KVM_GET_DIRTY_LOG).
@@ -149,8 +162,9 @@ class KvmMachine {
   std::string dump_state();
   // Describes the fault record the trap handler wrote (docs/guest-abi.md §2.1).
   std::string fault_detail();
-  // Completes a pending I/O exit without running the guest further (no-op when none is pending).
-  Result<void> complete_pending_io();
+  // Completes a pending I/O exit without running the guest further; with `sync_out` always,
+  // so that KVM stores regs, sregs and events in the run area (otherwise a no-op with none pending).
+  Result<void> complete_pending_io(bool sync_out);
 
   KvmSystem sys_;
   KvmVm vm_;

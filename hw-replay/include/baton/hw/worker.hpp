@@ -3,18 +3,27 @@
 // Precopy differs in one step: the memory message comes without an fd, the worker creates
 // private memory, and pages messages follow (all of memory, then dirty rounds, then the
 // stop-and-copy after the pause) until the vcpu-state message.
-// Sequence on the socket (source -> worker unless noted):
+// Sequence (source -> worker unless noted):
 //   worker -> hello (its pid)            once /dev/kvm is open; or error (one line) and exit
 //   memory + memfd (MemoryAnnounce)      the worker maps the memfd, creates its VM and vCPU and
 //   worker -> ack                        registers the same pages as its memslot: all before the pause
-//   vcpu-state (ResumeInfo + VcpuState)  sent once the source vCPU has left KVM_RUN for good
+//   baseline + mailbox memfd             a full vCPU state the source captured before the pause;
+//   wakeup + eventfd                     the worker restores it, maps the mailbox (StateMailbox)
+//   worker -> ack                        and sleeps in poll() on the socket and the eventfd
+//   [the pause] the source writes the eventfd as the pause begins, so the worker wakes while
+//             the state is captured; then the state (ResumeInfo + VcpuState) in the mailbox,
+//             not on the socket: the worker spins on it, writes only what differs from the
+//             baseline, and enters KVM_RUN
 //   worker -> resumed (CLOCK_MONOTONIC ns just before its first KVM_RUN, ns when the state
-//             arrived, then the state it restored: the received one with the TSC offset it chose)
+//             arrived, then the state its vCPU holds: the received one with the TSC offset it
+//             chose), sent once that first KVM_RUN has returned
 //   worker -> result (encode_guest_run: what the guest did on the ports after the resume)
 // Any failure is sent to the source as an error message (one line) and returned.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -40,9 +49,13 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 struct WorkerOptions {
   std::string device = kKvmDevice;
   int timeout_ms = 60'000;  // per message
-  // How long the worker polls (spinning, yielding between polls) for the vCPU state once its VM
-  // is ready, before it sleeps in poll(): a sleeping worker adds its wake-up to the downtime.
-  int spin_ms = 10'000;
+  // How long the worker spins on the mailbox once the source has woken it at the pause,
+  // before it sleeps again (a source that woke it and then failed).
+  int spin_ms = 1'000;
+  // local-lazy: run at SCHED_FIFO priority 1 from the baseline until the first KVM_RUN returns, so that the
+  // wake-up at the pause preempts other processes (where permitted; BATON_KVM_RT=0 of
+  // `baton vmm-worker` turns it off).
+  bool realtime = true;
   // Fault injection for tests (BATON_WORKER_DIE_AT of `baton vmm-worker`): the worker kills
   // itself with SIGKILL at this point: "hello" (after hello), "vm" (after its VM is ready),
   // "state" (the vCPU state received, before the restore), "resumed" (right after it told
@@ -69,10 +82,47 @@ struct WorkerReport {
 // Runs the worker's side of the protocol on a connected socket until the guest exits.
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt = {});
 
+class KvmMachine;
+
+// The one message of the pause, in shared memory (a 64 KiB memfd that the baseline message
+// carries), so that no socket wake-up lies inside the downtime: the source writes the payload
+// and then publishes it with a release store; the worker spins on it with acquire loads.
+// Layout: u64 published (0/1), u64 length, u64 precopy bytes the source sent over the socket
+// before it (the worker applies them all first), u64 XXH64 of the payload, then the payload at 64.
+class StateMailbox {
+ public:
+  static constexpr std::uint64_t kSize = 64 * 1024;
+  static constexpr std::uint64_t kPayloadAt = 64;
+  // A new mailbox (memfd + shared mapping).
+  static Result<std::shared_ptr<StateMailbox>> try_create();
+  // Maps a mailbox received from the peer; its size must be kSize.
+  static Result<std::shared_ptr<StateMailbox>> try_adopt(int fd);
+  ~StateMailbox();
+  StateMailbox(const StateMailbox&) = delete;
+  StateMailbox& operator=(const StateMailbox&) = delete;
+  int fd() const { return fd_.get(); }
+  // Source: writes the payload, then publishes it (once).
+  Result<void> post(std::span<const std::uint8_t> payload, std::uint64_t socket_bytes_before);
+  // Worker: whether a payload is published (one acquire load; cheap enough to spin on).
+  bool published() const;
+  // Worker, once published: the precopy bytes the source sent over the socket before the state.
+  std::uint64_t socket_bytes_before() const;
+  // Worker: the published payload (in the mailbox, valid while it lives), checked against its
+  // length and checksum.
+  Result<std::span<const std::uint8_t>> take() const;
+
+ private:
+  StateMailbox(Fd fd, std::uint8_t* p) : fd_(std::move(fd)), p_(p) {}
+  Fd fd_;
+  std::uint8_t* p_ = nullptr;
+};
+
 // The source side, in three steps so that everything slow happens before the pause:
 // 1. prepare_worker: wait for hello, send the memfd, wait until the worker's VM is ready.
 // 2. hand_over: the vCPU has left KVM_RUN for good (the caller stopped running it); capture
-//    the state, send it, wait for "resumed". Downtime = resumed_ns - pause_ns.
+//    what changed since the baseline, post it, wait for "resumed". Downtime = resumed_ns -
+//    pause_ns. The caller proves the baseline's parts with a full capture afterwards
+//    (the source vCPU stays stopped): KvmMachine::capture() against the state the worker holds.
 // 3. wait_worker_result: the worker's final "exit N checksum 0x..." line.
 // When step 1 or 2 fails (the worker died, or sent an error), the source VM is untouched:
 // the caller resumes it with KvmMachine::run() and nothing is lost.
@@ -85,6 +135,12 @@ struct HandoverTiming {
   std::uint64_t pause_ns = 0;    // CLOCK_MONOTONIC when hand_over began (vCPU out of KVM_RUN)
   std::uint64_t state_received_ns = 0;  // the worker's CLOCK_MONOTONIC once the vCPU state arrived
   std::uint64_t resumed_ns = 0;  // the worker's CLOCK_MONOTONIC just before its first KVM_RUN
+  // The full state captured before the pause (prepare_worker takes it when empty: give it
+  // yourself when the vCPU runs in another thread then); the worker pre-loads it, hand_over
+  // captures only what differs from it (KvmMachine::capture_changes).
+  std::optional<model::VcpuState> baseline;
+  std::shared_ptr<StateMailbox> mailbox;  // created by prepare_worker
+  Fd wakeup;                              // the eventfd that wakes the worker (prepare_worker)
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
 };
 // With t.precopy, prepare_worker also enables dirty logging and sends all of memory (round 1),
@@ -95,7 +151,11 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
 // worker can be started long before the migration point; prepare_worker then skips it.
 Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
-Result<void> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+// hand_over returns the state the worker's vCPU holds (what await_resumed returns).
+Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
+// Wakes the worker as the pause begins (one eventfd write), so that its wake-up overlaps the
+// capture; hand_over does it itself, a driver that captures the state itself calls it first.
+void wake_worker(const HandoverTiming& t);
 Result<std::string> wait_worker_result(int sock, int timeout_ms = 60'000);
 // The same result as the guest's port activity after the resume.
 Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
@@ -103,9 +163,11 @@ Result<guests::GuestRun> wait_worker_run(int sock, int timeout_ms = 60'000);
 Result<std::vector<VmmEvent>> wait_worker_events(int sock, int timeout_ms = 60'000);
 
 // hand_over in its pieces, for a driver that captures the state itself:
-// send_state sends it (with the ResumeInfo of `m`), await_resumed waits for the worker's
+// send_state posts it in t.mailbox (with the ResumeInfo of `m`), await_resumed waits for the worker's
 // resumed message and returns the state the worker restored (TSC fields as it set them).
-Result<void> send_state(KvmMachine& m, int sock, const model::VcpuState& state);
+Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
+// Whether send_state(m, t, state) is what was sent (the source vCPU not run since).
+bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 
 }  // namespace baton::hw
