@@ -151,6 +151,7 @@ void register_bench(CLI::App& app) {
   register_bench_sim(*bench);
   register_bench_migrate(*bench);
   register_bench_kvm(*bench);
+  register_bench_campaign(*bench);
   // Every bench prints JSON only; --json is accepted everywhere, as on every other command.
   for (CLI::App* sc : bench->get_subcommands([](CLI::App*) { return true; }))
     if (sc->get_option_no_throw("--json") == nullptr)

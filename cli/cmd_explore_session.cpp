@@ -324,6 +324,8 @@ Result<void> cmd_inject(Session& s, const Args& a) {
     if (f->kind == sim::FaultKind::kMemslotBit)
       desc = "memslot " + std::to_string(f->slot) + " " + f->slot_field + " bit " +
              (f->bit ? std::to_string(*f->bit) : std::string("(default)"));
+    else if (f->kind == sim::FaultKind::kRegBit)
+      desc = "saved register " + f->reg + " bit " + std::to_string(f->bit.value_or(0));
     else
       desc = "VMCS " + std::string(model::find_vmcs_field(f->vmcs_field)->name) + " bit " + std::to_string(f->bit.value_or(0));
     s.pending_desc = desc;
