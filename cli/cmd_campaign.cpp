@@ -1,8 +1,11 @@
 // baton campaign plan|run|merge|slurm: fault campaigns on the simulator (campaign/).
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -35,7 +38,7 @@ struct RunCmd {
   std::string plan, shard = "0/1", out;
   unsigned jobs = 0;
   std::size_t chunk = 32;
-  double timeout = 120;
+  double timeout = 30;
 };
 
 struct MergeCmd {
@@ -218,7 +221,9 @@ void run_slurm(const SlurmCmd& c) {
                 o.dir.c_str(), s->run.c_str(), o.dir.c_str(), s->merge.c_str(), o.dir.c_str(), o.dir.c_str());
     return;
   }
-  if (auto r = model::check_output_dir(o.dir, "--dir"); !r) return fail(r.error().message);
+  for (const std::string& d : {o.dir, o.dir + "/logs"})
+    if (mkdir(d.c_str(), 0755) != 0 && errno != EEXIST)
+      return fail("--dir: cannot create " + d + " (" + std::strerror(errno) + ")");
   if (auto r = model::check_output_dir(o.dir + "/logs", "--dir"); !r) return fail(r.error().message);
   if (auto w = model::write_text(o.dir + "/run.sbatch", s->run, true); !w) return fail(w.error().message);
   if (auto w = model::write_text(o.dir + "/merge.sbatch", s->merge, true); !w) return fail(w.error().message);

@@ -68,7 +68,10 @@ Result<std::string> collect(Child c, double timeout_s) {
     out.append(buf, static_cast<std::size_t>(n));
   }
   ::close(c.fd);
-  if (timed_out) ::kill(c.pid, SIGKILL);
+  if (timed_out) {
+    ::kill(-c.pid, SIGKILL);  // an injection and the policy runs it forked
+    ::kill(c.pid, SIGKILL);   // a policy run (in its injection's group)
+  }
   int st = 0;
   while (::waitpid(c.pid, &st, 0) < 0 && errno == EINTR) {
   }
@@ -87,7 +90,8 @@ Result<std::string> collect(Child c, double timeout_s) {
 std::mutex g_fork_mu;
 
 // Forks; in the child returns 0 with `fd` the write end, in the parent the Child to collect.
-Result<Child> fork_with_pipe(int& fd) {
+// `group`: the child leads a process group of its own (an injection, with its policy runs).
+Result<Child> fork_with_pipe(int& fd, bool group) {
   std::lock_guard<std::mutex> lock(g_fork_mu);
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return make_error(std::string("pipe: ") + std::strerror(errno));
@@ -98,10 +102,13 @@ Result<Child> fork_with_pipe(int& fd) {
     return make_error(std::string("fork: ") + std::strerror(errno));
   }
   if (pid == 0) {
+    if (group) (void)::setpgid(0, 0);
     ::close(p[0]);
     fd = p[1];
     return Child{0, -1};
   }
+  // Its own process group, so that a timeout also ends the policy runs it forked.
+  if (group) (void)::setpgid(pid, pid);
   ::close(p[1]);
   return Child{pid, p[0]};
 }
@@ -162,6 +169,17 @@ InjectionResult single(std::size_t index, const PlannedFault& f, const PolicyOut
   return r;
 }
 
+// The outcome of a migration that ended in an error: a fallback the new instance refuses (the
+// package itself is bad) and a guest the hypervisor stops during pre-copy rounds are outcomes.
+PolicyOutcome failed_outcome(const std::string& m) {
+  if (m.rfind("fallback to local-rebuild failed", 0) == 0) return error_outcome(m, "detected-hypervisor");
+  if (m.rfind("precopy round", 0) == 0 && m.find("the guest stopped") != std::string::npos)
+    return error_outcome(m, m.find("misconfig") != std::string::npos || m.find("entry failed") != std::string::npos
+                                ? "detected-hypervisor"
+                                : "crash");
+  return error_outcome(m);
+}
+
 // The options every injection of a plan migrates with.
 sim::MigrationOptions base_options(const Plan& plan, sim::Method m) {
   sim::MigrationOptions mo;
@@ -183,10 +201,10 @@ void run_chunk(const Plan& plan, const Setup& setup, const RunOptions& ro, const
   sim::MigrationOptions mo = base_options(plan, first.method);
   mo.choose_fault = [&](const sim::MigrationResult&) { return proc.fault; };
   mo.choose_policy = [&](const sim::MigrationResult&) -> sim::Policy {
-    if (proc.role != Proc::kInjection) return sim::Policy::kReject;
+    if (proc.role != Proc::kInjection || !ro.all_policies) return sim::Policy::kReject;
     for (const char* pol : {"accept", "fallback"}) {
       int fd = -1;
-      auto c = fork_with_pipe(fd);
+      auto c = fork_with_pipe(fd, false);
       if (!c) continue;  // the record shows the policy missing
       if (c->pid == 0) {
         proc.role = Proc::kPolicy;
@@ -217,7 +235,7 @@ void run_chunk(const Plan& plan, const Setup& setup, const RunOptions& ro, const
       const PlannedFault& f = plan.faults[idx];
       const auto t0 = Clock::now();
       int fd = -1;
-      auto c = fork_with_pipe(fd);
+      auto c = fork_with_pipe(fd, true);
       if (!c) {
         deliver(result_line(single(idx, f, error_outcome(c.error().message))));
         continue;
@@ -273,7 +291,7 @@ void run_chunk(const Plan& plan, const Setup& setup, const RunOptions& ro, const
     return;
   }
   // An injection, or one of its policies: classify, and report up the tree.
-  const PolicyOutcome o = r ? classify(*r, tree_fault(*proc.f)) : error_outcome(r.error().message);
+  const PolicyOutcome o = r ? classify(*r, tree_fault(*proc.f)) : failed_outcome(r.error().message);
   if (proc.role == Proc::kPolicy) finish_child(proc, outcome_json(o));
   InjectionResult res = single(proc.index, *proc.f, o, r ? (r->fault.empty() ? proc.planted : r->fault) : proc.planted);
   for (auto& [name, c] : proc.policies) {
@@ -402,7 +420,10 @@ Result<Explained> explain_fault(const Plan& plan, const Setup& setup, const Plan
       x.result = single(index, f, error_outcome("the guest stopped before the migration point: " + x.early, "crash"), planted);
       return x;
     }
-    return r.error();
+    PolicyOutcome o = failed_outcome(r.error().message);
+    if (o.outcome == "error") return r.error();
+    x.result = single(index, f, o, planted);
+    return x;
   }
   x.migration = *r;
   x.result = single(index, f, classify(*r, tree_fault(f)), r->fault.empty() ? planted : r->fault);
@@ -410,7 +431,7 @@ Result<Explained> explain_fault(const Plan& plan, const Setup& setup, const Plan
     for (sim::Policy p : {sim::Policy::kFallback, sim::Policy::kAccept}) {
       mo.policy = p;
       auto q = sim::migrate(setup.image, setup.cfg, mo, {}, prep);
-      x.result.policy[sim::to_string(p)] = q ? classify(*q, tree_fault(f)) : error_outcome(q.error().message);
+      x.result.policy[sim::to_string(p)] = q ? classify(*q, tree_fault(f)) : failed_outcome(q.error().message);
     }
   }
   return x;

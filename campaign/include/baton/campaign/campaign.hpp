@@ -116,8 +116,9 @@ struct RunOptions {
   unsigned jobs = 1;
   std::string out;                 // RESULTS.jsonl: appended to, resumed from
   std::size_t chunk = 32;          // injections per pre-fault snapshot (one forked zygote each)
-  double timeout_s = 120;          // wall-clock limit of one injection (a hang the budget missed)
-  bool fast = true;                // false: no narrowed checks (the baseline of `bench campaign`)
+  double timeout_s = 30;           // wall-clock limit of one injection (a hang the budget missed)
+  bool fast = true;                // false: every check, a fresh Z3 context per check (bench campaign)
+  bool all_policies = true;        // false: the reject policy only (bench campaign's like-for-like figure)
   std::function<void(std::size_t done, std::size_t total)> progress;
 };
 // What a run did.
