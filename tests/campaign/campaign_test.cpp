@@ -55,7 +55,7 @@ std::size_t count_lines(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("fault specs name every target, a level, and stuck bits; bad ones are refused") {
+TEST_CASE("fault specs name every target, a level, and stuck bits - bad ones are refused") {
   auto f = sim::parse_fault("stuck1:ept:0x1000:3:2");
   REQUIRE(f);
   CHECK(f->kind == sim::FaultKind::kEptBit);
@@ -80,7 +80,7 @@ TEST_CASE("fault specs name every target, a level, and stuck bits; bad ones are 
   CHECK(sim::apply_fault_op(0b1010, 1, sim::FaultOp::kStuck0) == 0b1000);
 }
 
-TEST_CASE("a plan is deterministic, its ids stable and unique; an exhaustive EPT plan covers one walk and the EPTP") {
+TEST_CASE("a plan is deterministic, its ids stable and unique - an exhaustive EPT plan covers one walk and the EPTP") {
   const campaign::Setup s = setup_of(small_guest());
   auto a = campaign::make_plan(ept_adopt_exhaustive(), s);
   auto b = campaign::make_plan(ept_adopt_exhaustive(), s);
@@ -141,7 +141,7 @@ TEST_CASE("outcomes carry their evidence: a frame-bit flip in a leaf is refused 
   CHECK(y->result.policy.count("accept") == 0);  // the policy did not matter
 }
 
-TEST_CASE("a saved register flipped in the package is refused; the old instance finishes right") {
+TEST_CASE("a saved register flipped in the package is refused - the old instance finishes right") {
   const campaign::Setup s = setup_of(small_guest());
   campaign::PlanOptions o = ept_adopt_exhaustive();
   o.targets = {campaign::Target::kRegs};
@@ -170,7 +170,7 @@ TEST_CASE("a saved register flipped in the package is refused; the old instance 
   CHECK(y->result.policy.at("accept").outcome != "masked");
 }
 
-TEST_CASE("sharded runs in any order merge into the same bytes as one run; a foreign result file is refused") {
+TEST_CASE("sharded runs in any order merge into the same bytes as one run - a foreign result file is refused") {
   ScratchDir dir;
   const campaign::Setup s = setup_of(small_guest());
   campaign::PlanOptions o = ept_adopt_exhaustive();
