@@ -154,6 +154,7 @@ void register_bench(CLI::App& app) {
   register_bench_kvm(*bench);
   register_bench_trace(*bench);
   register_bench_fidelity(*bench);
+  register_bench_campaign(*bench);
   // The benches without a table print JSON only; --json is accepted by every one of them.
   for (CLI::App* sc : bench->get_subcommands([](CLI::App*) { return true; }))
     if (sc->get_option_no_throw("--json") == nullptr)

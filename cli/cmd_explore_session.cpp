@@ -317,8 +317,8 @@ Result<void> cmd_break(Session& s, const Args& a) {
 Result<void> cmd_inject(Session& s, const Args& a) {
   const std::vector<std::string>& w = a.words;
   if (w.size() >= 2 && (w[1] == "--id" || w[1] == "--plan"))
-    return make_error("inject --id/--plan replays a campaign fault, and campaign plans (issue #15) do not exist in this "
-                      "build yet; use inject ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]] or memslot[:ID[:FIELD[:BIT]]]");
+    return make_error("inject --id/--plan: replay a campaign fault with `baton inject ID --plan PLAN --explain`; here use "
+                      "inject ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]] or memslot[:ID[:FIELD[:BIT]]]");
   if (w.size() != 2) return make_error("usage: inject ept[:GPA[:BIT]] | vmcs[:FIELD[:BIT]] | memslot[:ID[:gpa|size|hpa[:BIT]]]");
   auto f = sim::parse_fault(w[1]);
   if (!f) return f.error();
@@ -334,6 +334,8 @@ Result<void> cmd_inject(Session& s, const Args& a) {
     if (f->kind == sim::FaultKind::kMemslotBit)
       desc = "memslot " + std::to_string(f->slot) + " " + f->slot_field + " bit " +
              (f->bit ? std::to_string(*f->bit) : std::string("(default)"));
+    else if (f->kind == sim::FaultKind::kRegBit)
+      desc = "saved register " + f->reg + " bit " + std::to_string(f->bit.value_or(0));
     else
       desc = "VMCS " + std::string(model::find_vmcs_field(f->vmcs_field)->name) + " bit " + std::to_string(f->bit.value_or(0));
     s.pending_desc = desc;

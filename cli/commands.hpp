@@ -41,6 +41,12 @@ void register_vmm_worker(CLI::App& app);
 // `baton explore` (cli/cmd_explore*.cpp): the interactive REPL and --script.
 void register_explore(CLI::App& app);
 
+// `baton campaign plan|run|merge|slurm` (cli/cmd_campaign.cpp), `baton inject` (cli/cmd_inject.cpp)
+// and `bench campaign` under the bench subcommand (cli/bench_campaign.cpp).
+void register_campaign(CLI::App& app);
+void register_inject(CLI::App& app);
+void register_bench_campaign(CLI::App& bench);
+
 // The text of `baton --version`: version, git commit and build type (cli/version.cpp).
 std::string version_text();
 

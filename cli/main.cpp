@@ -134,6 +134,8 @@ int main(int argc, char** argv) {
   baton::cli::register_compare(app);
   baton::cli::register_vmm_worker(app);
   baton::cli::register_explore(app);
+  baton::cli::register_campaign(app);
+  baton::cli::register_inject(app);
   baton::cli::add_progress_flags(app);
   if (const std::string bad = baton::cli::unknown_command(app, argc, argv); !bad.empty()) {
     baton::cli::fail(bad);

@@ -17,7 +17,8 @@ void add_migrate_options(CLI::App& c, MigrateOptions& o) {
   c.add_option("--at-insn", o.at_insn, "Migrate once this many instructions have retired (overrides --at-sync)")
       ->check(CLI::Range(std::uint64_t{1}, ~std::uint64_t{0}));
   c.add_option("--fault", o.fault,
-               "Plant a fault in the old instance: none, ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]], memslot[:ID[:FIELD[:BIT]]]")
+               "Plant a fault in the old instance: none, ept[:GPA[:BIT[:LEVEL]]], vmcs[:FIELD[:BIT]], "
+               "memslot[:ID[:FIELD[:BIT]]], reg[:NAME[:BIT]], ram:GPA[:BIT] (prefix stuck0: or stuck1: to force the bit)")
       ->capture_default_str();
   c.add_option("--policy", o.policy, "When the checker refutes: reject, fallback (rebuild) or accept")
       ->capture_default_str();

@@ -17,7 +17,8 @@ packages=(
   libbenchmark-dev                   # baton bench baselines
   libreadline-dev                    # interactive explore
   tmux                               # explore tests on a real pseudo-terminal
-  gnuplot-nox                        # baton compare --plot
+  gnuplot-nox                        # baton compare --plot, campaign merge --svg
+  slurm-wlm munge                    # the campaign test's single-node Slurm (tests/campaign/slurm_test.sh)
   qemu-system-x86 busybox-static cpio xz-utils   # the nested KVM host (scripts/nested-kvm.sh)
 )
 

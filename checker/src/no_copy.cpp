@@ -1,4 +1,5 @@
 // The no-copy property (include/baton/checker/no_copy.hpp, docs/checker.md "No-copy").
+#include "z3_context.hpp"
 #include "baton/checker/no_copy.hpp"
 
 #include <z3++.h>
@@ -120,7 +121,8 @@ Result<NoCopyResult> check_no_copy(const model::MappingSet& source, const model:
   const std::vector<Segment> segs = overlaps(*a, *b);
   for (const Segment& s : segs) res.shared_frames += s.hi - s.lo;
 
-  z3::context c;
+  detail::ContextLease lease;
+  z3::context& c = lease.get();
   const z3::expr g = c.bv_const("gfn", 64);
   // Runs one query; returns sat/unsat/unknown and fills the counterexample gfn when sat.
   auto ask = [&](const z3::expr& f, std::uint64_t* witness) -> z3::check_result {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "z3_context.hpp"
 #include "baton/checker/check.hpp"
 #include "baton/model/ept_walk.hpp"
 #include "decompose.hpp"
@@ -225,7 +226,8 @@ void solve(Job& job, Split split) {
     res.verdict = Verdict::kProven;
     return;
   }
-  z3::context c;  // one context per property check
+  detail::ContextLease lease;  // one context per property check, or the thread's kept one
+  z3::context& c = lease.get();
   const z3::expr gpa = c.bv_const("gpa", 64);
   const z3::expr gpa2 = c.bv_const("gpa2", 64);
   const bool iso = job.property == Property::kIsolation;
@@ -446,7 +448,8 @@ Result<PropertyResult> check_wellformed(const TreeRef& t, const std::vector<mode
   job.spec.mmio = &mmio;
   // The EPTP first: without a valid EPTP, VM entry fails and the tree is never walked.
   {
-    z3::context c;
+    detail::ContextLease lease;
+    z3::context& c = lease.get();
     z3::solver s(c, "QF_BV");  // the logic solver starts ~15x faster than the default one
     const z3::expr eptp = c.bv_const("eptp", 64);
     s.add(eptp == c.bv_val(t.eptp.raw(), 64));

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <set>
 
+#include "z3_context.hpp"
 #include "baton/checker/check.hpp"
 #include "baton/model/vcpu_state.hpp"
 #include "baton/model/vmcs.hpp"
@@ -120,7 +121,8 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
     return make_error("a snapshot has no EPTP (it is 0)");
   PropertyResult res;
   res.property = Property::kVcpu;
-  z3::context c;
+  detail::ContextLease lease;
+  z3::context& c = lease.get();
   z3::solver s(c, "QF_BV");  // every formula here is quantifier-free bit-vector logic
   z3::params prm(c);
   prm.set("timeout", static_cast<unsigned>(std::max(1.0, opt.timeout_s * 1000.0)));

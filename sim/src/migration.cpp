@@ -32,13 +32,33 @@ std::vector<unsigned char> residency(const RamRange& r) {
   return v;
 }
 
-// Flips one bit of a VMCS field; returns the fault's description.
-std::string flip_vmcs_bit(model::Vmcs& vmcs, std::uint32_t field, unsigned bit) {
+// Names what an op did to a bit ("bit 12", "bit 12 stuck at 1").
+std::string bit_words(unsigned bit, FaultOp op) {
+  return "bit " + std::to_string(bit) + (op == FaultOp::kFlip ? "" : op == FaultOp::kStuck0 ? " stuck at 0" : " stuck at 1");
+}
+
+// Applies an op to one bit of a VMCS field; returns the fault's description.
+std::string flip_vmcs_bit(model::Vmcs& vmcs, std::uint32_t field, unsigned bit, FaultOp op) {
   const std::uint64_t v = vmcs.get_or_zero(field);
-  vmcs.set(field, v ^ (std::uint64_t{1} << bit));
+  const std::uint64_t n = apply_fault_op(v, bit, op);
+  vmcs.set(field, n);
   const model::VmcsField* fld = model::find_vmcs_field(field);
-  return "VMCS " + std::string(fld != nullptr ? fld->name : hexs(field)) + " bit " + std::to_string(bit) + ": " +
-         hexs(v) + " -> " + hexs(v ^ (std::uint64_t{1} << bit));
+  return "VMCS " + std::string(fld != nullptr ? fld->name : hexs(field)) + " " + bit_words(bit, op) + ": " + hexs(v) +
+         " -> " + hexs(n);
+}
+
+// Applies a RAM fault to the word at its GPA in the VM's memory; returns its description.
+Result<std::string> plant_ram_fault(SimMachine& src, const Fault& f) {
+  const Gpa gpa{f.gpa.value_or(0)};
+  const model::Memslot* slot = model::find_memslot(src.hypervisor().memslots(), gpa);
+  std::uint8_t* p = slot != nullptr ? src.host()->ram_ptr(slot->hpa_at(gpa)) : nullptr;
+  if (p == nullptr) return make_error("fault ram: GPA " + hexs(gpa.value) + " is not guest RAM");
+  std::uint64_t v = 0;
+  std::memcpy(&v, p, sizeof v);
+  const unsigned bit = f.bit.value_or(0);
+  const std::uint64_t n = apply_fault_op(v, bit, f.op);
+  std::memcpy(p, &n, sizeof n);
+  return "RAM word at GPA " + hexs(gpa.value) + " " + bit_words(bit, f.op) + ": " + hexs(v) + " -> " + hexs(n);
 }
 
 double since(std::chrono::steady_clock::time_point t0) {
@@ -53,7 +73,9 @@ Result<std::string> plant_source_fault(SimMachine& src, const Fault& f) {
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
     return std::string();  // the guest state is captured from the VMCS at the pause: planted there
   if (f.kind == FaultKind::kVmcsBit)
-    return flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0));
+    return flip_vmcs_bit(hv.vmcs(), f.vmcs_field, f.bit.value_or(f.vmcs_field == model::vmcs::kEptPointer ? 12 : 0),
+                         f.op);
+  if (f.kind == FaultKind::kRamBit) return plant_ram_fault(src, f);
   if (f.kind != FaultKind::kEptBit) return std::string();
   Gpa gpa;
   if (f.gpa) {
@@ -81,12 +103,22 @@ Result<std::string> plant_source_fault(SimMachine& src, const Fault& f) {
     return make_error("fault ept: GPA " + hexs(gpa.value) + " has no present leaf in the old tree (it is " +
                       model::to_string(w.kind) + ")");
   const model::WalkStep& leaf = w.path[w.path_len - 1];
+  const model::WalkStep* hit = &leaf;
+  if (f.level) {
+    hit = nullptr;
+    for (unsigned i = 0; i < w.path_len; ++i)
+      if (w.path[i].level == *f.level) hit = &w.path[i];
+    if (hit == nullptr)
+      return make_error("fault ept: the walk of GPA " + hexs(gpa.value) + " has no level-" + std::to_string(*f.level) +
+                        " entry (its leaf is at level " + std::to_string(leaf.level) + ")");
+  }
   const unsigned bit = f.bit.value_or(12 + 9 * (leaf.level - 1));
-  const model::EptEntry flipped = leaf.entry.flipped(bit);
-  BATON_TRY_VOID(hv.write_entry(gpa, leaf.level, flipped));
-  return "EPT leaf of GPA " + hexs(gpa.value & ~(model::level_span(leaf.level) - 1)) + " (level " +
-               std::to_string(leaf.level) + ") bit " + std::to_string(bit) + ": " + hexs(leaf.entry.raw()) + " -> " +
-               hexs(flipped.raw());
+  const model::EptEntry changed{apply_fault_op(hit->entry.raw(), bit, f.op)};
+  BATON_TRY_VOID(hv.write_entry(gpa, hit->level, changed));
+  const bool is_leaf = hit == &leaf;
+  return std::string(is_leaf ? "EPT leaf" : "EPT level-" + std::to_string(hit->level) + " entry") + " of GPA " +
+         hexs(gpa.value & ~(model::level_span(hit->level) - 1)) + " (level " + std::to_string(hit->level) + ") " +
+         bit_words(bit, f.op) + ": " + hexs(hit->entry.raw()) + " -> " + hexs(changed.raw());
 }
 
 namespace {
@@ -169,7 +201,7 @@ class SimBackend final : public MigrationBackend {
 
   const guests::GuestImage& image_;
   SimConfig base_;
-  MigrationOptions opt_;
+  const MigrationOptions& opt_;  // the caller's: it outlives the migration, and a campaign sets its scope late
   const NeighbourOptions& nb_;
   const SourcePrep& source_;
   CostProfile prof_;
@@ -219,7 +251,16 @@ Result<std::string> SimBackend::plant_fault_in_tree(SimMachine& src, const Fault
 
 Result<std::string> SimBackend::plant_package_fault(const Fault& f, model::HandoverSnapshot& pkg) {
   if (f.kind == FaultKind::kVmcsBit && model::area_of_encoding(f.vmcs_field) == model::VmcsArea::kGuestState)
-    return flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0));
+    return flip_vmcs_bit(pkg.vmcs, f.vmcs_field, f.bit.value_or(0), f.op);
+  if (f.kind == FaultKind::kRegBit) {
+    if (pkg.vcpus.empty()) return make_error("--fault: the package has no vCPU");
+    std::uint64_t* r = saved_register(pkg.vcpus[0], f.reg);
+    if (r == nullptr) return make_error("--fault: the saved vCPU state has no register '" + f.reg + "'");
+    const unsigned bit = f.bit.value_or(0);
+    const std::uint64_t old = *r;
+    *r = apply_fault_op(old, bit, f.op);
+    return "saved register " + f.reg + " " + bit_words(bit, f.op) + ": " + hexs(old) + " -> " + hexs(*r);
+  }
   if (f.kind != FaultKind::kMemslotBit) return std::string();
   for (model::Memslot& s : pkg.memslots) {
     if (s.id != f.slot) continue;
@@ -229,8 +270,8 @@ Result<std::string> SimBackend::plant_package_fault(const Fault& f, model::Hando
     if (f.slot_field == "size") bit = 63 - static_cast<unsigned>(__builtin_clzll(s.size | 1));
     bit = f.bit.value_or(bit);
     const std::uint64_t old = *field;
-    *field ^= std::uint64_t{1} << bit;
-    return "memslot " + std::to_string(s.id) + " " + f.slot_field + " bit " + std::to_string(bit) + ": " + hexs(old) +
+    *field = apply_fault_op(old, bit, f.op);
+    return "memslot " + std::to_string(s.id) + " " + f.slot_field + " " + bit_words(bit, f.op) + ": " + hexs(old) +
            " -> " + hexs(*field);
   }
   // An unplantable fault is an error, as an EPT fault at an unmapped GPA is.
@@ -412,6 +453,13 @@ void SimBackend::check_relation(const model::HandoverSnapshot& before, const mod
 void SimBackend::verify(Method m, const model::HandoverSnapshot& before, const model::HandoverSnapshot& after) {
   using checker::Property;
   const std::size_t from = res_->checks.size();
+  if (opt_.scope == CheckScope::kNone) return;
+  if (opt_.scope == CheckScope::kVcpu) {
+    // The trees are those a fault-free handover of the same run proved (the caller knows it).
+    const auto t0 = std::chrono::steady_clock::now();
+    add_result("vcpu", checker::check_vcpu(before, after, checker::Verdict::kProven, opt_.check), t0);
+    return;
+  }
   switch (m) {
     case Method::kAdopt:
       add_report(checker::check_handover(before, after,
@@ -639,7 +687,8 @@ Result<void> SimBackend::finish_on_new(Method m) {
   } else {
     res_->final_event = RunEvent{StopReason::kExited, "the guest exited during pre-copy", res_->at_stage};
   }
-  if (opt_.verify && (m == Method::kLazy || m == Method::kRebuild)) check_final_conformance(*d);
+  if (opt_.verify && opt_.scope == CheckScope::kAll && (m == Method::kLazy || m == Method::kRebuild))
+    check_final_conformance(*d);
   res_->refaults = d->stats().ept.violations;
   res_->dest = d->stats();
   append_output(out, d->output());

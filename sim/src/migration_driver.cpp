@@ -71,8 +71,42 @@ std::optional<std::uint64_t> number(const std::string& s) {
 
 }  // namespace
 
-Result<Fault> parse_fault(const std::string& spec) {
+const char* to_string(FaultOp op) {
+  switch (op) {
+    case FaultOp::kFlip: return "flip";
+    case FaultOp::kStuck0: return "stuck0";
+    case FaultOp::kStuck1: return "stuck1";
+  }
+  return "?";
+}
+
+std::uint64_t* saved_register(model::VcpuState& v, const std::string& name) {
+  for (unsigned i = 0; i < model::VcpuState::kGprCount; ++i)
+    if (name == model::gpr_name(i)) return &v.gpr[i];
+  if (name == "rip") return &v.rip;
+  if (name == "rflags") return &v.rflags;
+  if (name == "cr0") return &v.cr0;
+  if (name == "cr2") return &v.cr2;
+  if (name == "cr3") return &v.cr3;
+  if (name == "cr4") return &v.cr4;
+  if (name == "efer") return &v.efer;
+  if (name == "tsc_offset") return &v.tsc_offset;
+  if (name.rfind("msr:", 0) == 0) {
+    auto idx = number(name.substr(4));
+    if (!idx) return nullptr;
+    auto it = v.msrs.find(static_cast<std::uint32_t>(*idx));
+    return it == v.msrs.end() ? nullptr : &it->second;
+  }
+  return nullptr;
+}
+
+Result<Fault> parse_fault(const std::string& spec_in) {
   Fault f;
+  std::string spec = spec_in;
+  if (spec.rfind("stuck0:", 0) == 0 || spec.rfind("stuck1:", 0) == 0) {
+    f.op = spec[5] == '0' ? FaultOp::kStuck0 : FaultOp::kStuck1;
+    spec = spec.substr(7);
+  }
   const std::vector<std::string> p = split(spec);
   auto bit_at = [&](std::size_t i, unsigned max) -> Result<void> {
     if (p.size() <= i || p[i].empty()) return ok_result();
@@ -83,13 +117,46 @@ Result<Fault> parse_fault(const std::string& spec) {
   };
   if (p[0] == "none" && p.size() == 1) return f;
   if (p[0] == "ept") {
-    if (p.size() > 3) return make_error("fault '" + spec + "': expected ept[:GPA[:BIT]]");
+    if (p.size() > 4) return make_error("fault '" + spec + "': expected ept[:GPA[:BIT[:LEVEL]]]");
     f.kind = FaultKind::kEptBit;
     if (p.size() > 1 && !p[1].empty()) {
       auto g = number(p[1]);
       if (!g) return make_error("fault '" + spec + "': '" + p[1] + "' is not a GPA");
       f.gpa = *g;
     }
+    BATON_TRY_VOID(bit_at(2, 63));
+    if (p.size() > 3 && !p[3].empty()) {
+      auto l = number(p[3]);
+      if (!l || *l < 1 || *l > 4) return make_error("fault '" + spec + "': the level must be 1..4");
+      f.level = static_cast<unsigned>(*l);
+    }
+    return f;
+  }
+  if (p[0] == "reg") {
+    if (p.size() > 4) return make_error("fault '" + spec + "': expected reg[:NAME[:BIT]] (NAME may be msr:INDEX)");
+    f.kind = FaultKind::kRegBit;
+    std::size_t bit_index = 2;
+    if (p.size() > 1 && !p[1].empty()) f.reg = p[1];
+    if (f.reg == "msr") {
+      if (p.size() < 3 || !number(p[2])) return make_error("fault '" + spec + "': expected reg:msr:INDEX[:BIT]");
+      f.reg = "msr:" + p[2];
+      bit_index = 3;
+    } else if (p.size() > 3) {
+      return make_error("fault '" + spec + "': expected reg[:NAME[:BIT]]");
+    }
+    model::VcpuState probe;
+    if (f.reg.rfind("msr:", 0) != 0 && saved_register(probe, f.reg) == nullptr)
+      return make_error("fault '" + spec + "': no register '" + f.reg +
+                        "' (rax..r15, rip, rflags, cr0, cr2, cr3, cr4, efer, tsc_offset, msr:INDEX)");
+    BATON_TRY_VOID(bit_at(bit_index, 63));
+    return f;
+  }
+  if (p[0] == "ram") {
+    if (p.size() < 2 || p.size() > 3 || p[1].empty()) return make_error("fault '" + spec + "': expected ram:GPA[:BIT]");
+    f.kind = FaultKind::kRamBit;
+    auto g = number(p[1]);
+    if (!g) return make_error("fault '" + spec + "': '" + p[1] + "' is not a GPA");
+    f.gpa = *g & ~std::uint64_t{7};
     BATON_TRY_VOID(bit_at(2, 63));
     return f;
   }
@@ -124,7 +191,9 @@ Result<Fault> parse_fault(const std::string& spec) {
     BATON_TRY_VOID(bit_at(3, 63));
     return f;
   }
-  return make_error("unknown fault '" + spec + "' (expected none, ept[:GPA[:BIT]], vmcs[:FIELD[:BIT]] or memslot[:ID[:FIELD[:BIT]]])");
+  return make_error("unknown fault '" + spec_in +
+                    "' (expected none, ept[:GPA[:BIT[:LEVEL]]], vmcs[:FIELD[:BIT]], memslot[:ID[:FIELD[:BIT]]], "
+                    "reg[:NAME[:BIT]] or ram:GPA[:BIT], optionally after stuck0: or stuck1:)");
 }
 
 checker::Verdict overall_verdict(const std::vector<CheckLine>& lines, std::size_t from) {
@@ -165,10 +234,13 @@ Result<MigrationResult> drive_migration(MigrationBackend& b, const MigrationOpti
                       "): it stopped with " + to_string(at->reason) + " (" + at->detail + ")");
   res.at_stage = at->stage;
   res.at_insn = b.source_instructions();
+  const Fault fault = opt.choose_fault ? opt.choose_fault(res) : opt.fault;
+  if (fault.kind != FaultKind::kNone && !caps.faults)
+    return make_error("--fault: faults cannot be planted on the " + res.backend + " backend");
 
   // The fault strikes the old instance now.
-  if (opt.fault.kind != FaultKind::kNone) {
-    auto d = b.plant_source_fault(opt.fault);
+  if (fault.kind != FaultKind::kNone) {
+    auto d = b.plant_source_fault(fault);
     if (!d) return d.error();
     if (!d->empty()) res.fault = *d;
   }
@@ -179,14 +251,15 @@ Result<MigrationResult> drive_migration(MigrationBackend& b, const MigrationOpti
   auto before = b.pause_and_capture();
   if (!before) return before.error();
   model::HandoverSnapshot pkg = *before;
-  if (opt.fault.kind != FaultKind::kNone) {
-    auto d = b.plant_package_fault(opt.fault, pkg);
+  if (fault.kind != FaultKind::kNone) {
+    auto d = b.plant_package_fault(fault, pkg);
     if (!d) return d.error();
     if (!d->empty()) res.fault = *d;
   }
-  // The old instance's memslot table and VMCS are what is wrong: "before" shows it.
-  if (opt.fault.kind == FaultKind::kMemslotBit) before->memslots = pkg.memslots;
-  if (opt.fault.kind == FaultKind::kVmcsBit) before->vmcs = pkg.vmcs;
+  // The old instance's memslot table and VMCS are what is wrong: "before" shows it. A saved
+  // register is wrong only in the package: the old instance still holds the right value.
+  if (fault.kind == FaultKind::kMemslotBit) before->memslots = pkg.memslots;
+  if (fault.kind == FaultKind::kVmcsBit) before->vmcs = pkg.vmcs;
   if (opt.method == Method::kPrecopy) BATON_TRY_VOID(b.stop_and_copy());
 
   // The new instance.
@@ -205,9 +278,16 @@ Result<MigrationResult> drive_migration(MigrationBackend& b, const MigrationOpti
   bool go = restore_error.empty() && (res.verdict == checker::Verdict::kProven || !opt.verify);
   // Where the new instance resumed at once, the checks report on a handover that happened.
   if (restore_error.empty() && !caps.checks_before_resume) go = true;
-  if (!go && restore_error.empty() && opt.policy == Policy::kAccept) go = true;
+  Policy policy = opt.policy;
+  if (!go && opt.choose_policy) {
+    res.verdict = overall_verdict(res.checks);
+    if (!restore_error.empty()) res.reject_reason = restore_error;
+    policy = opt.choose_policy(res);
+    res.reject_reason.clear();
+  }
+  if (!go && restore_error.empty() && policy == Policy::kAccept) go = true;
   std::size_t verdict_from = 0;  // the first check line that decides the verdict
-  if (!go && opt.policy == Policy::kFallback && m != Method::kRebuild && refusal(Method::kRebuild).empty()) {
+  if (!go && policy == Policy::kFallback && m != Method::kRebuild && refusal(Method::kRebuild).empty()) {
     res.fell_back = true;
     res.reject_reason = restore_error.empty() ? "the checker refuted the handover" : restore_error;
     b.discard_new(m);

@@ -91,7 +91,7 @@ TEST_CASE("explore: an error stops the script at its line with exit 2", "[cli][e
       {"run to sync 1\nrun to sync 1\n", ":2: sync point 1 has passed"},
       {"inject ept:zz\n", ":1: fault 'ept:zz': 'zz' is not a GPA"},
       {"inject none\n", ":1: inject none plants nothing"},
-      {"inject --id 3 --plan p.json\n", ":1: inject --id/--plan replays a campaign fault, and campaign plans (issue #15) do not exist"},
+      {"inject --id 3 --plan p.json\n", ":1: inject --id/--plan: replay a campaign fault with `baton inject ID --plan PLAN --explain`"},
       {"migrate teleport\n", ":1: 'teleport' is not one of local-adopt"},
       {"migrate local-adopt --policy maybe\n", ":1: --policy 'maybe' is not one of reject, fallback, accept"},
       {"restore nowhere\n", ":1: no snapshot 'nowhere'"},

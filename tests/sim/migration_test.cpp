@@ -350,7 +350,8 @@ TEST_CASE("bad requests are errors, not crashes", "[migration][negative]") {
   o.method = Method::kPrecopy;
   o.dirty = DirtyMode::kOff;
   CHECK_FALSE(migrate(im, cfg, o));
-  for (const char* bad : {"ept:zz", "ept:0x1000:99", "vmcs:no_such_field", "memslot:0:flags", "bitflip", "ept:1:2:3"})
+  for (const char* bad : {"ept:zz", "ept:0x1000:99", "vmcs:no_such_field", "memslot:0:flags", "bitflip", "ept:1:2:3:4",
+                          "ept:1:2:5", "reg:nope", "ram"})
     CHECK_FALSE(parse_fault(bad));
   CHECK(parse_fault("vmcs:eptp:3"));
   CHECK(parse_fault("memslot:0:gpa:27"));

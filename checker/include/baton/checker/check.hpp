@@ -154,6 +154,13 @@ inline constexpr const char* kEptOwnedByKvm = "owned-by-kvm";
 Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const model::HandoverSnapshot& after,
                                   Verdict trees, const CheckOptions& opt = {});
 
+// Keeps one Z3 context per thread and reuses it for every later check on that thread (on), or
+// gives every check a context of its own (off, the default). Creating a context costs
+// milliseconds, more than many checks; a campaign warms one before it forks each injection.
+void reuse_z3_contexts(bool on);
+// Creates the calling thread's kept context now, when reuse is on.
+void warm_z3_context();
+
 // The tree of a snapshot as a TreeRef named `name`.
 TreeRef tree_of(const model::HandoverSnapshot& s, std::string name);
 // The properties `baton check BEFORE AFTER` runs by default: refinement replaces equivalence

@@ -37,21 +37,39 @@ std::optional<Method> method_from_string(std::string_view s);
 // A fault planted in the source instance before the handover (docs/user-guide.md, "Faults").
 enum class FaultKind : std::uint8_t {
   kNone,
-  kEptBit,      // a bit of a leaf EPT entry in the old tree
+  kEptBit,      // a bit of an EPT entry of the old tree, at any level of one walk (default: the leaf)
   kVmcsBit,     // a bit of a field of the old instance's VMCS
   kMemslotBit,  // a bit of a field of the old instance's memslot table (as handed over)
+  kRegBit,      // a bit of a saved vCPU register in the handover package (GPRs, RIP, CRs, MSRs, TSC offset)
+  kRamBit,      // a bit of a guest-RAM word (not hypervisor state: for contrast)
 };
+// What the fault does to its bit: a transient flip, or stuck at 0 or 1 (until the handover).
+enum class FaultOp : std::uint8_t { kFlip, kStuck0, kStuck1 };
+// Names an op ("flip", "stuck0", "stuck1").
+const char* to_string(FaultOp op);
+// Applies an op to bit `bit` of `v`.
+constexpr std::uint64_t apply_fault_op(std::uint64_t v, unsigned bit, FaultOp op) {
+  const std::uint64_t m = std::uint64_t{1} << bit;
+  return op == FaultOp::kFlip ? v ^ m : op == FaultOp::kStuck0 ? v & ~m : v | m;
+}
 struct Fault {
   FaultKind kind = FaultKind::kNone;
-  std::optional<std::uint64_t> gpa;  // kEptBit: the GPA whose leaf flips (default: the middle present leaf)
+  FaultOp op = FaultOp::kFlip;
+  std::optional<std::uint64_t> gpa;  // kEptBit: the GPA whose walk is hit (default: the middle present leaf); kRamBit: the word
   std::optional<unsigned> bit;       // the bit (default: the lowest frame bit of the leaf, bit 12 of the EPTP, ...)
+  std::optional<unsigned> level;     // kEptBit: the level of the entry on the walk (4..1; default: the leaf)
   std::uint32_t vmcs_field = 0x201A; // kVmcsBit: the field's encoding (default: the EPT pointer)
   std::uint32_t slot = 0;            // kMemslotBit: the memslot id
   std::string slot_field = "size";   // kMemslotBit: gpa, size or hpa
+  std::string reg = "rax";           // kRegBit: rax..r15, rip, rflags, cr0, cr2, cr3, cr4, efer, tsc_offset, msr:INDEX
 };
-// Parses a fault: "ept[:GPA[:BIT]]", "vmcs[:FIELD[:BIT]]" (FIELD: an SDM name such as
-// ept_pointer or guest_rip, or an encoding), "memslot[:ID[:gpa|size|hpa[:BIT]]]", or "none".
+// Parses a fault: "ept[:GPA[:BIT[:LEVEL]]]", "vmcs[:FIELD[:BIT]]" (FIELD: an SDM name such as
+// ept_pointer or guest_rip, or an encoding), "memslot[:ID[:gpa|size|hpa[:BIT]]]",
+// "reg[:NAME[:BIT]]", "ram:GPA[:BIT]" or "none"; a prefix "stuck0:" or "stuck1:" makes the
+// bit stuck instead of flipped.
 Result<Fault> parse_fault(const std::string& spec);
+// The saved register a kRegBit fault names, in a vCPU state (nullptr when there is no such register).
+std::uint64_t* saved_register(model::VcpuState& v, const std::string& name);
 
 // What to do when the checker refutes (or cannot prove) a handover.
 enum class Policy : std::uint8_t {
@@ -61,6 +79,15 @@ enum class Policy : std::uint8_t {
 };
 const char* to_string(Policy p);
 std::optional<Policy> policy_from_string(std::string_view s);
+
+// Which handover checks run.
+enum class CheckScope : std::uint8_t {
+  kAll,   // every property of the method
+  kVcpu,  // the vCPU property only (the trees were proven on a fault-free handover of the same run)
+  kNone,  // nothing (the fault cannot reach the handed-over state)
+};
+
+struct MigrationResult;
 
 // Options of one migration.
 struct MigrationOptions {
@@ -81,6 +108,14 @@ struct MigrationOptions {
   bool reference = true;                      // run the unmigrated reference (slowdown)
   // Reports progress lines ("precopy round 3: 1204 pages") on long runs.
   std::function<void(const std::string&)> progress;
+  // Which checks run on the handover. A campaign narrows them to what its fault's target can
+  // break, where a fault-free handover of the same run was proven (docs/user-guide.md).
+  CheckScope scope = CheckScope::kAll;
+  // Called once the source is at the migration point: the fault to plant there (unset: `fault`).
+  std::function<Fault(const MigrationResult&)> choose_fault;
+  // Called once the checks have run and did not prove the handover: the policy (unset: `policy`).
+  // A campaign forks here, so that every policy continues from one checked handover.
+  std::function<Policy(const MigrationResult&)> choose_policy;
 };
 
 // One phase of the migration timeline.
