@@ -48,8 +48,8 @@ sanitize: deps
 
 fuzz: deps
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_FUZZ=ON >/dev/null
-	@cmake --build build-fuzz -j $(JOBS)
-	@echo "fuzzers are in build-fuzz/fuzz/ (run e.g. build-fuzz/fuzz/snapshot_fuzz -max_total_time=60 CORPUS_DIR)"
+	@cmake --build build-fuzz -j $(JOBS) --target loader_fuzz snapshot_fuzz trace_fuzz
+	@echo "fuzzers are in build-fuzz/fuzz/ (run e.g. build-fuzz/fuzz/snapshot_fuzz -max_total_time=60 CORPUS_DIR build-fuzz/fuzz/snapshot_corpus; docs/benchmarks.md, Fuzzing)"
 
 # Not part of `make test`: rebuilds in a scratch copy under /tmp (docs/testing.md, "Mutants").
 mutants: deps

@@ -14,6 +14,9 @@ struct ExitReport {
     if (BatonFuzzCounts == nullptr) return;
     std::size_t reached = 0, decoded = 0, extra = 0;
     BatonFuzzCounts(&reached, &decoded);
+    if (BatonFuzzExtraCount != nullptr) (void)BatonFuzzExtraCount(&extra);
+    // Nothing counted: the -jobs/-fork parent, which runs no input itself, stays quiet.
+    if (reached == 0 && decoded == 0 && extra == 0) return;
     std::fprintf(stderr, "baton fuzz counts: %zu reached the decoders, %zu decoded", reached, decoded);
     if (BatonFuzzExtraCount != nullptr) {
       const char* what = BatonFuzzExtraCount(&extra);
