@@ -253,7 +253,9 @@ void register_trace(CLI::App& app) {
   s->add_flag("--json", o->json, "Print JSON");
   s->callback([o] { run_show(*o); });
 
+#ifndef BATON_DEMO  // make demo's reduced executable has no `trace capture`
   register_trace_capture(*tr);
+#endif
 }
 
 }  // namespace baton::cli

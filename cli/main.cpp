@@ -123,7 +123,9 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   baton::cli::register_ept(app);
   baton::cli::register_snapshot(app);
+#ifndef BATON_DEMO  // make demo's reduced executable (cli/CMakeLists.txt) leaves these out
   baton::cli::register_bench(app);
+#endif
   baton::cli::register_check(app);
   baton::cli::register_guests(app);
   baton::cli::register_run(app);
@@ -132,10 +134,12 @@ int main(int argc, char** argv) {
   baton::cli::register_calibrate(app);
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
+#ifndef BATON_DEMO
   baton::cli::register_vmm_worker(app);
   baton::cli::register_explore(app);
   baton::cli::register_campaign(app);
   baton::cli::register_inject(app);
+#endif
   baton::cli::add_progress_flags(app);
   if (const std::string bad = baton::cli::unknown_command(app, argc, argv); !bad.empty()) {
     baton::cli::fail(bad);

@@ -2,12 +2,14 @@
 // every file of the given corpus directories, then bounded deterministic mutations of them
 // (bit flips, truncations, byte overwrites), to LLVMFuzzerTestOneInput.
 //
-// Usage: TARGET [--iterations N] [--min-reached N] [--min-decoded N] CORPUS...
+// Usage: TARGET [--iterations N] [--min-reached N] [--min-decoded N] [--min-extra N] CORPUS...
 // A corpus path that does not exist, or a directory without files, is an error: a smoke run
 // over nothing would pass vacuously. A target may count its inputs (BatonFuzzCounts): those
 // that got past the container checks (magic, lengths, checksums) into the decoders behind
 // them, and those that decoded in full; --min-reached and --min-decoded fail the run when
-// fewer than N did, so that mutations demonstrably reach the decoders.
+// fewer than N did, so that mutations demonstrably reach the decoders. A target with a second
+// input format may count a third thing (BatonFuzzExtraCount, e.g. inputs parsed as ftrace
+// text), which --min-extra bounds likewise.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -22,10 +24,12 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 // The inputs so far that reached the decoders and that decoded; defined by targets that count.
 extern "C" void BatonFuzzCounts(std::size_t* reached, std::size_t* decoded) __attribute__((weak));
+// A third count and what it counts; defined by targets with a second input format.
+extern "C" const char* BatonFuzzExtraCount(std::size_t* n) __attribute__((weak));
 
 int main(int argc, char** argv) {
   long iterations = 1000;
-  long min_reached = -1, min_decoded = -1;
+  long min_reached = -1, min_decoded = -1, min_extra = -1;
   std::size_t corpus_files = 0;
   std::vector<std::vector<std::uint8_t>> corpus;
   for (int i = 1; i < argc; ++i) {
@@ -39,6 +43,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--min-decoded") == 0 && i + 1 < argc) {
       min_decoded = std::strtol(argv[++i], nullptr, 10);
+      continue;
+    }
+    if (std::strcmp(argv[i], "--min-extra") == 0 && i + 1 < argc) {
+      min_extra = std::strtol(argv[++i], nullptr, 10);
       continue;
     }
     std::filesystem::path p(argv[i]);
@@ -64,6 +72,10 @@ int main(int argc, char** argv) {
   }
   if ((min_reached >= 0 || min_decoded >= 0) && BatonFuzzCounts == nullptr) {
     std::fprintf(stderr, "baton: --min-reached/--min-decoded given but this target does not count its inputs\n");
+    return 1;
+  }
+  if (min_extra >= 0 && BatonFuzzExtraCount == nullptr) {
+    std::fprintf(stderr, "baton: --min-extra given but this target has no third count\n");
     return 1;
   }
   corpus.emplace_back();  // the empty input
@@ -93,8 +105,12 @@ int main(int argc, char** argv) {
   }
   std::size_t reached = 0, decoded = 0;
   BatonFuzzCounts(&reached, &decoded);
-  std::printf("fuzz smoke: %ld inputs from %zu corpus files, %zu reached the decoders, %zu decoded, no crash\n", runs,
-              corpus_files, reached, decoded);
+  std::size_t extra = 0;
+  const char* extra_what = BatonFuzzExtraCount != nullptr ? BatonFuzzExtraCount(&extra) : nullptr;
+  std::printf("fuzz smoke: %ld inputs from %zu corpus files, %zu reached the decoders, %zu decoded", runs, corpus_files,
+              reached, decoded);
+  if (extra_what != nullptr) std::printf(", %zu %s", extra, extra_what);
+  std::printf(", no crash\n");
   if (min_reached >= 0 && reached < static_cast<std::size_t>(min_reached)) {
     std::fprintf(stderr, "baton: only %zu inputs reached the decoders, fewer than --min-reached %ld\n", reached,
                  min_reached);
@@ -102,6 +118,10 @@ int main(int argc, char** argv) {
   }
   if (min_decoded >= 0 && decoded < static_cast<std::size_t>(min_decoded)) {
     std::fprintf(stderr, "baton: only %zu inputs decoded, fewer than --min-decoded %ld\n", decoded, min_decoded);
+    return 1;
+  }
+  if (min_extra >= 0 && extra < static_cast<std::size_t>(min_extra)) {
+    std::fprintf(stderr, "baton: only %zu inputs %s, fewer than --min-extra %ld\n", extra, extra_what, min_extra);
     return 1;
   }
   return 0;

@@ -2,11 +2,16 @@
 // error, never crash. Each input is tried as a trace as it is and with its checksums repaired
 // (so that mutations reach the JSON, zstd and record decoders behind them), and as ftrace text;
 // whatever decodes is then pushed through mapping reconstruction and a re-encode round trip.
+// One input in 32 (by length) is also imported as a file, as `baton trace import` reads it
+// (model::open_text_file's checks, then the block reader), which must agree with parse_ftrace.
+#include <sys/mman.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -18,6 +23,8 @@ using namespace baton::traces;
 
 std::size_t reached = 0;  // repaired inputs whose prelude and header checksum are sound
 std::size_t decoded = 0;  // inputs that decoded as a binary trace, as they were or repaired
+std::size_t parsed = 0;   // inputs that parse_ftrace turned into at least one event
+std::size_t imported = 0; // inputs imported as a file (import_ftrace_file) with at least one event
 
 // Reads a little-endian integer of `n` bytes.
 std::uint64_t le(const std::uint8_t* p, unsigned n) {
@@ -86,12 +93,43 @@ void use(const Trace& t) {
   auto back = decode_trace(encode_trace(t));
   if (!back.ok() || back->events != t.events || !(back->header == t.header)) std::abort();
 }
+
+// Imports `text` from a file, as `baton trace import` does, and checks that the file path
+// agrees with the in-memory parse `mem`: the same events and counts, or a refusal that the
+// file layer made (a binary head) or that both made.
+void import_as_file(std::string_view text, const baton::Result<FtraceImport>& mem) {
+  static const int fd = memfd_create("baton-trace-fuzz", MFD_CLOEXEC);
+  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  if (fd < 0 || ftruncate(fd, 0) != 0) std::abort();
+  if (!text.empty() && pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) std::abort();
+  auto f = import_ftrace_file(path);
+  if (!f.ok()) {
+    const std::string& why = f.error().message;
+    if (mem.ok() && why.find("is not a text file") == std::string::npos) std::abort();
+    return;
+  }
+  if (!mem.ok() || f->trace.events != mem->trace.events) std::abort();
+  const FtraceImportStats &a = f->stats, &b = mem->stats;
+  if (a.lines != b.lines || a.event_lines != b.event_lines || a.unknown_lines != b.unknown_lines ||
+      a.malformed_lines != b.malformed_lines || a.events != b.events || a.style != b.style || a.vms != b.vms)
+    std::abort();
+  imported += !f->trace.events.empty();
+}
 }  // namespace
 
 // The inputs that reached the decoders and that decoded (read by the standalone driver).
 extern "C" void BatonFuzzCounts(std::size_t* r, std::size_t* d) {
   *r = reached;
   *d = decoded;
+}
+
+// The inputs parsed as ftrace text into events (read by the standalone driver), and in its
+// label how many were also imported as files.
+extern "C" const char* BatonFuzzExtraCount(std::size_t* n) {
+  static std::string label;
+  *n = parsed;
+  label = "parsed as ftrace text with events (" + std::to_string(imported) + " of them also imported as files)";
+  return label.c_str();
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -107,7 +145,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ok = true;
   }
   decoded += ok;
-  if (auto f = parse_ftrace(std::string_view(reinterpret_cast<const char*>(data), size)); f.ok()) use(f->trace);
-  (void)parse_saved_tgids(std::string_view(reinterpret_cast<const char*>(data), size));
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  auto f = parse_ftrace(text);
+  if (f.ok()) {
+    use(f->trace);
+    parsed += !f->trace.events.empty();
+  }
+  if (size % 32 == 0) import_as_file(text, f);
+  (void)parse_saved_tgids(text);
   return 0;
 }

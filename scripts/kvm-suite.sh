@@ -5,19 +5,20 @@
 #   kvm host flavour: pvm (/dev/kvm)
 #
 #   kvm-suite.sh --probe BATON_KVM_PROBE --list FILE [--build DIR] [--host auto|device|nested]
-#                [--timeout S] [--exe-timeout S]
+#                [--timeout S] [--exe-timeout S] [--no-nested REASON]
 #
 # --list FILE holds one executable per line; --build DIR is the build tree (default: the
 # list's parent directory's parent), shared read-write with the nested host, which caches its
 # kernel in DIR/nested-kvm ($NESTED_KVM_CACHE overrides). --host (else $BATON_KVM_HOST, else auto) forces
 # this host's device or the nested host. --timeout bounds the nested host (boot included,
-# default 900 s); --exe-timeout bounds each executable (default 600 s).
+# default 900 s); --exe-timeout bounds each executable (default 600 s). --no-nested REASON: where
+# auto would pick the nested host, skip instead (exit 77) and say why (make sanitize).
 # Exit status: 0 when every executable passed; 1 when one failed, timed out or the KVM could not
 # be reached; 77 when none failed but one skipped (exit 77: it prints why).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-probe="" list="" build="" host=${BATON_KVM_HOST:-auto} timeout_s=900 exe_timeout_s=600
+probe="" list="" build="" host=${BATON_KVM_HOST:-auto} timeout_s=900 exe_timeout_s=600 no_nested=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --probe) probe=$2; shift 2 ;;
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --host) host=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --exe-timeout) exe_timeout_s=$2; shift 2 ;;
+    --no-nested) no_nested=$2; shift 2 ;;
     *) echo "baton: kvm-suite: unknown argument '$1'" >&2; exit 1 ;;
   esac
 done
@@ -43,6 +45,11 @@ why=$(sed -n 2p <<<"$probe_out")
 
 if [ "$host" = auto ]; then
   if [ $probe_rc = 0 ]; then host=device; else host=nested; fi
+fi
+if [ "$host" = nested ] && [ -n "$no_nested" ]; then
+  if [ $probe_rc = 0 ]; then here_is="the nested host was asked for"; else here_is="this machine: $flavour, $why"; fi
+  echo "SKIPPED: the kvm tests need the nested host here ($here_is), which is not used: $no_nested"
+  exit 77
 fi
 
 if [ "$host" = nested ]; then

@@ -16,10 +16,16 @@ using baton::test::slurp;
 
 namespace {
 
-// One tmux server of its own (-L), running baton explore in a 160x50 pane.
+// Panes made so far by this process: each gets a socket of its own.
+int g_panes = 0;
+
+// One tmux server of its own (-L), running baton explore in a 160x50 pane. Each pane has its
+// own server: a second pane on the first one's socket could reach that server while it is
+// still shutting down (seen under make sanitize on a loaded machine).
 struct Pane {
   std::string sock;
-  explicit Pane(const ScratchDir& d, const std::string& args) : sock("baton-explore-" + std::to_string(getpid())) {
+  explicit Pane(const ScratchDir& d, const std::string& args)
+      : sock("baton-explore-" + std::to_string(getpid()) + "-" + std::to_string(++g_panes)) {
     sh("new-session -d -x 160 -y 50 \"env XDG_STATE_HOME=" + d.path.string() + "/state " + BATON_EXE + " explore " + args + "\"");
   }
   ~Pane() { (void)std::system(("tmux -L " + sock + " kill-server >/dev/null 2>&1").c_str()); }

@@ -786,7 +786,10 @@ Result<FtraceImport> import_file(const std::string& path, const FtraceImportOpti
     if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
   }
   Importer imp(o, r.stats, r.trace.events, sink, keep);
-  std::vector<char> buf(std::size_t{4} << 20);
+  // 4 MiB blocks; a smaller file gets a buffer of its own size (tracefs files report size 0).
+  constexpr std::size_t kBlock = std::size_t{4} << 20;
+  const std::uint64_t first = in->size() == 0 ? kBlock : std::min<std::uint64_t>(kBlock, in->size() + 1);
+  std::vector<char> buf(static_cast<std::size_t>(first));
   std::size_t have = 0, number = 0;
   std::uint64_t offset = 0;
   for (;;) {
