@@ -130,8 +130,6 @@ int main(int argc, char** argv) {
   baton::cli::register_guests(app);
   baton::cli::register_run(app);
   baton::cli::register_trace(app);
-  baton::cli::register_replay(app);
-  baton::cli::register_calibrate(app);
   baton::cli::register_migrate(app);
   baton::cli::register_compare(app);
 #ifndef BATON_DEMO
@@ -139,6 +137,8 @@ int main(int argc, char** argv) {
   baton::cli::register_explore(app);
   baton::cli::register_campaign(app);
   baton::cli::register_inject(app);
+  baton::cli::register_replay(app);
+  baton::cli::register_calibrate(app);
 #endif
   baton::cli::add_progress_flags(app);
   if (const std::string bad = baton::cli::unknown_command(app, argc, argv); !bad.empty()) {
