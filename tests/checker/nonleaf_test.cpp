@@ -126,3 +126,30 @@ TEST_CASE("A table pointer moved onto a zeroed guest-RAM frame passes conformanc
   CHECK(r.counterexample->confirmed_concretely);
   CHECK_FALSE(concrete_holds(checker::concrete_isolation(t.ref("t"), s.owners, 1)));
 }
+
+TEST_CASE("A table pointer onto another VM's EPT table or a hypervisor frame is refuted for isolation",
+          "[checker][isolation][nonleaf]") {
+  Tree t = contiguous_tree(4 * kMiB, 1);
+  model::HandoverSnapshot s = snapshot_of(t, 4 * kMiB);
+  // A copy of the page table in a frame that VM 2's EPT owns: same translations, wrong owner.
+  const model::Hfn theirs = model::hfn_of(model::Hpa{3 * kGiB});
+  s.owners.assign(theirs, 1, model::OwnerKind::kEptTable, 2);
+  const model::Hpa pde = t.entry_addr(0, 2);
+  std::memcpy(t.mem.frame_mut(theirs), t.mem.frame(model::EptEntry{t.read(pde)}.table_hfn()), model::kPageSize);
+  CHECK(ok(checker::check_isolation(t.ref("t"), s.owners, 1)).verdict == Verdict::kProven);
+  t.mem.write_u64(pde, model::EptEntry::table(theirs, kRwx).raw());
+  CHECK(ok(checker::check_conformance(t.ref("t"), s.memslots)).verdict == Verdict::kProven);
+  auto r = ok(checker::check_isolation(t.ref("t"), s.owners, 1));
+  REQUIRE(r.verdict == Verdict::kRefuted);
+  CHECK(r.summary.find("owned by ept-table (vm 2)") != std::string::npos);
+  CHECK_FALSE(concrete_holds(checker::concrete_isolation(t.ref("t"), s.owners, 1)));
+  // The same pointer onto a hypervisor frame (zeroed: nothing mapped below it).
+  const model::Hfn hyp{2};
+  REQUIRE(s.owners.owner_of(hyp).kind == model::OwnerKind::kHypervisor);
+  std::memset(t.mem.frame_mut(hyp), 0, model::kPageSize);
+  t.mem.write_u64(pde, model::EptEntry::table(hyp, kRwx).raw());
+  r = ok(checker::check_isolation(t.ref("t"), s.owners, 1));
+  REQUIRE(r.verdict == Verdict::kRefuted);
+  CHECK(r.summary.find("owned by hypervisor") != std::string::npos);
+  CHECK_FALSE(concrete_holds(checker::concrete_isolation(t.ref("t"), s.owners, 1)));
+}
