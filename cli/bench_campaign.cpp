@@ -34,6 +34,16 @@ double cpu_seconds() {
   return t;
 }
 
+// The 1-minute load average (/proc/loadavg), or -1 when it cannot be read.
+double load_average() {
+  FILE* f = std::fopen("/proc/loadavg", "r");
+  if (f == nullptr) return -1;
+  double l = -1;
+  if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+  std::fclose(f);
+  return l;
+}
+
 struct BenchCampaignOptions {
   std::string guest = "memtouch", mem = "64M", targets = "ept,vmcs,regs,memslot,ram";
   std::uint64_t samples = 100;
@@ -86,6 +96,7 @@ void run_bench_campaign(const BenchCampaignOptions& o) {
   out["method"] = "local-adopt";
   out["targets"] = o.targets;
   out["cores"] = 1;
+  out["load_average_start"] = load_average();
   auto measure = [&](bool fast, bool policies, const char* name) -> double {
     if (tty) std::fprintf(stderr, "  .. %s: %zu injections, 1 job\n", name, plan->faults.size());
     campaign::RunOptions ro;
@@ -125,6 +136,7 @@ void run_bench_campaign(const BenchCampaignOptions& o) {
   out["naive_process_per_injection"] = {{"injections", k}, {"completed", ok}, {"wall_s", secs}, {"cpu_s", cpu},
                                         {"per_min_wall", secs > 0 ? 60.0 * static_cast<double>(k) / secs : 0.0},
                                         {"per_cpu_min", naive}};
+  out["load_average_end"] = load_average();
   out["speedup_over_naive"] = naive > 0 ? fast / naive : 0.0;
   out["speedup_of_narrowed_checks"] = full > 0 ? fast / full : 0.0;
   out["goal"] = ">= 1000 injections per CPU-minute (one core), fast path";

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <set>
 
 namespace baton::checker {
@@ -57,6 +58,75 @@ std::optional<ConcreteVerdict> run_conforms(const MappingRun& r, const std::vect
   return std::nullopt;
 }
 
+// The R/W/X bits the memslots intersecting [base, base + size) allow, ORed.
+unsigned needed(const std::vector<model::Memslot>& slots, std::uint64_t base, std::uint64_t size) {
+  unsigned p = 0;
+  for (const model::Memslot& s : slots)
+    if (s.gpa.value < base + size && base < s.end().value) p |= s.max_perms().bits();
+  return p;
+}
+
+// Reads entry `i` of a table page.
+std::uint64_t entry_of(const std::uint8_t* page, unsigned i) {
+  std::uint64_t raw;
+  std::memcpy(&raw, page + std::size_t{i} * 8, 8);
+  return raw;
+}
+
+using TableMemo = std::map<std::pair<std::uint64_t, unsigned>, unsigned>;
+
+// The AND of the R/W/X bits of every table entry in the page at `level` and below (0 when a
+// frame is absent), memoised per (frame, level); the level falls at each step, so cycles end.
+unsigned tables_below(const TreeRef& t, model::Hfn h, unsigned level, TableMemo& memo) {
+  if (auto it = memo.find({h.value, level}); it != memo.end()) return it->second;
+  const std::uint8_t* p = t.mem->frame(h);
+  unsigned r = p == nullptr ? 0 : 7;
+  for (unsigned i = 0; p != nullptr && level > 1 && i < 512; ++i) {
+    const model::EptEntry e{entry_of(p, i)};
+    if (e.classify(level, t.cfg) == model::EntryKind::kTable)
+      r &= e.perms().bits() & tables_below(t, e.table_hfn(), level - 1, memo);
+  }
+  memo.emplace(std::make_pair(h.value, level), r);
+  return r;
+}
+
+// Finds a GPA in a memslot whose walk ends below table entries that allow less than the slot
+// (SDM §29.3.3: permissions AND down the walk, so no leaf can give the rest back). Only the
+// entries that cover some memslot are visited.
+std::optional<ConcreteVerdict> narrowed_below(const TreeRef& t, const std::vector<model::Memslot>& slots, model::Hfn h,
+                                              unsigned level, std::uint64_t base, unsigned ctx, std::uint64_t limit,
+                                              TableMemo& memo) {
+  const std::uint8_t* p = t.mem->frame(h);
+  if (p == nullptr) return std::nullopt;  // an absent frame: the normal form reports it
+  const std::uint64_t span = model::level_span(level);
+  for (unsigned i = 0; i < 512; ++i) {
+    const std::uint64_t g = base + i * span;
+    if (g >= limit) break;
+    const unsigned need = needed(slots, g, span);
+    if (need == 0) continue;
+    const model::EptEntry e{entry_of(p, i)};
+    if (e.classify(level, t.cfg) == model::EntryKind::kTable) {
+      const unsigned below = ctx & e.perms().bits();
+      if ((need & ~(below & tables_below(t, e.table_hfn(), level - 1, memo))) == 0) continue;
+      if (auto bad = narrowed_below(t, slots, e.table_hfn(), level - 1, g, below, limit, memo)) return bad;
+      continue;
+    }
+    if ((need & ~ctx) == 0) continue;
+    for (const model::Memslot& s : slots)
+      if (s.gpa.value < g + span && g < s.end().value && (s.max_perms().bits() & ~ctx) != 0)
+        return fails(std::max(g, s.gpa.value), "memslot " + std::to_string(s.id) +
+                                                   " allows more than the table entries above its walk (" +
+                                                   model::to_string(model::Perms::from_bits(ctx)) + ")");
+  }
+  return std::nullopt;
+}
+
+// The non-leaf clause of conformance over the whole tree.
+std::optional<ConcreteVerdict> narrowed_tables(const TreeRef& t, const std::vector<model::Memslot>& slots) {
+  TableMemo memo;
+  return narrowed_below(t, slots, t.eptp.root(), 4, 0, 7, limit_of(t), memo);
+}
+
 }  // namespace
 
 Result<MappingSet> normal_form(const TreeRef& t) {
@@ -96,6 +166,7 @@ Result<ConcreteVerdict> concrete_refinement(const TreeRef& before, const TreeRef
   if (!na) return na.error();
   auto nb = normal_form(after);
   if (!nb) return nb.error();
+  if (auto bad = narrowed_tables(after, spec)) return *bad;
   for (const MappingRun& r : nb->runs()) {
     if (r.kind == RunKind::kUnknown) return fails(r.gpa.value, after.name + " reaches an absent table frame");
     std::uint64_t pos = r.gpa.value;
@@ -114,6 +185,7 @@ Result<ConcreteVerdict> concrete_refinement(const TreeRef& before, const TreeRef
 Result<ConcreteVerdict> concrete_conformance(const TreeRef& t, const std::vector<model::Memslot>& slots) {
   auto n = normal_form(t);
   if (!n) return n.error();
+  if (auto bad = narrowed_tables(t, slots)) return *bad;
   for (const MappingRun& r : n->runs()) {
     if (r.kind == RunKind::kUnknown) return fails(r.gpa.value, "reaches an absent table frame");
     if (r.kind == RunKind::kMapped)

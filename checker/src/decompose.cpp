@@ -106,6 +106,7 @@ Summary TreeView::entry_summary(std::uint64_t raw, unsigned level) {
       Summary c = page_summary(e.table_hfn(), level - 1);
       if (c.uniform && c.out.kind == OutKind::kMapped)
         c.out.perms = static_cast<std::uint8_t>(c.out.perms & e.perms().bits());
+      c.tables = static_cast<std::uint8_t>(c.tables & e.perms().bits());
       return c;
     }
     default:
@@ -118,7 +119,7 @@ Summary TreeView::entry_summary(std::uint64_t raw, unsigned level) {
 Summary TreeView::page_summary(Hfn h, unsigned level) {
   const std::uint64_t key = (h.value << 3) | level;
   if (auto it = memo_.find(key); it != memo_.end()) return it->second;
-  Summary s{false, Outcome{OutKind::kUnknown}};
+  Summary s{false, Outcome{OutKind::kUnknown}, 0};
   const std::uint8_t* p = ref_.mem->frame(h);
   if (p != nullptr) {
     const std::uint64_t e0 = entry_at(p, 0);
@@ -148,17 +149,31 @@ Summary TreeView::page_summary(Hfn h, unsigned level) {
       }
     }
     if (!done) {
+      // Every entry is summarised (memoised), also past the first irregular one: the AND of
+      // the table entries' permissions covers the whole subtree.
       const Summary s0 = entry_summary(e0, level);
       bool uniform = s0.uniform;
-      for (unsigned i = 1; i < 512 && uniform; ++i) {
-        const Summary si = entry_summary(entry_at(p, i), level);
-        uniform = si.uniform && si.out == shifted(s0.out, i * span);
+      std::uint8_t tables = s0.tables;
+      for (unsigned i = 1; i < 512; ++i) {
+        const std::uint64_t raw = entry_at(p, i);
+        if (!uniform && (raw & present_bits) == 0) continue;  // neither uniform nor a table
+        const Summary si = entry_summary(raw, level);
+        uniform = uniform && si.uniform && si.out == shifted(s0.out, i * span);
+        tables = static_cast<std::uint8_t>(tables & si.tables);
       }
       s = uniform ? s0 : Summary{false, Outcome{OutKind::kUnknown}};
+      s.tables = tables;
     }
   }
   memo_.emplace(key, s);
   return s;
+}
+
+std::uint8_t slot_perms(const std::vector<model::Memslot>& slots, std::uint64_t base, std::uint64_t size) {
+  std::uint8_t p = 0;
+  for (const model::Memslot& s : slots)
+    if (s.gpa.value < base + size && base < s.end().value) p = static_cast<std::uint8_t>(p | s.max_perms().bits());
+  return p;
 }
 
 bool is_table_frame(const model::OwnerMap& owners, std::uint32_t vm, Hfn f) {
@@ -389,7 +404,9 @@ class PairSplitter {
 class SingleSplitter {
  public:
   SingleSplitter(TreeView& t, Pred pred, const Spec& spec, const CheckOptions& opt, Split& out)
-      : t_(t), pred_(pred), spec_(spec), opt_(opt), out_(out), limit_(t.limit()) {}
+      : t_(t), pred_(pred), spec_(spec), opt_(opt), out_(out), limit_(t.limit()) {
+    if (pred_ == Pred::kConform) all_slots_ = slot_perms(*spec_.slots, 0, limit_);
+  }
 
   // Splits from the root.
   void run() {
@@ -439,6 +456,13 @@ class SingleSplitter {
     v.push_back(Piece{gpa, size, hpa});
   }
 
+  // Returns whether the table entries above (`tables`, ANDed) allow what every memslot in
+  // [base, base + size) allows: always true for the properties other than conformance.
+  bool tables_cover(std::uint64_t base, std::uint64_t size, std::uint8_t tables) const {
+    if (pred_ != Pred::kConform || (all_slots_ & ~tables) == 0) return true;
+    return (slot_perms(*spec_.slots, base, size) & ~tables) == 0;
+  }
+
   // Checks one entry-sized region at `level`.
   void visit_entry(unsigned level, std::uint64_t base, std::uint64_t raw, std::uint8_t ctx) {
     const EptEntry e{raw};
@@ -450,11 +474,21 @@ class SingleSplitter {
         return;
       }
       const Summary s = side_summary(t_, side, base);
-      if (s.uniform && (pred_ != Pred::kIsolated || level == 2)) {
+      const auto below = static_cast<std::uint8_t>(ctx & e.perms().bits());
+      // A uniform subtree is one relation only where no table entry in it narrows what the
+      // memslots allow (conformance's non-leaf clause then holds throughout).
+      if (s.uniform && (pred_ != Pred::kIsolated || level == 2) &&
+          tables_cover(base, level_span(level), static_cast<std::uint8_t>(below & s.tables))) {
         linear(base, level_span(level), s.out);
         return;
       }
-      visit_page(level - 1, base, c, static_cast<std::uint8_t>(ctx & e.perms().bits()));
+      visit_page(level - 1, base, c, below);
+      return;
+    }
+    // A walk ends here: the table entries above must allow what the memslots allow (else Z3
+    // gets the region faithfully and refutes it).
+    if (!tables_cover(base, level_span(level), ctx)) {
+      faithful(base, level_span(level), node_of(side));
       return;
     }
     linear(base, level_span(level), side_summary(t_, side, base).out);
@@ -485,7 +519,11 @@ class SingleSplitter {
       out_.stats.faithful = faithful_before;
       faithful(base, page_span(level), Node{Node::Kind::kPage, h.value, level, ctx, {}});
     }
-    if (memoable && out_.truncated.empty() && out_.stats.faithful == faithful_before &&
+    // Whether a page is trivial for conformance depends on where it lies (which memslots)
+    // unless no table entry above or inside it narrows any slot's permissions.
+    const bool placeless =
+        pred_ != Pred::kConform || (all_slots_ & ~(ctx & t_.page_summary(h, level).tables)) == 0;
+    if (memoable && placeless && out_.truncated.empty() && out_.stats.faithful == faithful_before &&
         out_.stats.linear == linear_before && out_.pieces.size() == pieces_before)
       trivial_.insert(key);
   }
@@ -493,6 +531,7 @@ class SingleSplitter {
   TreeView& t_;
   Pred pred_;
   const Spec& spec_;
+  std::uint8_t all_slots_ = 0;  // conformance: what the memslots allow, ORed
   const CheckOptions& opt_;
   Split& out_;
   std::uint64_t limit_;

@@ -51,6 +51,9 @@ Outcome concrete_outcome(const TreeRef& t, model::Gpa gpa);
 struct Summary {
   bool uniform = false;
   Outcome out;  // meaningful when uniform; hpa at the node's first GPA
+  // The AND of the R/W/X bits of every table entry in the subtree (7 when it holds none, 0 when
+  // it reaches an absent frame): where it is 7, no walk below narrows permissions at a non-leaf.
+  std::uint8_t tables = 7;
 };
 
 // One tree with memoised page summaries (keyed by frame and level: hash-consing of subtrees).
@@ -144,6 +147,8 @@ std::vector<Obligation> alias_obligations(TreeView& t, std::vector<Piece> pieces
 bool linear_holds(const Obligation& ob, const Spec& spec);
 // Returns the deepest entry a concrete walk uses for `gpa`, as an entry node (or the root page).
 Node node_for_gpa(TreeView& t, std::uint64_t gpa);
+// The R/W/X bits the memslots that intersect [base, base + size) allow, ORed together.
+std::uint8_t slot_perms(const std::vector<model::Memslot>& slots, std::uint64_t base, std::uint64_t size);
 // Returns whether a host frame is an EPT table frame of `vm`.
 bool is_table_frame(const model::OwnerMap& owners, std::uint32_t vm, model::Hfn f);
 

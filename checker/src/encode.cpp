@@ -96,6 +96,7 @@ ZOut Encoder::unknown(Hfn h, unsigned level) {
   o.ipat = c_.bv_const((n + "ipat").c_str(), 1);
   o.tables_ok =
       owners_ == nullptr ? c_.bool_val(true) : (table_frame_ok(h) && c_.bool_const((n + "tables_ok").c_str()));
+  o.tperms = c_.bv_const((n + "tperms").c_str(), 3);
   return o;
 }
 
@@ -108,6 +109,7 @@ ZOut Encoder::linear(const Outcome& o, const z3::expr& offset) {
   z.mt = c_.bv_val(o.mt, 3);
   z.ipat = c_.bv_val(o.ipat ? 1 : 0, 1);
   z.tables_ok = c_.bool_val(true);
+  z.tperms = c_.bv_val(7, 3);  // linear terms stand only for subtrees whose table entries are all rwx
   return z;
 }
 
@@ -136,6 +138,7 @@ ZOut Encoder::entry(const z3::expr& e, unsigned level, const std::vector<std::ui
   leaf.mt = e.extract(5, 3);
   leaf.ipat = e.extract(6, 6);
   leaf.tables_ok = c_.bool_val(true);
+  leaf.tperms = c_.bv_val(7, 3);
 
   ZOut out(c_);
   if (level == 1) {
@@ -154,6 +157,7 @@ ZOut Encoder::entry(const z3::expr& e, unsigned level, const std::vector<std::ui
       next.mt = z3::ite(hit, p.mt, next.mt);
       next.ipat = z3::ite(hit, p.ipat, next.ipat);
       next.tables_ok = z3::ite(hit, p.tables_ok, next.tables_ok);
+      next.tperms = z3::ite(hit, p.tperms, next.tperms);
     }
     out.kind = z3::ite(b.leaf, leaf.kind, next.kind);
     out.hpa = z3::ite(b.leaf, leaf.hpa, next.hpa);
@@ -161,10 +165,12 @@ ZOut Encoder::entry(const z3::expr& e, unsigned level, const std::vector<std::ui
     out.mt = z3::ite(b.leaf, leaf.mt, next.mt);
     out.ipat = z3::ite(b.leaf, leaf.ipat, next.ipat);
     out.tables_ok = z3::ite(b.leaf, leaf.tables_ok, next.tables_ok);
+    out.tperms = z3::ite(b.leaf, leaf.tperms, e.extract(2, 0) & next.tperms);
   }
   // Not present stops the walk (SDM §29.3.3.2); a misconfiguration is its own outcome.
   out.kind = z3::ite(!b.present, c_.bv_val(kZNone, 2), z3::ite(b.misconfig, c_.bv_val(kZMisconfig, 2), out.kind));
   out.tables_ok = !b.present || b.misconfig || out.tables_ok;
+  out.tperms = z3::ite(!b.present || b.misconfig, c_.bv_val(7, 3), out.tperms);
   return out;
 }
 
@@ -179,8 +185,9 @@ ZOut Encoder::page(Hfn h, unsigned level) {
     Summary s;
     // Uniform pages become one linear term. For isolation only leaf tables do, because a
     // uniform upper-level page still has table frames below it to check.
+    // Only a page whose table entries are all rwx, so that its walks' table permissions are known.
     if (decompose_ && (owners_ == nullptr || level == 1)) s = view_.page_summary(h, level);
-    if (s.uniform) {
+    if (s.uniform && s.tables == 7) {
       out = linear(s.out, gpa_ & c_.bv_val(level_span(level) * 512 - 1, 64));
     } else {
       ++faithful_pages_;
@@ -206,6 +213,7 @@ ZOut Encoder::page(Hfn h, unsigned level) {
 ZOut Encoder::apply_ctx(const ZOut& o, std::uint8_t ctx) {
   ZOut r = o;
   r.perms = o.perms & c_.bv_val(ctx, 3);
+  r.tperms = o.tperms & c_.bv_val(ctx, 3);
   // A mapping left without any permission faults like a not-present entry (MappingSet agrees).
   r.kind = z3::ite(o.kind == kZMapped && r.perms == 0, c_.bv_val(kZNone, 2), o.kind);
   return r;
@@ -251,6 +259,16 @@ z3::expr conformance(const ZOut& o, const z3::expr& gpa, const std::vector<model
                  (o.perms & c.bv_val(~max & 7u, 3)) == 0);
   }
   return z3::implies(o.kind == kZMapped, ok.empty() ? c.bool_val(false) : z3::mk_or(ok));
+}
+
+z3::expr tables_cover(const ZOut& o, const z3::expr& gpa, const std::vector<model::Memslot>& slots) {
+  z3::context& c = gpa.ctx();
+  z3::expr ok = c.bool_val(true);
+  for (const model::Memslot& s : slots) {
+    const unsigned need = s.max_perms().bits();
+    ok = ok && z3::implies(in_region(gpa, s.gpa.value, s.size), (o.tperms & c.bv_val(need, 3)) == c.bv_val(need, 3));
+  }
+  return ok;
 }
 
 z3::expr isolation(const ZOut& o, const model::OwnerMap& owners, std::uint32_t vm) {

@@ -24,7 +24,8 @@ struct ZOut {
   z3::expr mt;         // bv3
   z3::expr ipat;       // bv1
   z3::expr tables_ok;  // bool: every table frame read is an EPT table of the VM (isolation only)
-  explicit ZOut(z3::context& c) : kind(c), hpa(c), perms(c), mt(c), ipat(c), tables_ok(c) {}
+  z3::expr tperms;     // bv3, the AND of the R/W/X bits of the table (non-leaf) entries walked
+  explicit ZOut(z3::context& c) : kind(c), hpa(c), perms(c), mt(c), ipat(c), tables_ok(c), tperms(c) {}
 };
 
 // Builds the outcome formulas of one tree for one symbolic GPA. Page encodings are memoised,
@@ -79,6 +80,8 @@ z3::expr same_outcome(const ZOut& a, const ZOut& b);
 z3::expr subset_outcome(const ZOut& before, const ZOut& after);
 // Property 3 at one GPA: a mapping lies in a memslot at its offset with permissions within the slot's.
 z3::expr conformance(const ZOut& o, const z3::expr& gpa, const std::vector<model::Memslot>& slots);
+// Property 3, non-leaf part, at one GPA: the table entries walked allow all that its memslot allows.
+z3::expr tables_cover(const ZOut& o, const z3::expr& gpa, const std::vector<model::Memslot>& slots);
 // Property 4 at one GPA: table frames are the VM's EPT frames and a mapping lands in the VM's RAM.
 z3::expr isolation(const ZOut& o, const model::OwnerMap& owners, std::uint32_t vm);
 // Property 4 for two GPAs: two distinct guest frames never map one host frame.

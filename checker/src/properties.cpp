@@ -82,8 +82,18 @@ bool single_holds(const Job& job, Pred pred, const TreeRef& t, std::uint64_t gpa
   }
   switch (pred) {
     case Pred::kConform: {
-      if (o.kind != OutKind::kMapped) return true;
       const model::Memslot* s = model::find_memslot(*job.spec.slots, model::Gpa{gpa});
+      // The table entries walked (all but the last step) AND their permissions into every leaf below.
+      unsigned tables = 7;
+      for (unsigned i = 0; i + 1 < w.path_len; ++i) tables &= static_cast<unsigned>(w.path[i].entry.raw() & 7);
+      if (s != nullptr && !s->max_perms().subset_of(model::Perms::from_bits(tables))) {
+        *why = "memslot " + std::to_string(s->id) + " allows " + model::to_string(s->max_perms()) +
+               " but the table (non-leaf) entries of its walk allow only " +
+               model::to_string(model::Perms::from_bits(tables)) +
+               " (permissions AND down the walk: no leaf can grant the rest)";
+        return false;
+      }
+      if (o.kind != OutKind::kMapped) return true;
       if (s == nullptr) {
         *why = "it is mapped to hpa " + hex(o.hpa) + " but lies in no memslot";
         return false;
@@ -185,7 +195,10 @@ z3::expr violation(const Job& job, const Obligation& ob, detail::Encoder& ea, de
   switch (ob.pred) {
     case Pred::kSame: return region && !detail::same_outcome(ea.node(ob.a, ob.base), eb->node(ob.b, ob.base));
     case Pred::kSubset: return region && !detail::subset_outcome(ea.node(ob.a, ob.base), eb->node(ob.b, ob.base));
-    case Pred::kConform: return region && !detail::conformance(ea.node(ob.a, ob.base), gpa, *job.spec.slots);
+    case Pred::kConform: {
+      const detail::ZOut o = ea.node(ob.a, ob.base);
+      return region && !(detail::conformance(o, gpa, *job.spec.slots) && detail::tables_cover(o, gpa, *job.spec.slots));
+    }
     case Pred::kIsolated: return region && !detail::isolation(ea.node(ob.a, ob.base), *job.spec.owners, job.spec.vm);
     case Pred::kWellFormed: return region && !detail::wellformed(ea.node(ob.a, ob.base), gpa, *job.spec.mmio);
     case Pred::kNoAlias:

@@ -3,6 +3,7 @@
 // EPTP root unchanged unless the trees were proven equivalent.
 #include <z3++.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <set>
@@ -129,8 +130,15 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
   if (opt.rlimit != 0) prm.set("rlimit", opt.rlimit);
   s.set(prm);
   std::vector<Item> items;
-  // A field pair: two bit-vector constants fixed to the snapshot values, required equal.
+  std::size_t root_item = SIZE_MAX;  // the index of the EPTP-root item, if there is one
+  // The formula is built twice at most. First with the snapshot values as bit-vector literals
+  // (Z3 decides that ground formula at once); if some conjunct fails in C++, again with named
+  // constants fixed to the values, so that the model, the counterexample and the SMT-LIB2 text
+  // name the fields. Both are the same formula up to the naming.
+  bool named = false;
+  // A field pair: the two snapshot values (named constants fixed to them, when `named`).
   auto scalar = [&](const std::string& name, std::uint64_t b, std::uint64_t a) -> std::pair<z3::expr, z3::expr> {
+    if (!named) return {c.bv_val(b, 64), c.bv_val(a, 64)};
     const z3::expr xb = c.bv_const(("before." + name).c_str(), 64);
     const z3::expr xa = c.bv_const(("after." + name).c_str(), 64);
     s.add(xb == c.bv_val(b, 64));
@@ -142,87 +150,99 @@ Result<PropertyResult> check_vcpu(const model::HandoverSnapshot& before, const m
     items.push_back(Item{name, hex(b), hex(a), why, xb == xa, b == a});
   };
 
-  equal("vcpus.count", before.vcpus.size(), after.vcpus.size(), "the number of vCPUs changed");
-  const std::size_t n = std::min(before.vcpus.size(), after.vcpus.size());
-  for (std::size_t i = 0; i < n; ++i) {
-    const model::VcpuState& vb = before.vcpus[i];
-    const model::VcpuState& va = after.vcpus[i];
-    const std::string p = "vcpu" + std::to_string(i) + ".";
-    const std::vector<Field> fb = flatten(vb, p), fa = flatten(va, p);
-    std::size_t k = 0;
-    for (; k < fb.size() && k < fa.size() && fb[k].name == fa[k].name; ++k)
-      equal(fb[k].name, fb[k].value, fa[k].value, "the guest state must be preserved");
-    if (k < fb.size() || k < fa.size())
-      items.push_back(Item{p + "layout", "", "", "the register blobs differ in size", c.bool_val(false), false});
-    // MSRs: the same set of indices with the same values, except the clocks (IA32_TSC, whose
-    // relation follows; Hyper-V's reference time, which counts the VM's own kvmclock).
-    std::set<std::uint32_t> idx;
-    for (const auto& [m, v] : vb.msrs) idx.insert(m);
-    for (const auto& [m, v] : va.msrs) idx.insert(m);
-    for (std::uint32_t m : idx) {
-      if (model::is_clock_msr(m)) continue;
-      const auto ib = vb.msrs.find(m), ia = va.msrs.find(m);
-      const std::string name = p + "msr[" + hex(m) + "]";
-      if (ib == vb.msrs.end() || ia == va.msrs.end()) {
-        equal(name + ".present", ib != vb.msrs.end(), ia != va.msrs.end(), "an MSR was dropped or added");
+  // Builds every conjunct into `items` (and the value assertions into `s`, when `named`).
+  auto build = [&] {
+    equal("vcpus.count", before.vcpus.size(), after.vcpus.size(), "the number of vCPUs changed");
+    const std::size_t n = std::min(before.vcpus.size(), after.vcpus.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      const model::VcpuState& vb = before.vcpus[i];
+      const model::VcpuState& va = after.vcpus[i];
+      const std::string p = "vcpu" + std::to_string(i) + ".";
+      const std::vector<Field> fb = flatten(vb, p), fa = flatten(va, p);
+      std::size_t k = 0;
+      for (; k < fb.size() && k < fa.size() && fb[k].name == fa[k].name; ++k)
+        equal(fb[k].name, fb[k].value, fa[k].value, "the guest state must be preserved");
+      if (k < fb.size() || k < fa.size())
+        items.push_back(Item{p + "layout", "", "", "the register blobs differ in size", c.bool_val(false), false});
+      // MSRs: the same set of indices with the same values, except the clocks (IA32_TSC, whose
+      // relation follows; Hyper-V's reference time, which counts the VM's own kvmclock).
+      std::set<std::uint32_t> idx;
+      for (const auto& [m, v] : vb.msrs) idx.insert(m);
+      for (const auto& [m, v] : va.msrs) idx.insert(m);
+      for (std::uint32_t m : idx) {
+        if (model::is_clock_msr(m)) continue;
+        const auto ib = vb.msrs.find(m), ia = va.msrs.find(m);
+        const std::string name = p + "msr[" + hex(m) + "]";
+        if (ib == vb.msrs.end() || ia == va.msrs.end()) {
+          equal(name + ".present", ib != vb.msrs.end(), ia != va.msrs.end(), "an MSR was dropped or added");
+          continue;
+        }
+        equal(name, ib->second, ia->second, "the guest state must be preserved");
+      }
+      // The guest TSC (host TSC + offset) at capture must be the same on both sides.
+      auto [ob, oa] = scalar(p + "tsc_offset", vb.tsc_offset, va.tsc_offset);
+      auto [hb, ha] = scalar(p + "host_tsc_at_capture", vb.host_tsc_at_capture, va.host_tsc_at_capture);
+      items.push_back(
+          Item{p + "tsc_offset", hex(vb.tsc_offset) + " (host tsc " + hex(vb.host_tsc_at_capture) + ")",
+               hex(va.tsc_offset) + " (host tsc " + hex(va.host_tsc_at_capture) + ")",
+               "the TSC offset must change by exactly minus the host-time gap, so that the guest TSC is "
+               "continuous (guest TSC " +
+                   hex(vb.guest_tsc()) + " before, " + hex(va.guest_tsc()) + " after)",
+               detail::tsc_continuous(ob, oa, hb, ha),
+               va.tsc_offset - vb.tsc_offset == std::uint64_t{0} - (va.host_tsc_at_capture - vb.host_tsc_at_capture)});
+    }
+
+    // VMCS guest-state area: the same fields with the same values. Host state may differ.
+    const auto gb = before.vmcs.area(model::VmcsArea::kGuestState);
+    const auto ga = after.vmcs.area(model::VmcsArea::kGuestState);
+    std::set<std::uint32_t> encs;
+    for (const auto& [e, v] : gb) encs.insert(e);
+    for (const auto& [e, v] : ga) encs.insert(e);
+    for (std::uint32_t e : encs) {
+      const model::VmcsField* f = model::find_vmcs_field(e);
+      const std::string name = "vmcs." + std::string(f != nullptr ? f->name : "field") + " (" + hex(e) + ")";
+      const auto ib = gb.find(e), ia = ga.find(e);
+      if (ib == gb.end() || ia == ga.end()) {
+        equal(name + ".present", ib != gb.end(), ia != ga.end(), "a guest-state field was dropped or added");
         continue;
       }
-      equal(name, ib->second, ia->second, "the guest state must be preserved");
+      equal(name, ib->second, ia->second, "the VMCS guest-state area must be preserved");
     }
-    // The guest TSC (host TSC + offset) at capture must be the same on both sides.
-    auto [ob, oa] = scalar(p + "tsc_offset", vb.tsc_offset, va.tsc_offset);
-    auto [hb, ha] = scalar(p + "host_tsc_at_capture", vb.host_tsc_at_capture, va.host_tsc_at_capture);
-    items.push_back(
-        Item{p + "tsc_offset", hex(vb.tsc_offset) + " (host tsc " + hex(vb.host_tsc_at_capture) + ")",
-             hex(va.tsc_offset) + " (host tsc " + hex(va.host_tsc_at_capture) + ")",
-             "the TSC offset must change by exactly minus the host-time gap, so that the guest TSC is "
-             "continuous (guest TSC " +
-                 hex(vb.guest_tsc()) + " before, " + hex(va.guest_tsc()) + " after)",
-             detail::tsc_continuous(ob, oa, hb, ha),
-             va.tsc_offset - vb.tsc_offset == std::uint64_t{0} - (va.host_tsc_at_capture - vb.host_tsc_at_capture)});
-  }
-
-  // VMCS guest-state area: the same fields with the same values. Host state may differ.
-  const auto gb = before.vmcs.area(model::VmcsArea::kGuestState);
-  const auto ga = after.vmcs.area(model::VmcsArea::kGuestState);
-  std::set<std::uint32_t> encs;
-  for (const auto& [e, v] : gb) encs.insert(e);
-  for (const auto& [e, v] : ga) encs.insert(e);
-  for (std::uint32_t e : encs) {
-    const model::VmcsField* f = model::find_vmcs_field(e);
-    const std::string name = "vmcs." + std::string(f != nullptr ? f->name : "field") + " (" + hex(e) + ")";
-    const auto ib = gb.find(e), ia = ga.find(e);
-    if (ib == gb.end() || ia == ga.end()) {
-      equal(name + ".present", ib != gb.end(), ia != ga.end(), "a guest-state field was dropped or added");
-      continue;
+    // The VMCS TSC offset (a control field) follows the same relation, with vCPU 0's host TSCs.
+    if (auto tb = before.vmcs.get(model::vmcs::kTscOffset), ta = after.vmcs.get(model::vmcs::kTscOffset);
+        tb && ta && !before.vcpus.empty() && !after.vcpus.empty()) {
+      auto [ob, oa] = scalar("vmcs.tsc_offset", *tb, *ta);
+      auto [hb, ha] =
+          scalar("vmcs.host_tsc_at_capture", before.vcpus[0].host_tsc_at_capture, after.vcpus[0].host_tsc_at_capture);
+      items.push_back(Item{
+          "vmcs.tsc_offset (0x2010)", hex(*tb), hex(*ta),
+          "the VMCS TSC offset must change by exactly minus the host-time gap", detail::tsc_continuous(ob, oa, hb, ha),
+          *ta - *tb == std::uint64_t{0} - (after.vcpus[0].host_tsc_at_capture - before.vcpus[0].host_tsc_at_capture)});
     }
-    equal(name, ib->second, ia->second, "the VMCS guest-state area must be preserved");
-  }
-  // The VMCS TSC offset (a control field) follows the same relation, with vCPU 0's host TSCs.
-  if (auto tb = before.vmcs.get(model::vmcs::kTscOffset), ta = after.vmcs.get(model::vmcs::kTscOffset);
-      tb && ta && !before.vcpus.empty() && !after.vcpus.empty()) {
-    auto [ob, oa] = scalar("vmcs.tsc_offset", *tb, *ta);
-    auto [hb, ha] =
-        scalar("vmcs.host_tsc_at_capture", before.vcpus[0].host_tsc_at_capture, after.vcpus[0].host_tsc_at_capture);
-    items.push_back(Item{
-        "vmcs.tsc_offset (0x2010)", hex(*tb), hex(*ta),
-        "the VMCS TSC offset must change by exactly minus the host-time gap", detail::tsc_continuous(ob, oa, hb, ha),
-        *ta - *tb == std::uint64_t{0} - (after.vcpus[0].host_tsc_at_capture - before.vcpus[0].host_tsc_at_capture)});
-  }
 
-  // EPTP: memory type, walk length and A/D enable must match; the root may differ only with proof.
-  const std::uint64_t kRootMask = model::EptEntry::kAddrBitsMax;
-  std::size_t root_item = SIZE_MAX;  // the index of the EPTP-root item, if there is one
-  if (!no_eptp) {
-    equal("eptp.flags", before.eptp.raw() & ~kRootMask, after.eptp.raw() & ~kRootMask,
-          "the EPTP's memory type, walk length or A/D enable changed");
-    auto [rb, ra] = scalar("eptp.root", before.eptp.root().value, after.eptp.root().value);
-    const z3::expr proven = c.bool_const("trees_proven_equivalent");
-    s.add(proven == c.bool_val(trees == Verdict::kProven));
-    root_item = items.size();
-    items.push_back(Item{"eptp.root", hex(before.eptp.root().value), hex(after.eptp.root().value),
-                         std::string("the EPTP root changed and the tree comparison was ") + to_string(trees),
-                         rb == ra || proven, before.eptp.root() == after.eptp.root() || trees == Verdict::kProven});
+    // EPTP: memory type, walk length and A/D enable must match; the root may differ only with proof.
+    const std::uint64_t kRootMask = model::EptEntry::kAddrBitsMax;
+    if (!no_eptp) {
+      equal("eptp.flags", before.eptp.raw() & ~kRootMask, after.eptp.raw() & ~kRootMask,
+            "the EPTP's memory type, walk length or A/D enable changed");
+      auto [rb, ra] = scalar("eptp.root", before.eptp.root().value, after.eptp.root().value);
+      z3::expr proven = c.bool_val(trees == Verdict::kProven);
+      if (named) {
+        proven = c.bool_const("trees_proven_equivalent");
+        s.add(proven == c.bool_val(trees == Verdict::kProven));
+      }
+      root_item = items.size();
+      items.push_back(Item{"eptp.root", hex(before.eptp.root().value), hex(after.eptp.root().value),
+                           std::string("the EPTP root changed and the tree comparison was ") + to_string(trees),
+                           rb == ra || proven, before.eptp.root() == after.eptp.root() || trees == Verdict::kProven});
+    }
+  };
+  build();
+  if (!std::all_of(items.begin(), items.end(), [](const Item& it) { return it.concrete; })) {
+    items.clear();
+    root_item = SIZE_MAX;
+    named = true;
+    build();
   }
 
   z3::expr_vector all(c);

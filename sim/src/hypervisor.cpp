@@ -387,15 +387,23 @@ Result<std::unique_ptr<Hypervisor>> Hypervisor::restore(HostMemory& host, const 
   cfg.ept = s.ept_config;
   std::unique_ptr<Hypervisor> hv;
   if (adopt_tree) {
-    // Claim every table page of the handed-over tree; copy it in when host memory lacks it.
+    // Take over the table pages of the handed-over tree. Only a frame the package's owner map
+    // gives to this VM's EPT becomes this instance's table; any other frame a walk reaches as a
+    // table (guest RAM, a VMCS, a free frame: a corrupted pointer) keeps its owner, so the
+    // isolation check sees it. A frame host memory lacks is copied in with the package's owner.
     if (s.tables.frame(s.eptp.root()) == nullptr)
       return make_error("the handed-over EPTP " + std::to_string(s.eptp.raw()) + " points at no table in the package");
+    std::vector<Hfn> owned;
     for (Hfn f : s.tables.frames()) {
-      std::uint8_t* dst = host.claim_frame(f, model::OwnerKind::kEptTable, s.vm_id);
+      const model::OwnerRange o = s.owners.owner_of(f);
+      const bool table = o.kind == model::OwnerKind::kEptTable && o.vm == s.vm_id;
+      if (table) owned.push_back(f);
+      if (!table && host.frame(f) != nullptr) continue;
+      std::uint8_t* dst = host.claim_frame(f, o.kind, o.vm);
       std::memcpy(dst, s.tables.frame(f), model::kPageSize);
     }
     hv.reset(new Hypervisor(host, cfg, s.eptp.root()));
-    hv->table_frames_ = s.tables.frames();
+    hv->table_frames_ = std::move(owned);
   } else {
     hv.reset(new Hypervisor(host, cfg));
   }

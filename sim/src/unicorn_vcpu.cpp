@@ -108,7 +108,6 @@ struct UnicornVcpuHooks {
 
 UnicornVcpu::UnicornVcpu(VcpuExits& exits, std::uint64_t gpa_limit)
     : exits_(exits),
-      blocks_(kBlockCacheSize),
       flags_(gpa_limit >> model::kPageShift, 0),
       is_ram_(gpa_limit >> model::kPageShift, 0),
       ff_page_(model::kPageSize, 0xFF) {}
@@ -441,7 +440,9 @@ void UnicornVcpu::retranslate_fast() {
 void UnicornVcpu::on_tb_generated(std::uint64_t pc, std::uint32_t size) {
   // Translated while a memory hook is in Unicorn's lists: its loads call out.
   if (!mem_hook_listed_) return;
-  Block& b = blocks_[block_index(pc, size)];
+  Block* bp = blocks_.find(block_index(pc, size));
+  if (bp == nullptr) return;
+  Block& b = *bp;
   if (b.addr != pc || b.size != size || !b.fast) return;
   b.fast = false;
   b.hot = 0;
@@ -617,7 +618,7 @@ void UnicornVcpu::on_block_slow(std::uint64_t addr, std::uint32_t size) {
   }
   // A hot block is retranslated without the memory hooks; the hook is deleted now so
   // that Unicorn drops it when this emulation ends. Stop before the block (it is not counted).
-  const std::size_t idx = static_cast<std::size_t>(&b - blocks_.data());
+  const std::size_t idx = block_index(addr, size);  // decode() fills the slot it is given
   if (mem_hook_ != 0 && b.promotable && !b.fast && xo_pages_ == 0 && ++b.hot >= kPromoteAfter) promote_.push_back(idx);
   if (!promote_.empty() || read_lost_ || (xo_pages_ > 0 && fast_count_ > 0)) {
     if (!promote_.empty() && mem_hook_ != 0) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -138,9 +139,9 @@ class UnicornVcpu {
   // inline: a block that on_block_slow checked in the current epoch (one page, executable, its
   // fetch looked up in the TLB model, not due for a promotion) just counts its instructions.
   void on_block(std::uint64_t addr, std::uint32_t size) {
-    Block& b = blocks_[block_index(addr, size)];
-    if (b.ready == epoch_ && b.addr == addr && b.size == size && insns_ < limit_) {
-      enter(b);
+    Block* b = blocks_.find(block_index(addr, size));
+    if (b != nullptr && b->ready == epoch_ && b->addr == addr && b->size == size && insns_ < limit_) {
+      enter(*b);
       return;
     }
     on_block_slow(addr, size);
@@ -166,6 +167,34 @@ class UnicornVcpu {
     std::vector<std::uint16_t> rdtsc_before;  // for each: instructions of the block before it
     std::vector<std::uint16_t> stores;       // offsets of the instructions that store, in order
     std::vector<std::uint16_t> loads;        // offsets of the instructions that may load
+  };
+  // The direct-mapped decode cache: 2^16 slots, a block allocated when a slot is first used.
+  // Only a few hundred ever are, so a new vCPU (one per handover) neither builds nor destroys
+  // 2^16 empty blocks (10 MiB); the slot table comes zeroed from calloc, untouched until read.
+  class BlockCache {
+   public:
+    BlockCache() : slots_(static_cast<Block**>(std::calloc(kSlots, sizeof(Block*)))) { BATON_CHECK(slots_ != nullptr); }
+    ~BlockCache() {
+      for (std::uint32_t i : used_) delete slots_[i];
+      std::free(slots_);
+    }
+    BlockCache(const BlockCache&) = delete;
+    BlockCache& operator=(const BlockCache&) = delete;
+    // The block in slot `i`, or null if the slot was never used.
+    Block* find(std::size_t i) const { return slots_[i]; }
+    // The block in slot `i`, created empty on first use.
+    Block& operator[](std::size_t i) {
+      if (slots_[i] == nullptr) {
+        slots_[i] = new Block;
+        used_.push_back(static_cast<std::uint32_t>(i));
+      }
+      return *slots_[i];
+    }
+
+   private:
+    static constexpr std::size_t kSlots = std::size_t{1} << 16;
+    Block** slots_;
+    std::vector<std::uint32_t> used_;
   };
   // What the running memory hook (or fetch check) is handling, for exit_rip().
   enum class HookKind : std::uint8_t { kNone, kLoad, kStore, kFetch };
@@ -237,7 +266,7 @@ class UnicornVcpu {
   VcpuExits& exits_;
   uc_struct* uc_ = nullptr;
   // The block hook's state, first (one cache line for the fast path).
-  std::vector<Block> blocks_;      // direct-mapped decode cache
+  BlockCache blocks_;              // direct-mapped decode cache
   std::uint64_t epoch_ = 1;        // bumped by anything that may change a block's checks
   std::uint64_t insns_ = 0;
   std::uint64_t limit_ = ~std::uint64_t{0};

@@ -4,6 +4,7 @@
 
 #include "baton/checker/check.hpp"
 #include "baton/checker/concrete.hpp"
+#include "baton/model/ept_walk.hpp"
 #include "fixtures.hpp"
 #include "random_tree.hpp"
 
@@ -197,4 +198,43 @@ TEST_CASE("Z3 and the concrete path agree on conformance, isolation, well-formed
   CAPTURE(failures, checks);
   CHECK(checks >= 200);   // of 75 rounds x 4 properties, few skipped as table cycles
   CHECK(failures >= 20);  // the mutations do break things, so both outcomes are exercised
+}
+
+TEST_CASE("Z3 and the concrete path agree on conformance when non-leaf permissions are narrowed",
+          "[checker][crosscheck][nonleaf]") {
+  // Clears random R/W/X bits of table entries that walks of random GPAs read (inside and
+  // outside the memslots), so that the non-leaf clause is both broken and justified.
+  checker::CheckOptions mono;
+  mono.decompose = false;
+  unsigned refuted = 0, proven_mutated = 0;
+  for (std::uint64_t seed = 1; seed <= 30; ++seed) {
+    SpecTree st = spec_tree(seed);
+    std::mt19937_64 rng(seed * 7919);
+    for (unsigned round = 0; round < 4; ++round) {
+      model::FrameStore m = st.tree.mem;
+      const unsigned n = 1 + static_cast<unsigned>(rng() % 3);
+      for (unsigned k = 0; k < n; ++k) {
+        const std::uint64_t span = st.snap.memslots.back().end().value + 8 * kMiB;
+        const model::Gpa g{(rng() % span) & ~model::kPageMask};
+        const model::WalkResult w = model::walk(st.tree.eptp, g, model::Access::kRead, m, st.tree.cfg);
+        if (w.path_len < 2) continue;
+        const model::WalkStep& s = w.path[rng() % (w.path_len - 1)];  // a table entry
+        const std::uint64_t bits = 1 + rng() % 7;
+        m.write_u64(s.entry_addr, s.entry.raw() & ~(rng() % 2 == 0 ? (bits & 6) : bits));
+      }
+      const checker::TreeRef t{"narrowed", st.tree.eptp, &m, {}};
+      CAPTURE(seed, round);
+      auto cc = checker::concrete_conformance(t, st.snap.memslots);
+      REQUIRE(cc.ok());
+      const auto z = get(checker::check_conformance(t, st.snap.memslots));
+      CAPTURE(z.summary, cc->detail);
+      CHECK(holds(z) == cc->holds);
+      if (z.verdict == Verdict::kRefuted) CHECK(z.counterexample->confirmed_concretely);
+      if (seed % 10 == 0) CHECK(holds(get(checker::check_conformance(t, st.snap.memslots, mono))) == cc->holds);
+      (cc->holds ? proven_mutated : refuted) += 1;
+    }
+  }
+  CAPTURE(refuted, proven_mutated);
+  CHECK(refuted >= 30);
+  CHECK(proven_mutated >= 10);
 }

@@ -245,6 +245,35 @@ TEST_CASE("fault story: a flipped bit in the old VMCS's EPT pointer", "[migratio
   }
 }
 
+TEST_CASE("fault story: an adopted table pointer redirected onto a guest-RAM, VMCS or hypervisor frame is an isolation breach",
+          "[migration][fault]") {
+  // Bit 32 of the PDE moves the page table into guest RAM (a zeroed frame: the tree looks
+  // lazily unfilled); bits 13 and 12 of the PML4E move the PDPT onto the VMCS and a hypervisor
+  // frame. The new instance must not relabel those frames as its EPT tables when it adopts.
+  const std::pair<const char*, const char*> cases[] = {
+      {"ept:0xbfe000:32:2", "guest-ram"}, {"ept:0xbfe000:13:4", "vmcs"}, {"ept:0xbfe000:12:4", "hypervisor"}};
+  for (const auto& [spec, owner] : cases) {
+    CAPTURE(spec);
+    auto f = parse_fault(spec);
+    REQUIRE(f);
+    MigrationOptions o;
+    o.fault = *f;
+    o.reference = false;
+    o.method = Method::kAdopt;
+    const MigrationResult r = migrate_ok("memtouch", o);
+    const CheckLine& iso = line(r, "isolation");
+    CAPTURE(iso.summary);
+    CHECK(iso.verdict == checker::Verdict::kRefuted);
+    CHECK(iso.summary.find(std::string("owned by ") + owner) != std::string::npos);
+    CHECK(r.rejected);
+  }
+  // Negative control: without the fault the adopted tables are this VM's EPT frames.
+  MigrationOptions o;
+  o.reference = false;
+  o.method = Method::kAdopt;
+  CHECK(line(migrate_ok("memtouch", o), "isolation").verdict == checker::Verdict::kProven);
+}
+
 TEST_CASE("fault story: a flipped bit in a VMCS guest-state field is caught by the vCPU property", "[migration][fault]") {
   auto f = parse_fault("vmcs:guest_rip:3");
   REQUIRE(f);
