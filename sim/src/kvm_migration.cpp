@@ -608,6 +608,11 @@ Result<void> KvmBackend::finish_on_new(Method) {
     auto ev = hw::wait_worker_events(worker_->sock.get(), cfg_.timeout_ms);
     if (ev) worker_events_ = std::move(*ev);
     else worker_events_error_ = ev.error().message;
+  } else {
+    // Its events are not wanted: say so by closing this end, so that a worker blocked sending
+    // them (more than a socket buffer holds: about 8,000 exits) fails at once and exits. Reaping
+    // without it waited out the whole timeout (60 s) with the worker stuck in send().
+    ::shutdown(worker_->sock.get(), SHUT_RDWR);
   }
   worker_->reap(cfg_.timeout_ms);
   if (!run) {
