@@ -399,7 +399,7 @@ Result<void> KvmBackend::precopy() {
   trace_phase(r1, traces::MigrationPhase::kCopyRound, 1);
   // QEMU's stop condition (migration_iteration_run): sync the dirty log, and stop once what is
   // pending could be sent within the downtime limit at the bandwidth the last round measured
-  // (threshold = bandwidth x downtime-limit); otherwise send it as the next round. --max-rounds
+  // (none pending, or fewer than bandwidth x downtime-limit); otherwise send it as the next round. --max-rounds
   // bounds the rounds as libvirt's --timeout bounds QEMU's (a forced switchover), and
   // --converge-pages is kept as a floor.
   double bytes_per_s = first.cycles > 0 ? static_cast<double>(timing_.bytes_copied) * 1e9 / first.cycles : 0;
@@ -416,8 +416,8 @@ Result<void> KvmBackend::precopy() {
     }
     res_->rounds.back().dirtied = *pending;  // what the previous round left dirty
     char why[200];
-    if (static_cast<double>(*pending) <= threshold_pages()) {
-      std::snprintf(why, sizeof why, "converged: %llu pages pending <= %.0f = %.0f ms at %.1f MB/s (--downtime-limit)",
+    if (*pending == 0 || static_cast<double>(*pending) < threshold_pages()) {  // QEMU: !pending || pending < threshold
+      std::snprintf(why, sizeof why, "converged: %llu pages pending < %.0f = %.0f ms at %.1f MB/s (--downtime-limit)",
                     static_cast<unsigned long long>(*pending), threshold_pages(), opt_.downtime_limit_ms, bytes_per_s / 1e6);
     } else if (*pending <= opt_.converge_pages) {
       std::snprintf(why, sizeof why, "converged: %llu pages pending <= %llu (--converge-pages)",

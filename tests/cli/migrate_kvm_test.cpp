@@ -73,8 +73,9 @@ TEST_CASE("migrate --backend kvm: local-lazy hands the memfd to a second process
 TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the guest runs, and is proven",
           "[kvm][migrate][precopy][device-only]") {
   ScratchDir d;
-  // A downtime limit of 0 ms never converges (QEMU's condition needs the pending pages to fit
-  // in it), and no converge-pages floor: the rounds run to --max-rounds, the switchover is forced.
+  // A downtime limit of 0 ms converges only when nothing is pending (QEMU's condition), and
+  // there is no converge-pages floor: the rounds run to --max-rounds, where the switchover is
+  // forced, unless the guest dirtied nothing during a round (PVM sometimes stalls it there).
   auto r = run_baton(d, "migrate memtouch --backend kvm --method precopy --mem 64M --param size=16M --param passes=8000 "
                         "--max-rounds 3 --downtime-limit 0 --converge-pages 0 --json");
   const json j = parsed(r);
@@ -82,8 +83,15 @@ TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the g
   CHECK(j.at("outcome") == "ok");
   CHECK(j.at("checksum_matches") == true);
   CHECK(j.at("bytes_copied").get<std::uint64_t>() >= 64u << 20);  // round 1 is all of memory
-  CHECK(j.at("rounds").size() == 4);  // rounds 1-3 and the stop-and-copy
-  CHECK_THAT(j.at("precopy_stop").get<std::string>(), Catch::StartsWith("not converged after 3 rounds (--max-rounds)"));
+  const std::string stop = j.at("precopy_stop");
+  INFO(stop);
+  if (stop.rfind("converged", 0) == 0) {
+    CHECK_THAT(stop, Catch::StartsWith("converged: 0 pages pending < 0 = 0 ms"));
+    CHECK(j.at("rounds").size() <= 4);
+  } else {
+    CHECK_THAT(stop, Catch::StartsWith("not converged after 3 rounds (--max-rounds)"));
+    CHECK(j.at("rounds").size() == 4);  // rounds 1-3 and the stop-and-copy
+  }
   CHECK(verdict_of(j, "vcpu") == "proven");
 }
 
