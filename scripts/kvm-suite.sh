@@ -160,5 +160,5 @@ if [ ${#skipped[@]} -gt 0 ]; then
   echo "kvm suite on $flavour: SKIPPED ${#skipped[@]} executable(s) that exited 77: $(join "${skipped[@]}")"
   exit 77
 fi
-[ ${#passed[@]} -gt 0 ] || { echo "baton: kvm-suite: the list $list names no executable"; exit 1; }
+[ ${#passed[@]} -gt 0 ] || { echo "baton: kvm-suite: no executable of $list ran (none listed, or none in this part: boot ${boot:-any}, cases $cases)"; exit 1; }
 exit 0
