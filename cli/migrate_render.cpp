@@ -70,6 +70,7 @@ json migration_json(const sim::MigrationResult& r) {
     rounds.push_back({{"pages", c.pages}, {"sent", c.sent}, {"cycles", c.cycles}, {"dirtied", c.dirtied},
                       {"guest_instructions", c.guest_insns}});
   j["rounds"] = rounds;
+  if (!r.precopy_stop.empty()) j["precopy_stop"] = r.precopy_stop;
   j["refaults"] = r.refaults;
   const bool measured = slowdown_measured(r);
   j["slowdown"] = {{"measured", measured},
@@ -127,6 +128,7 @@ std::string migration_text(const sim::MigrationResult& r) {
   o += fmt("total        %.2f us (%.0f %s)\n", r.micros(r.total), r.total, unit);
   o += fmt("copied       %s (%llu pages) in %zu rounds\n", format_size(r.bytes_copied).c_str(),
            static_cast<unsigned long long>(r.pages_copied), r.rounds.size());
+  if (!r.precopy_stop.empty()) o += "stop         " + r.precopy_stop + "\n";
   if (r.switched && !timed) {
     o += fmt("refaults     %llu EPT violations on the new instance\n", static_cast<unsigned long long>(r.refaults));
     if (slowdown_measured(r))

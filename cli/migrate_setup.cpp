@@ -27,6 +27,10 @@ void add_migrate_options(CLI::App& c, MigrateOptions& o) {
   c.add_option("--max-rounds", o.max_rounds, "Precopy rounds before stop-and-copy")->capture_default_str();
   c.add_option("--converge-pages", o.converge_pages, "Precopy stops early once a round leaves this few dirty pages")
       ->capture_default_str();
+  c.add_option("--downtime-limit", o.downtime_limit_ms,
+               "KVM precopy stops once the dirty pages left could be sent within this many ms at the measured bandwidth "
+               "(QEMU's downtime-limit)")
+      ->capture_default_str();
   c.add_option("--window", o.window, "Instructions after the switch compared with the unmigrated run")
       ->capture_default_str();
   c.add_flag("--no-reference", o.no_reference, "Skip the unmigrated reference run (no slowdown figure)");
@@ -54,6 +58,8 @@ Result<sim::MigrationOptions> make_migration_options(const MigrateOptions& o) {
   if (o.max_rounds == 0 || o.max_rounds > 1000) return make_error("--max-rounds must be 1..1000");
   m.max_rounds = o.max_rounds;
   m.converge_pages = o.converge_pages;
+  if (!(o.downtime_limit_ms >= 0 && o.downtime_limit_ms <= 3'600'000)) return make_error("--downtime-limit must be 0..3600000 ms");
+  m.downtime_limit_ms = o.downtime_limit_ms;
   m.slowdown_window = o.window;
   m.reference = !o.no_reference;
   m.verify = !o.no_verify;

@@ -19,6 +19,7 @@ struct MigrateOptions {
   std::string dirty = "pml";
   unsigned max_rounds = 8;
   std::uint64_t converge_pages = 256;
+  double downtime_limit_ms = 300;
   std::uint64_t window = 2'000'000;
   bool no_reference = false;
   bool no_verify = false;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -445,11 +446,23 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   return ok_result();
 }
 
-Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) {
+Result<std::uint64_t> sync_dirty(KvmMachine& m, HandoverTiming& t) {
   auto dirty = m.dirty_bitmap();
   if (!dirty) return dirty.error();
-  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), *dirty);
+  if (t.pending_dirty.size() < dirty->size()) t.pending_dirty.resize(dirty->size(), 0);
+  std::uint64_t pages = 0;
+  for (std::size_t i = 0; i < t.pending_dirty.size(); ++i) {
+    if (i < dirty->size()) t.pending_dirty[i] |= (*dirty)[i];
+    pages += static_cast<std::uint64_t>(std::popcount(t.pending_dirty[i]));
+  }
+  return pages;
+}
+
+Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) {
+  BATON_TRY_VOID(sync_dirty(m, t));
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), t.pending_dirty);
   if (!sent) return make_error("worker: " + sent.error().message);
+  std::fill(t.pending_dirty.begin(), t.pending_dirty.end(), 0);
   t.bytes_copied += *sent;
   ++t.rounds;
   return *sent;

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -396,7 +397,42 @@ Result<void> KvmBackend::precopy() {
   res_->rounds.push_back(first);
   phase("precopy-round-1", r1, monotonic_ns(), false);
   trace_phase(r1, traces::MigrationPhase::kCopyRound, 1);
-  for (unsigned round = 2; round <= opt_.max_rounds && !vcpu_done_; ++round) {
+  // QEMU's stop condition (migration_iteration_run): sync the dirty log, and stop once what is
+  // pending could be sent within the downtime limit at the bandwidth the last round measured
+  // (none pending, or fewer than bandwidth x downtime-limit); otherwise send it as the next round. --max-rounds
+  // bounds the rounds as libvirt's --timeout bounds QEMU's (a forced switchover), and
+  // --converge-pages is kept as a floor.
+  double bytes_per_s = first.cycles > 0 ? static_cast<double>(timing_.bytes_copied) * 1e9 / first.cycles : 0;
+  const auto threshold_pages = [&] { return bytes_per_s * opt_.downtime_limit_ms / 1e3 / 4096; };
+  for (unsigned round = 2;; ++round) {
+    if (vcpu_done_) {
+      res_->precopy_stop = "the guest finished during the rounds";
+      break;
+    }
+    auto pending = hw::sync_dirty(*machine_, timing_);
+    if (!pending) {
+      worker_error_ = pending.error().message;
+      return ok_result();
+    }
+    res_->rounds.back().dirtied = *pending;  // what the previous round left dirty
+    char why[200];
+    if (*pending == 0 || static_cast<double>(*pending) < threshold_pages()) {  // QEMU: !pending || pending < threshold
+      std::snprintf(why, sizeof why, "converged: %llu pages pending < %.0f = %.0f ms at %.1f MB/s (--downtime-limit)",
+                    static_cast<unsigned long long>(*pending), threshold_pages(), opt_.downtime_limit_ms, bytes_per_s / 1e6);
+    } else if (*pending <= opt_.converge_pages) {
+      std::snprintf(why, sizeof why, "converged: %llu pages pending <= %llu (--converge-pages)",
+                    static_cast<unsigned long long>(*pending), static_cast<unsigned long long>(opt_.converge_pages));
+    } else if (round > opt_.max_rounds) {
+      std::snprintf(why, sizeof why, "not converged after %u rounds (--max-rounds): %llu pages pending > %.0f = %.0f ms at %.1f MB/s",
+                    opt_.max_rounds, static_cast<unsigned long long>(*pending), threshold_pages(), opt_.downtime_limit_ms,
+                    bytes_per_s / 1e6);
+    } else {
+      why[0] = '\0';
+    }
+    if (why[0] != '\0') {
+      res_->precopy_stop = why;
+      break;
+    }
     const std::uint64_t a = monotonic_ns(), before = timing_.bytes_copied;
     auto sent = hw::precopy_round(*machine_, worker_->sock.get(), timing_);
     if (!sent) {
@@ -406,14 +442,14 @@ Result<void> KvmBackend::precopy() {
     CopyRound c;
     c.pages = c.sent = (timing_.bytes_copied - before) / 4096;
     c.cycles = static_cast<double>(monotonic_ns() - a);
-    res_->rounds.back().dirtied = c.pages;  // what the previous round left dirty
+    if (c.cycles > 0 && c.sent > 0) bytes_per_s = static_cast<double>(c.sent * 4096) * 1e9 / c.cycles;
     res_->rounds.push_back(c);
     phase("precopy-round-" + std::to_string(round), a, monotonic_ns(), false);
     trace_phase(a, traces::MigrationPhase::kCopyRound, round);
     if (opt_.progress)
       opt_.progress("precopy round " + std::to_string(round) + ": " + std::to_string(c.sent) + " dirty pages sent");
-    if (c.pages <= opt_.converge_pages) break;
   }
+  if (opt_.progress) opt_.progress("precopy stops: " + res_->precopy_stop);
   return ok_result();
 }
 
@@ -572,6 +608,11 @@ Result<void> KvmBackend::finish_on_new(Method) {
     auto ev = hw::wait_worker_events(worker_->sock.get(), cfg_.timeout_ms);
     if (ev) worker_events_ = std::move(*ev);
     else worker_events_error_ = ev.error().message;
+  } else {
+    // Its events are not wanted: say so by closing this end, so that a worker blocked sending
+    // them (more than a socket buffer holds: about 8,000 exits) fails at once and exits. Reaping
+    // without it waited out the whole timeout (60 s) with the worker stuck in send().
+    ::shutdown(worker_->sock.get(), SHUT_RDWR);
   }
   worker_->reap(cfg_.timeout_ms);
   if (!run) {

@@ -84,7 +84,7 @@ TEST_CASE("explore kvm: every kvm-* scenario runs on KVM and meets its expectati
 }
 
 TEST_CASE("explore kvm: what KVM cannot do refuses with one line; in a script that is exit 2 at the line",
-          "[kvm][explore][bad-input]") {
+          "[kvm][explore][bad-input][device-only]") {
   ScratchDir d;
   const std::vector<std::pair<std::string, std::string>> refused = {
       {"ept walk 0x400000", "ept: KVM builds and owns its EPT"},
@@ -114,7 +114,7 @@ TEST_CASE("explore kvm: what KVM cannot do refuses with one line; in a script th
   CHECK_FALSE(std::filesystem::exists(d / "x.snap"));
 }
 
-TEST_CASE("explore kvm: bad input is one line naming what is wrong", "[kvm][explore][bad-input]") {
+TEST_CASE("explore kvm: bad input is one line naming what is wrong", "[kvm][explore][bad-input][device-only]") {
   ScratchDir d;
   const std::vector<std::pair<std::string, std::string>> bad = {
       {"run to sync 0", "sync point must be 1..2^32-1"},
@@ -212,7 +212,7 @@ TEST_CASE("explore kvm: restore brings guest memory and the vCPU back exactly", 
   CHECK_THAT(r.out, Catch::Contains("stage 2   snapshot"));  // snapshots lists it with its stage
 }
 
-TEST_CASE("explore kvm: precopy copies while the guest runs, and JSON carries every view", "[kvm][explore][precopy]") {
+TEST_CASE("explore kvm: precopy copies while the guest runs, and JSON carries every view", "[kvm][explore][precopy][device-only]") {
   ScratchDir d;
   auto r = explore(d,
                    "load memtouch --backend kvm --mem 64M -p size=16M -p passes=8000\nrun to sync 1 --json\nbackend --json\n"
@@ -242,7 +242,7 @@ TEST_CASE("explore kvm: precopy copies while the guest runs, and JSON carries ev
   CHECK(chk.at("verdict") == "proven");
 }
 
-TEST_CASE("explore kvm on a terminal: Ctrl-C during run stops the vCPU, not the REPL", "[kvm][explore][tty]") {
+TEST_CASE("explore kvm on a terminal: Ctrl-C during run stops the vCPU, not the REPL", "[kvm][explore][tty][device-only]") {
   // tmux is a dependency (scripts/install-deps.sh): without it this case fails, never passes.
   REQUIRE(std::system("command -v tmux >/dev/null 2>&1") == 0);
   ScratchDir d;
@@ -300,7 +300,10 @@ TEST_CASE("explore kvm on a terminal: Ctrl-C during run stops the vCPU, not the 
   tmux("send-keys -t 0 C-c");
   CHECK(wait_for("outcome      ", 300));
   const std::string s = screen();
-  CHECK_THAT(s, Catch::Contains("outcome      ok"));
+  // The Ctrl-C lands while the worker runs the guest, or, where the checks take seconds (QEMU
+  // TCG), in the checker, which it interrupts: "switched-unknown". The guest finishes either way.
+  CHECK_THAT(s, Catch::Contains("outcome      ok") || Catch::Contains("outcome      switched-unknown"));
+  CHECK_THAT(s, Catch::Contains(": match)"));
   CHECK_THAT(s, !Catch::Contains("the guest is lost"));
   tmux("send-keys -t 0 'quit' Enter");
 }

@@ -141,6 +141,8 @@ struct HandoverTiming {
   std::optional<model::VcpuState> baseline;
   std::shared_ptr<StateMailbox> mailbox;  // created by prepare_worker
   Fd wakeup;                              // the eventfd that wakes the worker (prepare_worker)
+  // precopy: pages the dirty log reported (sync_dirty) that no round has sent yet, one bit each
+  std::vector<std::uint64_t> pending_dirty;
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
 };
 // With t.precopy, prepare_worker also enables dirty logging and sends all of memory (round 1),
@@ -151,6 +153,10 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
 // worker can be started long before the migration point; prepare_worker then skips it.
 Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms = 60'000);
 Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t);
+// Reads the dirty log into t.pending_dirty without sending anything and returns how many pages
+// are pending (QEMU's bitmap sync before it decides whether to stop); the next precopy_round or
+// the stop-and-copy sends them with whatever was dirtied after.
+Result<std::uint64_t> sync_dirty(KvmMachine& m, HandoverTiming& t);
 // hand_over returns the state the worker's vCPU holds (what await_resumed returns).
 Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms = 60'000);
 // Wakes the worker as the pause begins (one eventfd write), so that its wake-up overlaps the

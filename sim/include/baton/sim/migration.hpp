@@ -103,6 +103,9 @@ struct MigrationOptions {
   DirtyMode dirty = DirtyMode::kPml;     // how rounds track writes (wp or pml)
   unsigned max_rounds = 8;               // rounds before stop-and-copy, converged or not
   std::uint64_t converge_pages = 256;    // stop-and-copy once a round leaves this few dirty pages
+  // KVM: QEMU's stop condition (its `downtime-limit`, default 300 ms): stop-and-copy once the
+  // pages left dirty could be sent within this time at the bandwidth the last round measured.
+  double downtime_limit_ms = 300;
   // After the switch.
   std::uint64_t slowdown_window = 2'000'000;  // instructions compared against the unmigrated run
   bool reference = true;                      // run the unmigrated reference (slowdown)
@@ -179,6 +182,7 @@ struct MigrationResult {
   double downtime = 0;
   double total = 0;
   std::uint64_t bytes_copied = 0;
+  std::string precopy_stop;  // KVM precopy: why the rounds stopped (the stop condition that held)
   std::uint64_t pages_copied = 0;
   std::uint64_t refaults = 0;         // EPT violations of the new instance after the switch
   std::uint64_t frames_freed = 0;     // frames the old instance gave back
