@@ -42,6 +42,16 @@ struct Figures {
   std::string note;
 };
 
+// How this host's KVM logs dirty pages: with PML where kvm_intel enables it, else by write
+// protection (SVM, PVM and nested hosts have no PML): the simulator's precopy logs the same way.
+sim::DirtyMode host_dirty_mode() {
+  std::FILE* f = std::fopen("/sys/module/kvm_intel/parameters/pml", "r");
+  if (f == nullptr) return sim::DirtyMode::kWriteProtect;
+  const int c = std::fgetc(f);
+  std::fclose(f);
+  return c == 'Y' || c == 'y' || c == '1' ? sim::DirtyMode::kPml : sim::DirtyMode::kWriteProtect;
+}
+
 // Within a factor of two either way.
 bool within_2x(double a, double b) { return a > 0 && b > 0 && a / b <= 2.0 && b / a <= 2.0; }
 
@@ -55,6 +65,7 @@ Result<Figures> migrate_once(const FidelityOptions& o, const std::string& mem, s
   sim::MigrationOptions opt;
   opt.method = m;
   opt.max_rounds = o.max_rounds;
+  opt.dirty = host_dirty_mode();
   Result<sim::MigrationResult> r = make_error("not run");
   if (kvm) {
     auto image = make_guest_image(so);
@@ -105,6 +116,10 @@ void run_fidelity(const FidelityOptions& o) {
   out["profile"] = o.profile;
   out["profile_name"] = prof->name;
   out["guest"] = {{"name", "memtouch"}, {"size", o.size}, {"passes", o.passes}, {"write_pct", 100}};
+  const bool pml = host_dirty_mode() == sim::DirtyMode::kPml;
+  out["dirty_logging"] = pml ? "pml" : "wp";
+  say("dirty log    %s on both sides (%s)\n", pml ? "pml" : "wp",
+      pml ? "kvm_intel has PML" : "this host's KVM has no PML: write protection");
   json rows = json::array();
   bool all_within = true;
   say("%-6s %-10s %12s %12s %7s %12s %12s %7s\n", "mem", "method", "down kvm us", "down sim us", "ratio",

@@ -411,6 +411,28 @@ Result<void> await_hello(int sock, HandoverTiming& t, int timeout_ms) {
   return ok_result();
 }
 
+namespace {
+
+// The bitmap of round 1: the pages that hold data. A page the memfd never backed (mincore) or
+// that reads as zero is not sent: the worker's private memory starts zeroed (QEMU likewise
+// sends a zero page as a flag, and the simulator's precopy skips them too).
+std::vector<std::uint64_t> nonzero_pages(std::uint8_t* base, std::uint64_t size) {
+  const std::uint64_t pages = size / 4096;
+  std::vector<std::uint64_t> bits((pages + 63) / 64, 0);
+  std::vector<unsigned char> resident(pages, 1);
+  if (::mincore(base, size, resident.data()) != 0) std::fill(resident.begin(), resident.end(), 1);
+  for (std::uint64_t g = 0; g < pages; ++g) {
+    if ((resident[g] & 1) == 0) continue;
+    const auto* w = reinterpret_cast<const std::uint64_t*>(base + g * 4096);
+    bool zero = true;
+    for (std::size_t i = 0; i < 512 && zero; ++i) zero = w[i] == 0;
+    if (!zero) bits[g / 64] |= std::uint64_t{1} << (g % 64);
+  }
+  return bits;
+}
+
+}  // namespace
+
 Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int timeout_ms) {
   if (t.start_ns == 0) t.start_ns = monotonic_ns();
   if (t.worker_pid == 0) BATON_TRY_VOID(await_hello(sock, t, timeout_ms));
@@ -438,8 +460,8 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   BATON_TRY_VOID(m.enable_dirty_log());
   auto reset = m.dirty_bitmap();
   if (!reset) return reset.error();
-  std::vector<std::uint64_t> all((m.memory().size() / 4096 + 63) / 64, ~std::uint64_t{0});
-  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), all);
+  const std::vector<std::uint64_t> data = nonzero_pages(m.memory().data(), m.memory().size());
+  auto sent = send_pages(sock, m.memory().data(), m.memory().size(), data);
   if (!sent) return make_error("worker: " + sent.error().message);
   t.bytes_copied += *sent;
   t.rounds = 1;

@@ -150,6 +150,8 @@ const std::vector<Field>& fields() {
       u64_field("vcpu_state_save", &CostProfile::vcpu_state_save, 0, kMaxStepCycles),
       u64_field("vcpu_state_load", &CostProfile::vcpu_state_load, 0, kMaxStepCycles),
       u64_field("memslot_register", &CostProfile::memslot_register, 0, kMaxStepCycles),
+      u64_field("handover_notify", &CostProfile::handover_notify, 0, kMaxStepCycles),
+      u64_field("handover_wakeup", &CostProfile::handover_wakeup, 0, kMaxStepCycles),
       Field{"tlb_enabled",
             [](CostProfile& p, const json& v) -> Result<void> {
               if (!v.is_boolean()) return make_error("\"tlb_enabled\" must be true or false");
@@ -162,6 +164,7 @@ const std::vector<Field>& fields() {
       u64_field("tlb_entries_1g", &CostProfile::tlb_entries_1g, 1, kMaxTlbEntries),
       double_field("mem_ref_cycles", &CostProfile::mem_ref_cycles, 0.1, 10000),
       double_field("memcpy_bytes_per_cycle", &CostProfile::memcpy_bytes_per_cycle, 0.01, 4096),
+      double_field("transfer_bytes_per_cycle", &CostProfile::transfer_bytes_per_cycle, 0, 4096),
   };
   return f;
 }

@@ -284,13 +284,14 @@ std::uint64_t SimBackend::copy_pages(const std::vector<Gfn>& gfns, CopyRound& ro
   static const std::uint8_t kZero[model::kPageSize] = {};
   // Pages the host never backed are zero without reading them (reading would back them).
   const std::vector<unsigned char> resident = residency(*old_ram_);
-  std::uint64_t sent = 0;
+  std::uint64_t sent = 0, read = 0;
   for (Gfn g : gfns) {
     const std::uint64_t off = g.value << model::kPageShift;
     if (off >= old_ram_->size) continue;
     const std::uint8_t* from = old_ram_->data + off;
     std::uint8_t* to = new_ram_.data + off;
     ++round.pages;
+    read += resident[g.value] & 1;
     // Zero pages are sent as a flag, as QEMU does; a page once sent must be overwritten.
     if (!sent_[g.value] && ((resident[g.value] & 1) == 0 || std::memcmp(from, kZero, model::kPageSize) == 0)) continue;
     std::memcpy(to, from, model::kPageSize);
@@ -300,8 +301,11 @@ std::uint64_t SimBackend::copy_pages(const std::vector<Gfn>& gfns, CopyRound& ro
   round.sent += sent;
   res_->pages_copied += sent;
   res_->bytes_copied += sent * model::kPageSize;
-  // Every page is read once (the zero test); sent pages are written once more.
-  round.cycles = copy_cycles((round.pages + sent) * model::kPageSize);
+  // Every page the host backed is read once (the zero test; one it never backed is known zero,
+  // as baton's KVM precopy asks mincore too); sent pages cross to the new instance (at the
+  // transfer bandwidth, the copy's when the profile has none).
+  const double transfer = prof_.transfer_bytes_per_cycle > 0 ? prof_.transfer_bytes_per_cycle : prof_.memcpy_bytes_per_cycle;
+  round.cycles = copy_cycles(read * model::kPageSize) + static_cast<double>(sent * model::kPageSize) / transfer;
   return sent;
 }
 
@@ -328,8 +332,11 @@ Result<void> SimBackend::precopy_rounds(SimMachine& src) {
     while (src.cycles() < target) {
       RunLimits l;
       l.budget = opt_.budget;
-      l.until_insn = src.instructions() + std::max<std::uint64_t>(
-                                              1000, static_cast<std::uint64_t>((target - src.cycles()) / prof_.base_cpi));
+      // In chunks of at most 100,000 instructions, so that the cycles its exits cost (a
+      // write-protect fault per page it dirties) come out of the round's time as they would.
+      l.until_insn = src.instructions() + std::clamp<std::uint64_t>(
+                                              static_cast<std::uint64_t>((target - src.cycles()) / prof_.base_cpi), 1000,
+                                              100'000);
       const RunEvent e = src.run(l);
       if (e.reason == StopReason::kInsnLimit) continue;
       if (e.reason == StopReason::kExited) {
@@ -591,7 +598,9 @@ Result<model::HandoverSnapshot> SimBackend::pause_and_capture() {
   auto before = src_->snapshot();
   if (!before) return before.error();
   before->meta["guest"] = base_.guest_name;
-  phase("state-save", static_cast<double>(prof_.vcpu_state_save), true, 3);
+  // The new instance is woken first, so that its wake-up overlaps the save (handover_notify
+  // is the old instance's share of it).
+  phase("state-save", static_cast<double>(prof_.handover_notify + prof_.vcpu_state_save), true, 3);
   before_ = *before;
   return before;
 }
@@ -614,8 +623,11 @@ Result<model::HandoverSnapshot> SimBackend::hand_over(Method m, const model::Han
     // the tables stay where they are.
     const std::uint64_t pkg_bytes = sizeof(model::VcpuState) + pkg.vmcs.values().size() * 12 +
                                     pkg.memslots.size() * sizeof(model::Memslot);
+    // The new instance may still be waking up when the package is posted.
+    const double still_waking = prof_.handover_wakeup > prof_.vcpu_state_save
+                                    ? static_cast<double>(prof_.handover_wakeup - prof_.vcpu_state_save) : 0.0;
     phase("state-transfer",
-          copy_cycles(pkg_bytes) + static_cast<double>(pkg.memslots.size() * prof_.memslot_register), true, 3);
+          still_waking + copy_cycles(pkg_bytes) + static_cast<double>(pkg.memslots.size() * prof_.memslot_register), true, 3);
   }
   const std::string work = res_->fell_back ? "ept-work (fallback rebuild)" : "ept-work";
   auto dest = restore_new(m, pkg);

@@ -88,11 +88,11 @@ void tramp_tb_generated(uc_engine*, uc_tb* cur, uc_tb*, void* user) {
 struct UnicornVcpuHooks {
   // Handles OUT.
   static void out(uc_engine*, std::uint32_t port, int size, std::uint32_t value, void* user) {
-    static_cast<VcpuExits*>(user)->port_out(static_cast<std::uint16_t>(port), static_cast<unsigned>(size), value);
+    static_cast<UnicornVcpu*>(user)->on_out(static_cast<std::uint16_t>(port), static_cast<unsigned>(size), value);
   }
   // Handles IN.
   static std::uint32_t in(uc_engine*, std::uint32_t port, int size, void* user) {
-    return static_cast<VcpuExits*>(user)->port_in(static_cast<std::uint16_t>(port), static_cast<unsigned>(size));
+    return static_cast<UnicornVcpu*>(user)->on_in(static_cast<std::uint16_t>(port), static_cast<unsigned>(size));
   }
   // Handles CPUID; returning 1 skips Unicorn's own CPUID.
   static int cpuid(uc_engine*, void* user) {
@@ -144,9 +144,9 @@ Result<void> UnicornVcpu::open() {
   // hook-less translation that was removed is replaced by one with the memory hooks.
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_EDGE_GENERATED, reinterpret_cast<void*>(tramp_tb_generated), this, 1, 0),
                      "edge"));
-  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::out), &exits_, 1, 0,
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::out), this, 1, 0,
                                  UC_X86_INS_OUT), "out"));
-  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::in), &exits_, 1, 0,
+  BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::in), this, 1, 0,
                                  UC_X86_INS_IN), "in"));
   BATON_TRY_VOID(add(uc_hook_add(uc_, &hh, UC_HOOK_INSN, reinterpret_cast<void*>(UnicornVcpuHooks::cpuid), &exits_, 1, 0,
                                  UC_X86_INS_CPUID), "cpuid"));
@@ -460,6 +460,7 @@ void UnicornVcpu::flush_softmmu() {
 }
 
 void UnicornVcpu::request_stop() {
+  io_stop_ = io_stop_ || hook_ == HookKind::kIo;
   attend(kWantStop);
   if (uc_ != nullptr) uc_emu_stop(uc_);
 }
@@ -490,9 +491,11 @@ VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
   const std::uint64_t rip = reg(UC_X86_REG_RIP);
   VcpuStop s;
   has_stopped_before_ = false;
+  io_stop_ = false;
   s.uc_error = uc_emu_start(uc_, rip, ~std::uint64_t{0}, 0, 0);
   if (mem_hook_ == 0) mem_hook_listed_ = false;  // Unicorn drops deleted hooks when the emulation ends
   if (has_stopped_before_ && s.uc_error == UC_ERR_OK) set_reg(UC_X86_REG_RIP, stopped_before_);
+  if (io_stop_ && s.uc_error == UC_ERR_OK) complete_io();
   if (!promote_.empty()) retranslate_fast();
   s.rip = reg(UC_X86_REG_RIP);
   // An error or a stop requested from an I/O hook can leave the block early: the
@@ -502,6 +505,49 @@ VcpuStop UnicornVcpu::run(std::uint64_t insn_limit) {
   s.budget = (attention_ & kBudgetStop) != 0;
   s.maintenance = (attention_ & kMaintenance) != 0;
   return s;
+}
+
+void UnicornVcpu::begin_io(bool in, unsigned size) {
+  io_ = IoInsn{};
+  io_.in = in;
+  io_.size = size;
+  if (cur_ != nullptr && io_seq_ < cur_->io.size()) {
+    io_.rip = cur_->addr + cur_->io[io_seq_];
+    io_.len = cur_->io_len[io_seq_];
+  } else {
+    io_.rip = reg(UC_X86_REG_RIP);  // not decoded (cannot happen for a block that ran): Unicorn's RIP
+  }
+  ++io_seq_;
+}
+
+void UnicornVcpu::on_out(std::uint16_t port, unsigned size, std::uint32_t value) {
+  begin_io(false, size);
+  const HookScope scope(*this, HookKind::kIo);
+  exits_.port_out(port, size, value);
+}
+
+std::uint32_t UnicornVcpu::on_in(std::uint16_t port, unsigned size) {
+  begin_io(true, size);
+  const HookScope scope(*this, HookKind::kIo);
+  io_.value = exits_.port_in(port, size);
+  return io_.value;
+}
+
+void UnicornVcpu::complete_io() {
+  // Unicorn 2.0.1 leaves an I/O hook that stopped the emulation with the instruction not
+  // retired and RIP not even at it (at the block start or the last access: its translation
+  // writes RIP there only). A VMM completes an I/O exit before anyone reads the state: IN's
+  // value goes to AL/AX/EAX and RIP moves past the instruction (the VM-exit instruction
+  // length), as KVM does on the next KVM_RUN before a state save. Then the instructions of
+  // the block after it are uncounted by run().
+  const std::uint64_t rip = reg(UC_X86_REG_RIP);
+  if (io_.len == 0 || cur_ == nullptr || rip < cur_->addr || rip > io_.rip) return;  // retired already, or unknown
+  if (io_.in) {
+    const std::uint64_t mask = io_.size == 1 ? 0xFFu : io_.size == 2 ? 0xFFFFu : 0;
+    const std::uint64_t rax = reg(UC_X86_REG_RAX);
+    set_reg(UC_X86_REG_RAX, mask == 0 ? io_.value : (rax & ~mask) | (io_.value & mask));  // a 32-bit write zero-extends
+  }
+  set_reg(UC_X86_REG_RIP, io_.rip + io_.len);
 }
 
 void UnicornVcpu::uncount_tail(std::uint64_t rip) {
@@ -530,6 +576,8 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
   b.rdtsc_before.clear();
   b.stores.clear();
   b.loads.clear();
+  b.io.clear();
+  b.io_len.clear();
   std::vector<std::uint8_t> bytes(size);
   if (uc_mem_read(uc_, addr, bytes.data(), size) != UC_ERR_OK) {
     b.count = 1;
@@ -550,6 +598,10 @@ UnicornVcpu::Block& UnicornVcpu::decode(Block& b, std::uint64_t addr, std::uint3
     if (m.load) b.loads.push_back(off);
     if (m.stores == 1) b.stores.push_back(off);
     counted = counted && m.stores >= 0;
+    if (insn->id == X86_INS_IN || insn->id == X86_INS_OUT) {
+      b.io.push_back(off);
+      b.io_len.push_back(static_cast<std::uint8_t>(insn->size));
+    }
     if (insn->id == X86_INS_RDTSC || insn->id == X86_INS_RDTSCP) {
       b.after_rdtsc.push_back(static_cast<std::uint16_t>(insn->address + insn->size - addr));
       b.rdtsc_before.push_back(static_cast<std::uint16_t>(b.offsets.size()));  // instructions up to the RDTSC
@@ -698,6 +750,7 @@ std::uint64_t UnicornVcpu::exit_rip() const {
   // A hook-less translation does not write RIP before its accesses; it is derived from the
   // decoded block instead. Everywhere else Unicorn's RIP is exact.
   if (hook_ == HookKind::kFetch) return hook_addr_;
+  if (hook_ == HookKind::kIo) return io_.rip;
   if (hook_ == HookKind::kNone || cur_ == nullptr || !cur_->fast) return reg(UC_X86_REG_RIP);
   const Block& b = *cur_;
   if (hook_ == HookKind::kStore)  // the n-th store of the block (each store reaches the hook once)

@@ -122,8 +122,8 @@ class UnicornVcpu {
   // Retranslations without the hooks, and hook-less blocks Unicorn retranslated with them.
   std::uint64_t promotions() const { return promotions_; }
   std::uint64_t fast_lost() const { return fast_lost_; }
-  // The guest RIP of the access being handled: from the decoded block inside a hook-less
-  // translation (Unicorn does not write RIP there), else Unicorn's.
+  // The guest RIP of the access or I/O instruction being handled: from the decoded block for
+  // an IN/OUT and inside a hook-less translation (Unicorn does not write RIP there), else Unicorn's.
   std::uint64_t exit_rip() const;
   // Hook-less blocks that stored more often than decoded (sent back to the hooks).
   std::uint64_t store_mismatches() const { return store_mismatches_; }
@@ -150,6 +150,8 @@ class UnicornVcpu {
   void on_mem(bool write, std::uint64_t addr, int size);
   void on_rdtsc_next(std::uint64_t addr);
   void on_tb_generated(std::uint64_t pc, std::uint32_t size);
+  void on_out(std::uint16_t port, unsigned size, std::uint32_t value);
+  std::uint32_t on_in(std::uint16_t port, unsigned size);
 
  private:
   struct Block {
@@ -167,6 +169,8 @@ class UnicornVcpu {
     std::vector<std::uint16_t> rdtsc_before;  // for each: instructions of the block before it
     std::vector<std::uint16_t> stores;       // offsets of the instructions that store, in order
     std::vector<std::uint16_t> loads;        // offsets of the instructions that may load
+    std::vector<std::uint16_t> io;           // offsets of the IN and OUT instructions (not string I/O), in order
+    std::vector<std::uint8_t> io_len;        // and their lengths
   };
   // The direct-mapped decode cache: 2^16 slots, a block allocated when a slot is first used.
   // Only a few hundred ever are, so a new vCPU (one per handover) neither builds nor destroys
@@ -197,7 +201,7 @@ class UnicornVcpu {
     std::vector<std::uint32_t> used_;
   };
   // What the running memory hook (or fetch check) is handling, for exit_rip().
-  enum class HookKind : std::uint8_t { kNone, kLoad, kStore, kFetch };
+  enum class HookKind : std::uint8_t { kNone, kLoad, kStore, kFetch, kIo };
   // Marks the duration of a hook.
   struct HookScope {
     HookScope(UnicornVcpu& v, HookKind k, std::uint64_t addr = 0) : v_(v) {
@@ -225,6 +229,7 @@ class UnicornVcpu {
   // Makes `b` the current block and counts its instructions (it is about to run).
   void enter(Block& b) {
     store_seq_ = 0;
+    io_seq_ = 0;
     prev_rdtsc_end_ = cur_rdtsc_end_;
     cur_rdtsc_end_ = b.rdtsc_end;
     cur_ = &b;
@@ -249,6 +254,10 @@ class UnicornVcpu {
   void update_watch();
   // Stops the emulation before the block at `addr` runs (from the block hook).
   void stop_before(std::uint64_t addr);
+  // Notes the IN or OUT whose hook is starting: the io_seq_-th of the current block.
+  void begin_io(bool in, unsigned size);
+  // Retires the IN or OUT whose hook asked to stop (see run()).
+  void complete_io();
   // Undoes the count of the instructions of the current block at or after `rip`.
   void uncount_tail(std::uint64_t rip);
   // Drops the translations of every block seen (a full tb_flush memsets Unicorn's 1 GiB code buffer).
@@ -274,6 +283,17 @@ class UnicornVcpu {
   std::uint64_t cur_rdtsc_end_ = 0, prev_rdtsc_end_ = 0;  // rdtsc_end of the current and the previous block
   std::uint64_t block_execs_ = 0, hookless_execs_ = 0;
   std::size_t store_seq_ = 0;      // stores of the current block execution so far
+  std::size_t io_seq_ = 0;         // IN/OUT instructions of the current block execution so far
+  // The IN or OUT being handled (rip, length 0 when not decoded), and whether its hook asked to stop.
+  struct IoInsn {
+    std::uint64_t rip = 0;
+    unsigned len = 0;
+    bool in = false;
+    unsigned size = 0;
+    std::uint32_t value = 0;  // what IN returns
+  };
+  IoInsn io_;
+  bool io_stop_ = false;
   HookKind hook_ = HookKind::kNone;
   std::uint64_t hook_addr_ = 0;    // the block address of a fetch check
   std::uint64_t store_mismatches_ = 0;

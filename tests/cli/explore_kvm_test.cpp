@@ -236,7 +236,7 @@ TEST_CASE("explore kvm: precopy copies while the guest runs, and JSON carries ev
   CHECK(ms.at("memslots").at(0).at("size") == "0x4000000");
   const json mig = json_after(r.out, "migrate precopy --max-rounds 3 --json");
   CHECK(mig.at("backend") == "kvm");
-  CHECK(mig.at("bytes_copied").get<std::uint64_t>() >= 64u << 20);  // round 1 is all of memory
+  CHECK(mig.at("bytes_copied").get<std::uint64_t>() >= 16u << 20);  // round 1: the pages that hold data
   CHECK(mig.at("rounds").size() >= 2);
   const json chk = json_after(r.out, "check @migrate.before @migrate.after --json");
   CHECK(chk.at("verdict") == "proven");

@@ -277,8 +277,10 @@ TEST_CASE("kvm: precopy to a second process copies memory in rounds and reaches 
   REQUIRE(m);
   HandoverTiming t;
   t.precopy = true;
-  REQUIRE(prepare_worker(**m, sock, t));  // round 1: all of memory
-  CHECK(t.bytes_copied == im.mem_size);
+  REQUIRE(prepare_worker(**m, sock, t));  // round 1: the pages that hold data (the image, at least)
+  CHECK(t.bytes_copied > 0);
+  CHECK(t.bytes_copied < im.mem_size);  // zero and never-backed pages are not sent
+  CHECK(t.bytes_copied % 4096 == 0);
   auto r = (*m)->run(~std::uint64_t{0}, true);  // the guest dirties pages meanwhile
   REQUIRE(r);
   REQUIRE(r->stop == KvmStop::kSync);

@@ -107,6 +107,65 @@ TEST_CASE("the timeline adds up: downtime is the paused phases, total all of the
   }
 }
 
+// Returns the cycles of the named phase, or fails.
+double phase_cycles(const MigrationResult& r, const std::string& name) {
+  for (const Phase& p : r.timeline)
+    if (p.name == name) return p.cycles;
+  FAIL("no phase '" << name << "'");
+  return 0;
+}
+
+TEST_CASE("the handshake terms: the notify is on the save, the wake-up only beyond it", "[migration][profile]") {
+  // docs/cost-model.md: state-save = handover_notify + vcpu_state_save; state-transfer waits
+  // max(0, handover_wakeup - vcpu_state_save) more for a new instance still waking up.
+  auto run = [](std::uint64_t notify, std::uint64_t wakeup) {
+    const guests::GuestImage im = image("memtouch", 64 * kMiB, guests::PageSize::k4K);
+    SimConfig cfg;
+    cfg.guest_name = "memtouch";
+    cfg.profile.handover_notify = notify;
+    cfg.profile.handover_wakeup = wakeup;
+    MigrationOptions o = method(Method::kLazy);
+    o.reference = false;
+    auto r = migrate(im, cfg, o);
+    if (!r) FAIL(r.error().message);
+    return std::move(*r);
+  };
+  const MigrationResult none = run(0, 0);
+  const std::uint64_t save = default_profile().vcpu_state_save;
+  const MigrationResult hidden = run(7000, save / 2);      // the wake-up hides behind the save
+  const MigrationResult longer = run(7000, save + 50000);  // it outlasts the save by 50,000 cycles
+  CHECK(phase_cycles(hidden, "state-save") == Approx(phase_cycles(none, "state-save") + 7000));
+  CHECK(phase_cycles(hidden, "state-transfer") == Approx(phase_cycles(none, "state-transfer")));
+  CHECK(phase_cycles(longer, "state-transfer") == Approx(phase_cycles(none, "state-transfer") + 50000));
+  CHECK(longer.downtime == Approx(none.downtime + 57000));
+}
+
+TEST_CASE("precopy sends its pages at the transfer bandwidth, reads them at the copy's", "[migration][profile]") {
+  auto run = [](double transfer) {
+    const guests::GuestImage im = image("memtouch", 64 * kMiB, guests::PageSize::k4K, {{"passes", 3000}});
+    SimConfig cfg;
+    cfg.guest_name = "memtouch";
+    cfg.profile.transfer_bytes_per_cycle = transfer;
+    MigrationOptions o = method(Method::kPrecopy);
+    o.reference = false;
+    o.max_rounds = 1;
+    auto r = migrate(im, cfg, o);
+    if (!r) FAIL(r.error().message);
+    return std::move(*r);
+  };
+  const MigrationResult same = run(0);  // 0: the copy bandwidth
+  const MigrationResult slow = run(1.0);
+  REQUIRE_FALSE(same.rounds.empty());
+  const CopyRound& a = same.rounds.front();
+  const CopyRound& b = slow.rounds.front();
+  const double mb = default_profile().memcpy_bytes_per_cycle;
+  // Round 1 reads and sends the same pages either way; only the sending costs differ.
+  CHECK(a.sent == b.sent);
+  CHECK(a.sent > 0);
+  CHECK(b.cycles - a.cycles == Approx(static_cast<double>(a.sent) * 4096.0 * (1.0 / 1.0 - 1.0 / mb)));
+  CHECK(b.cycles > 2 * a.cycles);
+}
+
 TEST_CASE("local-adopt downtime does not depend on memory size", "[migration]") {
   MigrationOptions o = method(Method::kAdopt);
   o.reference = false;

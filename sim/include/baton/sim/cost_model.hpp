@@ -65,6 +65,9 @@ struct CostProfile {
   std::uint64_t vcpu_state_save = 84000;  // read the full vCPU state (regs, sregs, FPU, MSRs, LAPIC, events)
   std::uint64_t vcpu_state_load = 84000;  // write it into the new instance
   std::uint64_t memslot_register = 2000;  // the new instance registers one memslot from the package
+  // The two instances' handshake at the pause (0: none; a KVM local migration pays both).
+  std::uint64_t handover_notify = 0;  // the old instance wakes the new one's waiting thread (eventfd write + IPI)
+  std::uint64_t handover_wakeup = 0;  // until that thread runs; overlaps the state save, the rest waits
   // TLB model: entries per page size (rounded down to a power of two, direct mapped).
   bool tlb_enabled = true;
   std::uint64_t tlb_entries_4k = 1536;
@@ -72,6 +75,7 @@ struct CostProfile {
   std::uint64_t tlb_entries_1g = 16;
   double mem_ref_cycles = 12.0;           // average latency of one paging-structure reference
   double memcpy_bytes_per_cycle = 8.0;    // host copy bandwidth for migration work
+  double transfer_bytes_per_cycle = 0;    // pages sent to the new instance (precopy); 0: memcpy_bytes_per_cycle
 };
 
 // Returns the built-in profile (every value sourced in docs/cost-model.md).
