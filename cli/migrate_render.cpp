@@ -40,6 +40,7 @@ json migration_json(const sim::MigrationResult& r) {
   if (r.backend == "kvm") {
     j["source_pid"] = r.source_pid;
     j["worker_pid"] = r.worker_pid;
+    j["worker_exit"] = r.worker_exit.empty() ? json(nullptr) : json(r.worker_exit);
     j["capture"] = r.capture_path.empty() ? json(nullptr) : json(r.capture_path);
     j["capture_set_spte_events"] = r.capture_mapping_events;
   }
@@ -129,6 +130,7 @@ std::string migration_text(const sim::MigrationResult& r) {
   o += fmt("copied       %s (%llu pages) in %zu rounds\n", format_size(r.bytes_copied).c_str(),
            static_cast<unsigned long long>(r.pages_copied), r.rounds.size());
   if (!r.precopy_stop.empty()) o += "stop         " + r.precopy_stop + "\n";
+  if (r.worker_exit == "killed") o += "worker       did not exit after its run; killed after the timeout\n";
   if (r.switched && !timed) {
     o += fmt("refaults     %llu EPT violations on the new instance\n", static_cast<unsigned long long>(r.refaults));
     if (slowdown_measured(r))

@@ -84,17 +84,18 @@ struct Worker {
     ::waitpid(pid, nullptr, 0);
     reaped = true;
   }
-  // Reaps a worker that ends by itself; kills it after `timeout_ms`.
-  void reap(int timeout_ms) {
-    if (pid <= 0 || reaped) return;
+  // Reaps a worker that ends by itself (true); kills it after `timeout_ms` (false).
+  bool reap(int timeout_ms) {
+    if (pid <= 0 || reaped) return true;
     for (int waited = 0; waited < timeout_ms; waited += 5) {
       if (::waitpid(pid, nullptr, WNOHANG) == pid) {
         reaped = true;
-        return;
+        return true;
       }
       ::usleep(5000);
     }
     stop();
+    return false;
   }
   ~Worker() { stop(); }
 };
@@ -614,7 +615,7 @@ Result<void> KvmBackend::finish_on_new(Method) {
     // without it waited out the whole timeout (60 s) with the worker stuck in send().
     ::shutdown(worker_->sock.get(), SHUT_RDWR);
   }
-  worker_->reap(cfg_.timeout_ms);
+  res_->worker_exit = worker_->reap(cfg_.timeout_ms) ? "exited" : "killed";
   if (!run) {
     // The worker owned the guest when it failed: the source must not resume it (its memory
     // may have moved on), so no checksum is claimed.

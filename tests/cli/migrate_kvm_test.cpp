@@ -98,6 +98,20 @@ TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the g
   CHECK(verdict_of(j, "vcpu") == "proven");
 }
 
+TEST_CASE("migrate --backend kvm: without --trace the worker exits by itself after a run of many exits",
+          "[kvm][migrate][device-only][worker-exit]") {
+  // Regression: the worker sends its event log after the run whether or not it is wanted. With
+  // more events than a socket buffer holds (about 8,000 exits) it blocked in send() until the
+  // source killed it at the end of the timeout. The source now closes its end instead.
+  ScratchDir d;
+  auto r = run_baton(d, "migrate io --backend kvm --method local-lazy --param count=40000 --timeout 20 --json");
+  const json j = parsed(r);
+  CHECK(r.code == 0);
+  CHECK(j.at("outcome") == "ok");
+  CHECK(j.at("checksum_matches") == true);
+  CHECK(j.at("worker_exit") == "exited");
+}
+
 TEST_CASE("migrate --backend kvm: local-adopt and local-rebuild are refused: KVM owns its EPT", "[kvm][bad-input]") {
   ScratchDir d;
   for (const char* m : {"local-adopt", "local-rebuild"}) {

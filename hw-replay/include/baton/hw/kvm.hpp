@@ -64,14 +64,14 @@ inline constexpr const char* kKvmDevice = "/dev/kvm";
 std::string kvm_device();
 
 // Why the KVM device at `path` cannot be used here (one line, naming the path, errno and what
-// to do), or nullopt when it opens and speaks KVM API version 12.
-std::optional<std::string> kvm_unavailable_reason(const std::string& path = kKvmDevice);
+// to do), or nullopt when it opens and speaks KVM API version 12. Default: kvm_device().
+std::optional<std::string> kvm_unavailable_reason(const std::string& path = kvm_device());
 
 // Checks that an openable device really works: creates a VM and a vCPU and reads the supported
 // CPUID and the MSR index list. Returns a one-line summary ("API 12, 1 VM + 1 vCPU created,
 // 52 CPUID entries, 39 MSRs"); any failure is an error naming the ioctl. Call it only when
 // kvm_unavailable_reason() said the device opens: a failure here is a broken backend.
-Result<std::string> probe_kvm(const std::string& path = kKvmDevice);
+Result<std::string> probe_kvm(const std::string& path = kvm_device());
 
 // Which KVM serves this host, as figures and test logs name it:
 //   "vmx"        kvm_intel on bare metal;

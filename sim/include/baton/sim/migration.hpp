@@ -204,6 +204,9 @@ struct MigrationResult {
   SimStats source, dest;
   // KVM: the receiving VMM process, and the tracefs capture of both processes (--capture).
   std::uint32_t worker_pid = 0, source_pid = 0;
+  // KVM: how the worker ended after its run: "exited" by itself, or "killed" when it had not
+  // exited within the timeout (a worker stuck, e.g. in a send nobody reads).
+  std::string worker_exit;
   std::string capture_path;
   std::uint64_t capture_mapping_events = 0;
   double wall_s = 0;
