@@ -288,7 +288,12 @@ struct Reader {
 
 std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s) {
   std::vector<std::uint8_t> o;
-  o.reserve(512 + s.xsave.size() + s.lapic.size() + 12 * s.msrs.size());
+  encode_vcpu_state_to(s, o);
+  return o;
+}
+
+void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& o) {
+  o.reserve(o.size() + 512 + s.xsave.size() + s.lapic.size() + 12 * s.msrs.size());
   put(o, kVcpuMagic, 4);
   put(o, kVcpuVersion, 4);
   for (std::uint64_t g : s.gpr) put(o, g, 8);
@@ -324,7 +329,6 @@ std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s) {
   put(o, static_cast<std::uint8_t>(s.activity), 1);
   put(o, s.tsc_offset, 8);
   put(o, s.host_tsc_at_capture, 8);
-  return o;
 }
 
 Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p) {

@@ -65,7 +65,7 @@ Result<std::shared_ptr<StateMailbox>> StateMailbox::try_create() {
   Fd owned(fd);
   if (::ftruncate(fd, static_cast<off_t>(kSize)) != 0)
     return make_error(std::string("ftruncate(state mailbox) failed: ") + std::strerror(errno));
-  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) return make_error(std::string("mmap(state mailbox) failed: ") + std::strerror(errno));
   return std::shared_ptr<StateMailbox>(new StateMailbox(std::move(owned), static_cast<std::uint8_t*>(p)));
 }
@@ -76,7 +76,7 @@ Result<std::shared_ptr<StateMailbox>> StateMailbox::try_adopt(int fd) {
   if (::fstat(fd, &st) != 0) return make_error(std::string("fstat(state mailbox) failed: ") + std::strerror(errno));
   if (static_cast<std::uint64_t>(st.st_size) != kSize)
     return make_error("the state mailbox holds " + std::to_string(st.st_size) + " bytes, not " + std::to_string(kSize));
-  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) return make_error(std::string("mmap(state mailbox) failed: ") + std::strerror(errno));
   return std::shared_ptr<StateMailbox>(new StateMailbox(std::move(owned), static_cast<std::uint8_t*>(p)));
 }
@@ -119,13 +119,17 @@ Result<std::span<const std::uint8_t>> StateMailbox::take() const {
 
 std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s) {
   std::vector<std::uint8_t> o;
+  encode_resume_to(info, s, o);
+  return o;
+}
+
+void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o) {
+  o.clear();
   put64(o, info.input_seed);
   put64(o, info.inputs_consumed);
   put64(o, info.ports.tag | std::uint64_t{info.ports.lo} << 32);
   put64(o, info.ports.stage);
-  const auto st = encode_vcpu_state(s);
-  o.insert(o.end(), st.begin(), st.end());
-  return o;
+  encode_vcpu_state_to(s, o);
 }
 
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
@@ -448,6 +452,8 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   auto mailbox = StateMailbox::try_create();
   if (!mailbox) return mailbox.error();
   t.mailbox = std::move(*mailbox);
+  t.state_buf.assign(StateMailbox::kSize, 0);  // allocated and touched now, not in the downtime
+  t.state_buf.clear();
   BATON_TRY_VOID(send_message(sock, MsgType::kBaseline, encode_vcpu_state(*t.baseline), t.mailbox->fd()));
   const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return make_error(std::string("eventfd failed: ") + std::strerror(errno));
@@ -490,10 +496,11 @@ Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) 
   return *sent;
 }
 
-Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {
+Result<void> send_state(KvmMachine& m, HandoverTiming& t, const model::VcpuState& state) {
   if (!t.mailbox) return make_error("no state mailbox: prepare_worker did not run");
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
-  return t.mailbox->post(encode_resume(info, state), t.bytes_copied);
+  encode_resume_to(info, state, t.state_buf);
+  return t.mailbox->post(t.state_buf, t.bytes_copied);
 }
 
 bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {

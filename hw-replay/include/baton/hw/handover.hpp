@@ -81,6 +81,8 @@ Result<std::uint64_t> apply_pages(std::span<const std::uint8_t> payload, std::ui
 
 // A compact binary form of a vCPU state (magic "VCPU", version 1, then every field).
 std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s);
+// The same bytes appended to `o` (a warm buffer of enough capacity allocates nothing).
+void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& o);
 Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p);
 
 }  // namespace baton::hw

@@ -44,6 +44,8 @@ struct ResumeInfo {
 // The vcpu-state payload: ResumeInfo (32 bytes: seed, inputs, tag, lo, stage, 0) then
 // encode_vcpu_state().
 std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s);
+// The same bytes into `o` (cleared first; its capacity is kept).
+void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o);
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p);
 
 struct WorkerOptions {
@@ -141,6 +143,9 @@ struct HandoverTiming {
   std::optional<model::VcpuState> baseline;
   std::shared_ptr<StateMailbox> mailbox;  // created by prepare_worker
   Fd wakeup;                              // the eventfd that wakes the worker (prepare_worker)
+  // send_state's encoding buffer: allocated and touched by prepare_worker, so that encoding the
+  // state inside the downtime neither allocates nor faults pages in.
+  std::vector<std::uint8_t> state_buf;
   // precopy: pages the dirty log reported (sync_dirty) that no round has sent yet, one bit each
   std::vector<std::uint64_t> pending_dirty;
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
@@ -171,7 +176,7 @@ Result<std::vector<VmmEvent>> wait_worker_events(int sock, int timeout_ms = 60'0
 // hand_over in its pieces, for a driver that captures the state itself:
 // send_state posts it in t.mailbox (with the ResumeInfo of `m`), await_resumed waits for the worker's
 // resumed message and returns the state the worker restored (TSC fields as it set them).
-Result<void> send_state(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
+Result<void> send_state(KvmMachine& m, HandoverTiming& t, const model::VcpuState& state);
 // Whether send_state(m, t, state) is what was sent (the source vCPU not run since).
 bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state);
 Result<model::VcpuState> await_resumed(int sock, HandoverTiming& t, int timeout_ms = 60'000);
