@@ -294,7 +294,6 @@ void run_capture(const CaptureOptions& o) {
     if (auto r = child->go(o.command.front()); !r) return fail(r.error().message);
 
   std::string buf;
-  std::size_t bytes = 0;
   std::string stopped_by = child ? "command exited" : "process exited";
   int forwarded = 0;
   for (;;) {
@@ -302,7 +301,6 @@ void run_capture(const CaptureOptions& o) {
     if (!d) return fail(d.error().message);
     if (!buf.empty()) {
       if (auto r = write_all(tmp.fd, buf); !r) return fail(r.error().message);
-      bytes += buf.size();
       buf.clear();
     }
     if (child ? child->poll_exit() : (::kill(*pid, 0) != 0 && errno == ESRCH)) break;
@@ -330,7 +328,6 @@ void run_capture(const CaptureOptions& o) {
   auto d = c.drain(buf);
   if (!d) return fail(d.error().message);
   if (auto r = write_all(tmp.fd, buf); !r) return fail(r.error().message);
-  bytes += buf.size();
   buf.clear();
   const std::uint64_t overruns = c.overruns();
   const std::string instance = c.instance_path();

@@ -284,7 +284,6 @@ class KvmBackend final : public MigrationBackend {
   std::thread vcpu_thread_;
   std::atomic<bool> vcpu_done_{false};
   Result<hw::KvmRunResult> vcpu_result_ = make_error("not run");
-  std::uint64_t sent_before_last_ = 0;
 };
 
 Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {

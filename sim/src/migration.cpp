@@ -211,7 +211,6 @@ class SimBackend final : public MigrationBackend {
   SimMachine* tracer_ = nullptr;
   std::unique_ptr<SimMachine> src_, dest_, nb_vm_;
   std::optional<model::HandoverSnapshot> nb_before_;
-  std::uint32_t vcpu_guest_tsc_from_ = 0;
   // Pre-copy state.
   std::vector<Gfn> pending_;  // pages dirtied since the last round copied them
   const RamRange* old_ram_ = nullptr;
