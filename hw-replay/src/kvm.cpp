@@ -272,6 +272,8 @@ KvmVcpu::KvmVcpu(KvmVcpu&& o) noexcept
       unreadable_msrs_(std::move(o.unreadable_msrs_)),
       synced_(o.synced_),
       has_tsc_attr_(o.has_tsc_attr_),
+      kvm_tsc_offset_(o.kvm_tsc_offset_),
+      tsc_from_offset_(o.tsc_from_offset_),
       sregs_loaded_(o.sregs_loaded_) {}
 
 KvmVcpu& KvmVcpu::operator=(KvmVcpu&& o) noexcept {
@@ -284,6 +286,8 @@ KvmVcpu& KvmVcpu::operator=(KvmVcpu&& o) noexcept {
     unreadable_msrs_ = std::move(o.unreadable_msrs_);
     synced_ = o.synced_;
     has_tsc_attr_ = o.has_tsc_attr_;
+    kvm_tsc_offset_ = o.kvm_tsc_offset_;
+    tsc_from_offset_ = o.tsc_from_offset_;
     sregs_loaded_ = o.sregs_loaded_;
   }
   return *this;

@@ -228,6 +228,19 @@ Result<void> write_msrs(int fd, unsigned vcpu, const std::vector<std::pair<std::
   return ok_result();
 }
 
+// The TSC offset KVM holds for the vCPU (KVM_VCPU_TSC_OFFSET), where the kernel has the attribute
+// (`has_attr` caches KVM_HAS_DEVICE_ATTR); nullopt where it has not, or the read fails.
+std::optional<std::uint64_t> read_tsc_offset_attr(int fd, int& has_attr) {
+  std::uint64_t offset = 0;
+  kvm_device_attr attr{};
+  attr.group = KVM_VCPU_TSC_CTRL;
+  attr.attr = KVM_VCPU_TSC_OFFSET;
+  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+  if (has_attr < 0) has_attr = ::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0 ? 1 : 0;
+  if (has_attr != 1 || ::ioctl(fd, KVM_GET_DEVICE_ATTR, &attr) != 0) return std::nullopt;
+  return offset;
+}
+
 // Gives the guest TSC the state's offset to the host TSC: the vCPU attribute where the kernel
 // has it (exact; `has_attr` caches KVM_HAS_DEVICE_ATTR), else a write of IA32_TSC from the host TSC now.
 Result<void> write_tsc(int fd, unsigned vcpu, const model::VcpuState& s, int& has_attr) {
@@ -334,10 +347,26 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const m
     std::vector<std::uint32_t> clocks;
     for (const auto& [index, value] : baseline->msrs)
       if (model::is_clock_msr(index)) clocks.push_back(index);
+    tsc_from_offset_ = clocks.empty() && kvm_tsc_offset_.has_value();
+    if (tsc_from_offset_) {
+      // Guest TSC = host TSC + the offset KVM holds, which an unprivileged guest cannot change:
+      // no KVM_GET_MSRS inside the pause (the caller checks the offset with a full capture).
+      s.host_tsc_at_capture = __rdtsc();
+      s.tsc_offset = *kvm_tsc_offset_;
+      return s;
+    }
     BATON_TRY_VOID(read_tsc(fd, id_, s, clocks));
     return s;
   }
+  tsc_from_offset_ = false;
   BATON_TRY_VOID(read_tsc(fd, id_, s));
+  // The offset KVM holds, where it is what IA32_TSC shows: the guest TSC read above, less the
+  // host TSC around it, within a bracket of the ioctl's length (TSC scaling would put it far off).
+  kvm_tsc_offset_ = read_tsc_offset_attr(fd, has_tsc_attr_);
+  if (kvm_tsc_offset_) {
+    const std::int64_t gap = static_cast<std::int64_t>(*kvm_tsc_offset_ - s.tsc_offset);
+    if (gap > 1'000'000 || gap < -1'000'000) kvm_tsc_offset_.reset();
+  }
 
   kvm_xcrs xcrs{};
   BATON_TRY_VOID(xio(fd, KVM_GET_XCRS, "KVM_GET_XCRS", id_, &xcrs));

@@ -6,9 +6,11 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "baton/guests/abi.hpp"
@@ -180,6 +182,57 @@ TEST_CASE("kvm: a capture of what changed since a baseline and a restore of only
   INFO(rest->detail);
   REQUIRE(rest->stop == KvmStop::kExited);
   CHECK(guests::compare_runs(straight, (*m2)->ports()).empty());
+}
+
+TEST_CASE("kvm: a capture with a baseline takes the guest TSC from the offset KVM holds, and a full capture reads it again",
+          "[kvm][state][tsc]") {
+  auto m = KvmMachine::try_create(image_of("mixed"));
+  REQUIRE(m);
+  auto base = (*m)->capture();
+  REQUIRE(base);
+  const std::optional<std::uint64_t> offset = (*m)->vcpu().kvm_tsc_offset();
+  auto r = (*m)->run(~std::uint64_t{0}, true);
+  REQUIRE(r);
+  REQUIRE(r->stop == KvmStop::kSync);
+  if (!offset) {  // no KVM_VCPU_TSC_OFFSET attribute here: the TSC comes from IA32_TSC
+    auto fast = (*m)->capture_changes(*base);
+    REQUIRE(fast);
+    CHECK_FALSE((*m)->vcpu().tsc_from_offset());
+    return;
+  }
+  // The attribute agrees with IA32_TSC read against the host TSC (within the ioctl's bracket).
+  const auto gap = static_cast<std::int64_t>(*offset - base->tsc_offset);
+  CHECK(std::abs(gap) < 1'000'000);
+  const std::uint64_t h0 = __rdtsc();
+  auto fast = (*m)->capture_changes(*base);
+  const std::uint64_t h1 = __rdtsc();
+  REQUIRE(fast);
+  CHECK((*m)->vcpu().tsc_from_offset());
+  CHECK(fast->tsc_offset == *offset);  // exact: KVM's own offset, not the baseline's estimate
+  CHECK(fast->host_tsc_at_capture >= h0);
+  CHECK(fast->host_tsc_at_capture <= h1);
+  auto full = (*m)->capture_again();
+  REQUIRE(full);
+  CHECK_FALSE((*m)->vcpu().tsc_from_offset());
+  CHECK(full->guest_tsc() > fast->guest_tsc());
+  CHECK((*m)->vcpu().kvm_tsc_offset() == offset);
+  // After a restore with another offset, the next full capture reads the offset the host
+  // applied, which is what IA32_TSC shows, and a capture with a baseline uses it from then on
+  // (the migration's check compares the two). PVM accepts a new offset but leaves the guest
+  // on the host TSC (measured: the attribute and IA32_TSC both stay at offset 0).
+  model::VcpuState moved = *full;
+  moved.tsc_offset += 1'000'000'000;
+  REQUIRE((*m)->restore(moved));
+  auto after = (*m)->capture();
+  REQUIRE(after);
+  const std::optional<std::uint64_t> applied = (*m)->vcpu().kvm_tsc_offset();
+  REQUIRE(applied);
+  CHECK(std::abs(static_cast<std::int64_t>(*applied - after->tsc_offset)) < 1'000'000);
+  if (host_flavour() != "pvm") CHECK(*applied == moved.tsc_offset);
+  auto fast2 = (*m)->capture_changes(*base);
+  REQUIRE(fast2);
+  CHECK((*m)->vcpu().tsc_from_offset());
+  CHECK(fast2->tsc_offset == *applied);
 }
 
 TEST_CASE("kvm: save, recreate on the same memfd, restore and continue equals an uninterrupted run at every sync point",

@@ -217,6 +217,14 @@ class KvmVcpu {
   // The listed MSRs that KVM_GET_MSRS refused in the last capture (not in its state): empty on
   // every host measured so far (PVM, nested SVM); tests assert it, so a refusal is never silent.
   const std::vector<std::uint32_t>& unreadable_msrs() const { return unreadable_msrs_; }
+  // The guest's TSC offset as KVM holds it (KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)), read by
+  // the last full capture where the kernel has that attribute and the guest TSC is the host
+  // TSC plus it (no TSC scaling: checked against IA32_TSC in the same capture); else nullopt.
+  // A capture with a baseline and no other clock MSRs then takes the guest TSC as RDTSC plus
+  // this offset, without an ioctl, and says so (tsc_from_offset()); the caller checks that
+  // the offset still holds with a full capture later.
+  std::optional<std::uint64_t> kvm_tsc_offset() const { return kvm_tsc_offset_; }
+  bool tsc_from_offset() const { return tsc_from_offset_; }
   // Restores a captured state (XSAVE, XCRs, sregs, MSRs, TSC, LAPIC, events, MP state, debug
   // registers, regs; sregs before the MSRs and the LAPIC, regs last). The guest TSC
   // keeps its offset to the host TSC, so it stays monotonic and continuous.
@@ -245,6 +253,8 @@ class KvmVcpu {
   std::vector<std::uint32_t> unreadable_msrs_;
   bool synced_ = false;  // the run area holds regs, sregs and events of the stopped vCPU
   int has_tsc_attr_ = -1;  // KVM_HAS_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET): -1 not asked yet
+  std::optional<std::uint64_t> kvm_tsc_offset_;
+  bool tsc_from_offset_ = false;  // the last capture took the TSC from kvm_tsc_offset_
  public:
   static constexpr std::size_t kSregsBytes = 312;  // sizeof(struct kvm_sregs), pinned in state.cpp
  private:
