@@ -112,7 +112,7 @@ void run_fidelity(const FidelityOptions& o) {
   out["host_flavour"] = flavour;
   out["figures_are"] = flavour == "vmx" || flavour == "svm"
                            ? "measured on hardware KVM"
-                           : "measured on " + flavour + ", not hardware: the goal stays open until a hardware run";
+                           : "measured on " + flavour + ", not hardware: confirm on a VT-x or SVM host";
   out["profile"] = o.profile;
   out["profile_name"] = prof->name;
   out["guest"] = {{"name", "memtouch"}, {"size", o.size}, {"passes", o.passes}, {"write_pct", 100}};
