@@ -9,19 +9,13 @@
 #include "baton/checker/check.hpp"
 #include "baton/checker/concrete.hpp"
 #include "fixtures.hpp"
+#include "require_property.hpp"
 
 using namespace baton;
 using namespace baton::testing;
 using checker::Verdict;
 
 namespace {
-// Requires a property result and returns it.
-checker::PropertyResult ok(Result<checker::PropertyResult> r) {
-  INFO((r ? "" : r.error().message));
-  REQUIRE(r.ok());
-  CAPTURE(r->summary);
-  return std::move(r).value();
-}
 // Requires a concrete verdict and returns whether the property holds.
 bool concrete_holds(Result<checker::ConcreteVerdict> r) {
   INFO((r ? "" : r.error().message));

@@ -6,19 +6,13 @@
 #include "baton/checker/concrete.hpp"
 #include "baton/model/sample.hpp"
 #include "fixtures.hpp"
+#include "require_property.hpp"
 
 using namespace baton;
 using namespace baton::testing;
 using checker::Verdict;
 
 namespace {
-// Requires a property result and returns it.
-checker::PropertyResult ok(Result<checker::PropertyResult> r) {
-  INFO((r ? "" : r.error().message));
-  REQUIRE(r.ok());
-  CAPTURE(r->summary);
-  return std::move(r).value();
-}
 // A sample snapshot, required to build.
 model::HandoverSnapshot sample(std::uint64_t mem, unsigned level = 1, std::uint64_t seed = 1) {
   model::SampleOptions o;
