@@ -230,13 +230,20 @@ Result<void> write_msrs(int fd, unsigned vcpu, const std::vector<std::pair<std::
 
 // The TSC offset KVM holds for the vCPU (KVM_VCPU_TSC_OFFSET), where the kernel has the attribute
 // (`has_attr` caches KVM_HAS_DEVICE_ATTR); nullopt where it has not, or the read fails.
-std::optional<std::uint64_t> read_tsc_offset_attr(int fd, int& has_attr) {
-  std::uint64_t offset = 0;
+// The vCPU attribute of the TSC offset, reading or writing *offset; `has_attr` caches whether
+// the kernel has it (KVM_HAS_DEVICE_ATTR; -1: not asked yet).
+kvm_device_attr tsc_offset_attr(int fd, std::uint64_t* offset, int& has_attr) {
   kvm_device_attr attr{};
   attr.group = KVM_VCPU_TSC_CTRL;
   attr.attr = KVM_VCPU_TSC_OFFSET;
-  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+  attr.addr = reinterpret_cast<std::uint64_t>(offset);
   if (has_attr < 0) has_attr = ::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0 ? 1 : 0;
+  return attr;
+}
+
+std::optional<std::uint64_t> read_tsc_offset_attr(int fd, int& has_attr) {
+  std::uint64_t offset = 0;
+  kvm_device_attr attr = tsc_offset_attr(fd, &offset, has_attr);
   if (has_attr != 1 || ::ioctl(fd, KVM_GET_DEVICE_ATTR, &attr) != 0) return std::nullopt;
   return offset;
 }
@@ -245,11 +252,7 @@ std::optional<std::uint64_t> read_tsc_offset_attr(int fd, int& has_attr) {
 // has it (exact; `has_attr` caches KVM_HAS_DEVICE_ATTR), else a write of IA32_TSC from the host TSC now.
 Result<void> write_tsc(int fd, unsigned vcpu, const model::VcpuState& s, int& has_attr) {
   std::uint64_t offset = s.tsc_offset;
-  kvm_device_attr attr{};
-  attr.group = KVM_VCPU_TSC_CTRL;
-  attr.attr = KVM_VCPU_TSC_OFFSET;
-  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
-  if (has_attr < 0) has_attr = ::ioctl(fd, KVM_HAS_DEVICE_ATTR, &attr) == 0 ? 1 : 0;
+  kvm_device_attr attr = tsc_offset_attr(fd, &offset, has_attr);
   if (has_attr == 1) return xio(fd, KVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", vcpu, &attr);
   MsrBuffer b(1);
   b.get()->nmsrs = 1;
