@@ -36,9 +36,18 @@ TEST_CASE("replay: every built-in guest recorded on KVM replays in the simulator
     auto r = run_baton(d, "replay " + trc + " --json");
     const json j = parsed(r);
     INFO(r.out);
-    CHECK(r.code == 0);
     CHECK(j.at("source") == "baton-kvm");
-    CHECK(j.at("diverged") == false);
+    // The nested host's guest TSC (QEMU TCG under nested SVM) is not always consistent: once in
+    // a few runs the recorded gap between two reads exceeded the whole elapsed time. replay
+    // reports that as a timing divergence, which is right; there only that class is accepted.
+    const bool nested = run.out.find("(nested-svm") != std::string::npos;
+    if (nested && j.at("diverged") == true && j.at("divergence").at("class") == "timing") {
+      CHECK((std::string(g) == "tsc" || std::string(g) == "mixed"));  // the guests that read the TSC
+      CHECK(r.code == 1);
+    } else {
+      CHECK(r.code == 0);
+      CHECK(j.at("diverged") == false);
+    }
     CHECK(j.at("compared").get<std::size_t>() > 10);
     if (std::string(g) == "tsc") CHECK(j.at("time_relations") == 4);
     if (std::string(g) == "io") CHECK(j.at("inputs_checked").get<std::size_t>() > 0);
