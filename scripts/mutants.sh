@@ -186,7 +186,7 @@ for i in "${selected[@]}"; do
   result="" by=""
   skip_why=""
   while IFS= read -r cmd; do
-    [[ -n $cmd && -n ${baseline_skip[$cmd]:-} ]] && skip_why=${baseline_skip[$cmd]}
+    if [[ -n $cmd && -n ${baseline_skip[$cmd]:-} ]]; then skip_why=${baseline_skip[$cmd]}; fi
   done <<<"${tests[$i]}"
   if [[ -n $skip_why ]]; then
     result="skipped" by=$skip_why

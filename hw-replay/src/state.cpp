@@ -228,8 +228,6 @@ Result<void> write_msrs(int fd, unsigned vcpu, const std::vector<std::pair<std::
   return ok_result();
 }
 
-// The TSC offset KVM holds for the vCPU (KVM_VCPU_TSC_OFFSET), where the kernel has the attribute
-// (`has_attr` caches KVM_HAS_DEVICE_ATTR); nullopt where it has not, or the read fails.
 // The vCPU attribute of the TSC offset, reading or writing *offset; `has_attr` caches whether
 // the kernel has it (KVM_HAS_DEVICE_ATTR; -1: not asked yet).
 kvm_device_attr tsc_offset_attr(int fd, std::uint64_t* offset, int& has_attr) {
@@ -241,6 +239,8 @@ kvm_device_attr tsc_offset_attr(int fd, std::uint64_t* offset, int& has_attr) {
   return attr;
 }
 
+// The TSC offset KVM holds for the vCPU, where the kernel has the attribute; nullopt where it
+// has not, or the read fails.
 std::optional<std::uint64_t> read_tsc_offset_attr(int fd, int& has_attr) {
   std::uint64_t offset = 0;
   kvm_device_attr attr = tsc_offset_attr(fd, &offset, has_attr);

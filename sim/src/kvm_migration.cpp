@@ -536,8 +536,14 @@ void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const mod
   const auto t0 = std::chrono::steady_clock::now();
   const bool tsc_from_offset = machine_->vcpu().tsc_from_offset();
   auto full = machine_->capture_again();
+  if (!full) {
+    res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown,
+                                     "the full capture of the stopped source vCPU failed: " + full.error().message,
+                                     seconds_since(t0), std::nullopt});
+    return;
+  }
   const model::VcpuState& paused = before.vcpus.at(0);
-  if (full && tsc_from_offset && machine_->vcpu().kvm_tsc_offset() != paused.tsc_offset) {
+  if (tsc_from_offset && machine_->vcpu().kvm_tsc_offset() != paused.tsc_offset) {
     // The pause took the guest TSC as RDTSC plus the offset of the baseline's capture: that
     // holds only if KVM still has that offset now (the source vCPU has not run since).
     const auto now = machine_->vcpu().kvm_tsc_offset();
@@ -546,12 +552,6 @@ void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const mod
         "the pause took the guest TSC from the TSC offset " + std::to_string(paused.tsc_offset) +
             ", but KVM holds " + (now ? std::to_string(*now) : std::string("none readable")) + " now",
         seconds_since(t0), std::nullopt});
-    return;
-  }
-  if (!full) {
-    res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown,
-                                     "the full capture of the stopped source vCPU failed: " + full.error().message,
-                                     seconds_since(t0), std::nullopt});
     return;
   }
   model::HandoverSnapshot proof = before;
