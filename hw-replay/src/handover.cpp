@@ -240,6 +240,8 @@ Result<std::uint64_t> apply_pages(std::span<const std::uint8_t> payload, std::ui
 namespace {
 constexpr std::uint32_t kVcpuMagic = 0x55504356;  // "VCPU"
 constexpr std::uint32_t kVcpuVersion = 1;
+constexpr std::uint32_t kDeltaMagic = 0x544c4456;  // "VDLT"
+constexpr std::uint32_t kDeltaVersion = 1;
 
 void put_seg(std::vector<std::uint8_t>& o, const model::Segment& s) {
   put(o, s.base, 8);
@@ -284,6 +286,62 @@ struct Reader {
     return v;
   }
 };
+
+// The fields an unprivileged guest changes, in the order both encodings use: the registers,
+// segments, descriptor tables and control registers, then (put_events) the events.
+void put_regs(std::vector<std::uint8_t>& o, const model::VcpuState& s) {
+  for (std::uint64_t g : s.gpr) put(o, g, 8);
+  put(o, s.rip, 8);
+  put(o, s.rflags, 8);
+  for (const model::Segment* g : {&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt}) put_seg(o, *g);
+  for (const model::DescriptorTable* d : {&s.gdtr, &s.idtr}) {
+    put(o, d->base, 8);
+    put(o, d->limit, 2);
+  }
+  for (std::uint64_t v : {s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer}) put(o, v, 8);
+}
+void put_events(std::vector<std::uint8_t>& o, const model::VcpuEvents& e) {
+  put(o, e.exception_pending, 1);
+  put(o, e.exception_nr, 1);
+  put(o, e.exception_has_error_code, 1);
+  put(o, e.exception_error_code, 4);
+  put(o, e.interrupt_pending, 1);
+  put(o, e.interrupt_nr, 1);
+  put(o, e.nmi_pending, 1);
+  put(o, e.nmi_masked, 1);
+  put(o, e.interrupt_shadow, 1);
+}
+void read_regs(Reader& r, model::VcpuState& s) {
+  for (auto& g : s.gpr) g = r.u(8, "general-purpose registers");
+  s.rip = r.u(8, "rip");
+  s.rflags = r.u(8, "rflags");
+  for (model::Segment* g : {&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt}) *g = r.seg("segments");
+  for (model::DescriptorTable* d : {&s.gdtr, &s.idtr}) {
+    d->base = r.u(8, "descriptor tables");
+    d->limit = static_cast<std::uint16_t>(r.u(2, "descriptor tables"));
+  }
+  for (std::uint64_t* v : {&s.cr0, &s.cr2, &s.cr3, &s.cr4, &s.cr8, &s.efer}) *v = r.u(8, "control registers");
+}
+void read_events(Reader& r, model::VcpuEvents& e) {
+  e.exception_pending = r.u(1, "events") != 0;
+  e.exception_nr = static_cast<std::uint8_t>(r.u(1, "events"));
+  e.exception_has_error_code = r.u(1, "events") != 0;
+  e.exception_error_code = static_cast<std::uint32_t>(r.u(4, "events"));
+  e.interrupt_pending = r.u(1, "events") != 0;
+  e.interrupt_nr = static_cast<std::uint8_t>(r.u(1, "events"));
+  e.nmi_pending = r.u(1, "events") != 0;
+  e.nmi_masked = r.u(1, "events") != 0;
+  e.interrupt_shadow = static_cast<std::uint8_t>(r.u(1, "events"));
+}
+// Checks the magic and version of an encoding.
+Result<void> read_header(Reader& r, std::uint32_t magic, std::uint32_t version, const char* what) {
+  if (r.u(4, "magic") != magic || r.failed) return make_error(std::string(what) + ": bad magic");
+  const std::uint64_t ver = r.u(4, "version");
+  if (r.failed || ver != version)
+    return make_error(std::string(what) + ": version " + std::to_string(ver) + " (this baton reads " +
+                      std::to_string(version) + ")");
+  return ok_result();
+}
 }  // namespace
 
 std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s) {
@@ -296,15 +354,7 @@ void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& 
   o.reserve(o.size() + 512 + s.xsave.size() + s.lapic.size() + 12 * s.msrs.size());
   put(o, kVcpuMagic, 4);
   put(o, kVcpuVersion, 4);
-  for (std::uint64_t g : s.gpr) put(o, g, 8);
-  put(o, s.rip, 8);
-  put(o, s.rflags, 8);
-  for (const model::Segment* g : {&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt}) put_seg(o, *g);
-  for (const model::DescriptorTable* d : {&s.gdtr, &s.idtr}) {
-    put(o, d->base, 8);
-    put(o, d->limit, 2);
-  }
-  for (std::uint64_t v : {s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer}) put(o, v, 8);
+  put_regs(o, s);
   for (std::uint64_t d : s.dr) put(o, d, 8);
   put(o, s.msrs.size(), 4);
   for (const auto& [i, v] : s.msrs) {
@@ -316,16 +366,7 @@ void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& 
   o.insert(o.end(), s.xsave.begin(), s.xsave.end());
   put(o, s.lapic.size(), 4);
   o.insert(o.end(), s.lapic.begin(), s.lapic.end());
-  const auto& e = s.events;
-  put(o, e.exception_pending, 1);
-  put(o, e.exception_nr, 1);
-  put(o, e.exception_has_error_code, 1);
-  put(o, e.exception_error_code, 4);
-  put(o, e.interrupt_pending, 1);
-  put(o, e.interrupt_nr, 1);
-  put(o, e.nmi_pending, 1);
-  put(o, e.nmi_masked, 1);
-  put(o, e.interrupt_shadow, 1);
+  put_events(o, s.events);
   put(o, static_cast<std::uint8_t>(s.activity), 1);
   put(o, s.tsc_offset, 8);
   put(o, s.host_tsc_at_capture, 8);
@@ -333,21 +374,9 @@ void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& 
 
 Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p) {
   Reader r{p};
-  if (r.u(4, "magic") != kVcpuMagic || r.failed) return make_error("vCPU state: bad magic");
-  const std::uint64_t ver = r.u(4, "version");
-  if (r.failed || ver != kVcpuVersion)
-    return make_error("vCPU state: version " + std::to_string(ver) + " (this baton reads " +
-                      std::to_string(kVcpuVersion) + ")");
+  BATON_TRY_VOID(read_header(r, kVcpuMagic, kVcpuVersion, "vCPU state"));
   model::VcpuState s;
-  for (auto& g : s.gpr) g = r.u(8, "general-purpose registers");
-  s.rip = r.u(8, "rip");
-  s.rflags = r.u(8, "rflags");
-  for (model::Segment* g : {&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt}) *g = r.seg("segments");
-  for (model::DescriptorTable* d : {&s.gdtr, &s.idtr}) {
-    d->base = r.u(8, "descriptor tables");
-    d->limit = static_cast<std::uint16_t>(r.u(2, "descriptor tables"));
-  }
-  for (std::uint64_t* v : {&s.cr0, &s.cr2, &s.cr3, &s.cr4, &s.cr8, &s.efer}) *v = r.u(8, "control registers");
+  read_regs(r, s);
   for (auto& d : s.dr) d = r.u(8, "debug registers");
   const std::uint64_t nmsr = r.u(4, "MSR count");
   if (!r.failed && nmsr > (p.size() - r.at) / 12) return make_error("vCPU state: MSR count " + std::to_string(nmsr) + " exceeds the payload");
@@ -358,16 +387,7 @@ Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p) {
   s.xcr0 = r.u(8, "xcr0");
   s.xsave = r.bytes("XSAVE area");
   s.lapic = r.bytes("LAPIC page");
-  auto& e = s.events;
-  e.exception_pending = r.u(1, "events") != 0;
-  e.exception_nr = static_cast<std::uint8_t>(r.u(1, "events"));
-  e.exception_has_error_code = r.u(1, "events") != 0;
-  e.exception_error_code = static_cast<std::uint32_t>(r.u(4, "events"));
-  e.interrupt_pending = r.u(1, "events") != 0;
-  e.interrupt_nr = static_cast<std::uint8_t>(r.u(1, "events"));
-  e.nmi_pending = r.u(1, "events") != 0;
-  e.nmi_masked = r.u(1, "events") != 0;
-  e.interrupt_shadow = static_cast<std::uint8_t>(r.u(1, "events"));
+  read_events(r, s.events);
   const std::uint64_t act = r.u(1, "activity state");
   s.tsc_offset = r.u(8, "TSC");
   s.host_tsc_at_capture = r.u(8, "TSC");
@@ -377,6 +397,54 @@ Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p) {
   if (r.at != p.size())
     return make_error("vCPU state: " + std::to_string(p.size() - r.at) + " bytes follow the last field");
   return s;
+}
+
+bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& s, std::vector<std::uint8_t>& o) {
+  if (s.dr != base.dr || s.xcr0 != base.xcr0 || s.activity != base.activity || s.xsave.size() != base.xsave.size() ||
+      s.xsave.size() % kXsaveChunk != 0 || s.xsave.size() / kXsaveChunk > 0xffff || s.lapic != base.lapic ||
+      s.msrs != base.msrs)
+    return false;
+  put(o, kDeltaMagic, 4);
+  put(o, kDeltaVersion, 4);
+  put_regs(o, s);
+  put_events(o, s.events);
+  put(o, s.tsc_offset, 8);
+  put(o, s.host_tsc_at_capture, 8);
+  const std::size_t count_at = o.size();
+  put(o, 0, 2);
+  std::uint64_t n = 0;
+  for (std::size_t c = 0; c < s.xsave.size(); c += kXsaveChunk) {
+    if (std::memcmp(s.xsave.data() + c, base.xsave.data() + c, kXsaveChunk) == 0) continue;
+    put(o, c / kXsaveChunk, 2);
+    o.insert(o.end(), s.xsave.begin() + static_cast<long>(c), s.xsave.begin() + static_cast<long>(c + kXsaveChunk));
+    ++n;
+  }
+  o[count_at] = static_cast<std::uint8_t>(n);
+  o[count_at + 1] = static_cast<std::uint8_t>(n >> 8);
+  return true;
+}
+
+Result<bool> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s) {
+  Reader r{p};
+  BATON_TRY_VOID(read_header(r, kDeltaMagic, kDeltaVersion, "vCPU delta"));
+  read_regs(r, s);
+  read_events(r, s.events);
+  s.tsc_offset = r.u(8, "TSC");
+  s.host_tsc_at_capture = r.u(8, "TSC");
+  const std::uint64_t n = r.u(2, "XSAVE chunk count");
+  if (r.failed) return make_error(std::string("vCPU delta: truncated in the ") + r.failed);
+  if (p.size() - r.at != n * (2 + kXsaveChunk))
+    return make_error("vCPU delta: " + std::to_string(n) + " XSAVE chunks need " + std::to_string(n * (2 + kXsaveChunk)) +
+                      " bytes, " + std::to_string(p.size() - r.at) + " follow");
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::uint64_t c = r.u(2, "XSAVE chunk");
+    if ((c + 1) * kXsaveChunk > s.xsave.size())
+      return make_error("vCPU delta: XSAVE chunk " + std::to_string(c) + " lies outside the " +
+                        std::to_string(s.xsave.size()) + "-byte XSAVE area of the baseline");
+    std::memcpy(s.xsave.data() + c * kXsaveChunk, p.data() + r.at, kXsaveChunk);
+    r.at += kXsaveChunk;
+  }
+  return n != 0;
 }
 
 }  // namespace baton::hw

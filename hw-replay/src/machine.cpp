@@ -200,6 +200,11 @@ Result<model::VcpuState> KvmMachine::capture_changes(const model::VcpuState& bas
   return vcpu_.try_get_state(state_opt_, &baseline);
 }
 
+Result<void> KvmMachine::capture_changes_into(const model::VcpuState& baseline, model::VcpuState& s) {
+  BATON_TRY_VOID(complete_pending_io(state_opt_.sync_regs));
+  return vcpu_.try_get_changes_into(state_opt_, baseline, s);
+}
+
 Result<model::VcpuState> KvmMachine::capture_again() {
   if (io_pending_) return make_error("capture_again: an I/O exit is pending (capture first)");
   vcpu_.forget_sync();

@@ -188,12 +188,11 @@ Result<void> read_tsc(int fd, unsigned vcpu, model::VcpuState& s, const std::vec
 // Reads the XSAVE area: KVM_GET_XSAVE2 with the size KVM_CAP_XSAVE2 gave (AMX and friends), else 4 KiB.
 Result<void> read_xsave(int fd, unsigned vcpu, const StateOptions& opt, model::VcpuState& s) {
   const std::size_t xs = std::max<std::size_t>(opt.xsave_size, sizeof(kvm_xsave));
-  std::vector<std::uint64_t> xbuf((xs + 7) / 8);
+  s.xsave.resize(xs);  // in place where it has that size already (a capture into a prepared state)
   if (opt.xsave_size > sizeof(kvm_xsave))
-    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE2, "KVM_GET_XSAVE2", vcpu, xbuf.data()));
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE2, "KVM_GET_XSAVE2", vcpu, s.xsave.data()));
   else
-    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE, "KVM_GET_XSAVE", vcpu, xbuf.data()));
-  s.xsave.assign(reinterpret_cast<std::uint8_t*>(xbuf.data()), reinterpret_cast<std::uint8_t*>(xbuf.data()) + xs);
+    BATON_TRY_VOID(xio(fd, KVM_GET_XSAVE, "KVM_GET_XSAVE", vcpu, s.xsave.data()));
   return ok_result();
 }
 
@@ -314,8 +313,7 @@ Result<void> KvmVcpu::try_complete_io(bool sync_out, bool debug_exit_ok) {
   return ok_result();
 }
 
-Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const model::VcpuState* baseline) {
-  model::VcpuState s;
+Result<void> KvmVcpu::read_unprivileged(const StateOptions& opt, model::VcpuState& s) {
   const int fd = this->fd();
   auto* run = static_cast<kvm_run*>(run_);
   if (run->kvm_dirty_regs != 0)
@@ -337,30 +335,42 @@ Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const m
     BATON_TRY_VOID(xio(fd, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", id_, &ev));
     events_to_model(ev, s);
   }
-  BATON_TRY_VOID(read_xsave(fd, id_, opt, s));
+  return read_xsave(fd, id_, opt, s);
+}
+
+Result<void> KvmVcpu::try_get_changes_into(const StateOptions& opt, const model::VcpuState& baseline,
+                                           model::VcpuState& s) {
+  BATON_TRY_VOID(read_unprivileged(opt, s));
+  // The clocks run on by themselves: they come with the TSC, in one KVM_GET_MSRS.
+  std::vector<std::uint32_t> clocks;
+  for (std::uint32_t c : {model::kMsrTsc, model::kMsrHvVpRuntime, model::kMsrHvTimeRefCount})
+    if (baseline.msrs.contains(c)) clocks.push_back(c);
+  tsc_from_offset_ = clocks.empty() && kvm_tsc_offset_.has_value();
+  if (tsc_from_offset_) {
+    // Guest TSC = host TSC + the offset KVM holds, which an unprivileged guest cannot change:
+    // no KVM_GET_MSRS inside the pause (the caller checks the offset with a full capture).
+    s.host_tsc_at_capture = __rdtsc();
+    s.tsc_offset = *kvm_tsc_offset_;
+    return ok_result();
+  }
+  return read_tsc(fd(), id_, s, clocks);
+}
+
+Result<model::VcpuState> KvmVcpu::try_get_state(const StateOptions& opt, const model::VcpuState* baseline) {
+  model::VcpuState s;
   if (baseline != nullptr) {
     // The parts a guest changes only with privileged instructions (XSETBV, WRMSR, MOV DR, HLT,
     // the APIC page): the baseline's. The caller proves them later against a full capture.
-    // The clocks run on by themselves: they come with the TSC, in one KVM_GET_MSRS.
     s.xcr0 = baseline->xcr0;
     s.msrs = baseline->msrs;
     s.lapic = baseline->lapic;
     s.dr = baseline->dr;
     s.activity = baseline->activity;
-    std::vector<std::uint32_t> clocks;
-    for (const auto& [index, value] : baseline->msrs)
-      if (model::is_clock_msr(index)) clocks.push_back(index);
-    tsc_from_offset_ = clocks.empty() && kvm_tsc_offset_.has_value();
-    if (tsc_from_offset_) {
-      // Guest TSC = host TSC + the offset KVM holds, which an unprivileged guest cannot change:
-      // no KVM_GET_MSRS inside the pause (the caller checks the offset with a full capture).
-      s.host_tsc_at_capture = __rdtsc();
-      s.tsc_offset = *kvm_tsc_offset_;
-      return s;
-    }
-    BATON_TRY_VOID(read_tsc(fd, id_, s, clocks));
+    BATON_TRY_VOID(try_get_changes_into(opt, *baseline, s));
     return s;
   }
+  const int fd = this->fd();
+  BATON_TRY_VOID(read_unprivileged(opt, s));
   tsc_from_offset_ = false;
   BATON_TRY_VOID(read_tsc(fd, id_, s));
   // The offset KVM holds, where it is what IA32_TSC shows: the guest TSC read above, less the

@@ -117,31 +117,64 @@ Result<std::span<const std::uint8_t>> StateMailbox::take() const {
   return payload;
 }
 
-std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s) {
+std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s, const model::VcpuState* base) {
   std::vector<std::uint8_t> o;
-  encode_resume_to(info, s, o);
+  encode_resume_to(info, s, o, base);
   return o;
 }
 
-void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o) {
+void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o,
+                      const model::VcpuState* base) {
   o.clear();
   put64(o, info.input_seed);
   put64(o, info.inputs_consumed);
   put64(o, info.ports.tag | std::uint64_t{info.ports.lo} << 32);
   put64(o, info.ports.stage);
-  encode_vcpu_state_to(s, o);
+  if (base == nullptr || !encode_vcpu_delta_to(*base, s, o)) encode_vcpu_state_to(s, o);
 }
 
-Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
+namespace {
+// The ResumeInfo at the head of a vcpu-state payload.
+Result<ResumeInfo> decode_resume_info(std::span<const std::uint8_t> p) {
   if (p.size() < 32) return make_error("vcpu-state message: " + std::to_string(p.size()) + " bytes, too short");
   ResumeInfo info{get64(p.data()), get64(p.data() + 8), {}};
   const std::uint64_t latch = get64(p.data() + 16), stage = get64(p.data() + 24);
   if (stage > 0xffffffffu) return make_error("vcpu-state message: stage " + std::to_string(stage) + " is not 32-bit");
   info.ports = guests::PortRecorder::State{static_cast<std::uint32_t>(latch), static_cast<std::uint32_t>(latch >> 32),
                                            static_cast<std::uint32_t>(stage), info.inputs_consumed};
+  return info;
+}
+// Whether a vcpu-state payload carries a delta (magic "VDLT" after the ResumeInfo).
+bool is_delta(std::span<const std::uint8_t> p) {
+  std::uint32_t magic = 0;
+  if (p.size() >= 36) std::memcpy(&magic, p.data() + 32, sizeof magic);
+  return magic == 0x544c4456;
+}
+}  // namespace
+
+Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
+  auto info = decode_resume_info(p);
+  if (!info) return info.error();
+  if (is_delta(p)) return make_error("vcpu-state message: a delta, which needs the baseline (decode_resume_into)");
   auto s = decode_vcpu_state(p.subspan(32));
   if (!s) return s.error();
-  return std::make_pair(info, std::move(*s));
+  return std::make_pair(*info, std::move(*s));
+}
+
+Result<ResumeDecoded> decode_resume_into(std::span<const std::uint8_t> p, model::VcpuState& s) {
+  auto info = decode_resume_info(p);
+  if (!info) return info.error();
+  ResumeDecoded d{*info, is_delta(p), true};
+  if (d.delta) {
+    auto changed = apply_vcpu_delta(p.subspan(32), s);
+    if (!changed) return changed.error();
+    d.xsave_changed = *changed;
+    return d;
+  }
+  auto whole = decode_vcpu_state(p.subspan(32));
+  if (!whole) return whole.error();
+  s = std::move(*whole);
+  return d;
 }
 
 std::vector<std::uint8_t> encode_guest_run(const guests::GuestRun& r) {
@@ -307,6 +340,9 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   if (!wm->fd.valid()) return failed(make_error("the wakeup message came without its eventfd"));
   const Fd wakeup = std::move(wm->fd);
   if (auto r = (*machine)->restore(*baseline); !r) return failed(r.error());
+  // The state to restore, as the baseline now: a delta from the source applies to it in place,
+  // without allocating inside the downtime.
+  model::VcpuState state = *baseline;
   BATON_TRY_VOID(send_message(sock, MsgType::kAck, std::string("baseline loaded")));
   // From the wake-up to the first KVM_RUN the worker must not wait for a CPU: at real-time
   // priority the wake-up preempts whatever runs there (without it, 3 ms waits on a loaded
@@ -365,18 +401,17 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const std::uint64_t received_ns = monotonic_ns();
   auto payload = (*mailbox)->take();
   if (!payload) return failed(payload.error());
-  auto resume = decode_resume(*payload);
+  auto resume = decode_resume_into(*payload, state);
   if (!resume) return failed(resume.error());
   maybe_die("state");
   // The guest TSC continues from its value at the capture: the downtime is not seen by the
   // guest (the TSC relation of the vCPU property, docs/checker.md).
-  model::VcpuState state = std::move(resume->second);
   const std::uint64_t guest_tsc = state.guest_tsc();
   state.host_tsc_at_capture = __rdtsc();
   state.tsc_offset = guest_tsc - state.host_tsc_at_capture;
   auto wrote = (*machine)->restore_changes(*baseline, state);
   if (!wrote) return failed(wrote.error());
-  const ResumeInfo info = resume->first;
+  const ResumeInfo info = resume->info;
   (*machine)->recorder().resume(info.ports);  // inputs continue at value number info.inputs_consumed
   (*machine)->recorder().set_input_source(
       [seed = info.input_seed](std::uint64_t n) { return guests::input_value(seed, n); });
@@ -454,6 +489,7 @@ Result<void> prepare_worker(KvmMachine& m, int sock, HandoverTiming& t, int time
   t.mailbox = std::move(*mailbox);
   t.state_buf.assign(StateMailbox::kSize, 0);  // allocated and touched now, not in the downtime
   t.state_buf.clear();
+  t.pause_state = *t.baseline;
   BATON_TRY_VOID(send_message(sock, MsgType::kBaseline, encode_vcpu_state(*t.baseline), t.mailbox->fd()));
   const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return make_error(std::string("eventfd failed: ") + std::strerror(errno));
@@ -499,7 +535,7 @@ Result<std::uint64_t> precopy_round(KvmMachine& m, int sock, HandoverTiming& t) 
 Result<void> send_state(KvmMachine& m, HandoverTiming& t, const model::VcpuState& state) {
   if (!t.mailbox) return make_error("no state mailbox: prepare_worker did not run");
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
-  encode_resume_to(info, state, t.state_buf);
+  encode_resume_to(info, state, t.state_buf, t.baseline ? &*t.baseline : nullptr);
   return t.mailbox->post(t.state_buf, t.bytes_copied);
 }
 
@@ -508,7 +544,7 @@ bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuStat
   auto posted = t.mailbox->take();
   if (!posted) return false;
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
-  const auto bytes = encode_resume(info, state);
+  const auto bytes = encode_resume(info, state, t.baseline ? &*t.baseline : nullptr);
   return std::equal(bytes.begin(), bytes.end(), posted->begin(), posted->end());
 }
 
@@ -537,9 +573,8 @@ Result<model::VcpuState> hand_over(KvmMachine& m, int sock, HandoverTiming& t, i
     if (!last) return last.error();
   }
   if (!t.baseline) return make_error("no baseline state: prepare_worker did not run");
-  auto state = m.capture_changes(*t.baseline);
-  if (!state) return state.error();
-  BATON_TRY_VOID(send_state(m, t, *state));
+  BATON_TRY_VOID(m.capture_changes_into(*t.baseline, t.pause_state));
+  BATON_TRY_VOID(send_state(m, t, t.pause_state));
   return await_resumed(sock, t, timeout_ms);
 }
 

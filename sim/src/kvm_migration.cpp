@@ -462,16 +462,25 @@ Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
   }
   // A prepared worker holds the baseline: capture only what the guest changes without
   // privileges; verify() proves the rest with a full capture of this stopped vCPU.
-  auto state = timing_.baseline && worker_error_.empty() ? machine_->capture_changes(*timing_.baseline)
-                                                         : machine_->capture();
+  // The capture goes into the prepared timing_.pause_state (no copy inside the pause) where a
+  // worker holds the baseline, else into `full`.
+  Result<model::VcpuState> full = make_error("not captured");
+  const model::VcpuState* state = nullptr;
+  if (timing_.baseline && worker_error_.empty()) {
+    if (auto c = machine_->capture_changes_into(*timing_.baseline, timing_.pause_state); !c) return c.error();
+    state = &timing_.pause_state;
+  } else {
+    full = machine_->capture();
+    if (!full) return full.error();
+    state = &*full;
+  }
   capture_done_ns_ = monotonic_ns();
-  if (state && opt_.method != Method::kPrecopy && timing_.baseline && worker_error_.empty()) {
+  if (opt_.method != Method::kPrecopy && timing_.baseline && worker_error_.empty()) {
     // local-lazy: nothing more goes before the state, so it leaves at once (precopy posts it
     // after the stop-and-copy). KVM refuses --fault, so the package hand_over gets is this state.
     if (auto sent = hw::send_state(*machine_, timing_, *state); sent) state_sent_ = true;
     else worker_error_ = sent.error().message;
   }
-  if (!state) return state.error();
   timing_.pause_ns = last_run_ns_;
   down_mark_ = capture_done_ns_;
   phase("state-save", last_run_ns_, capture_done_ns_, true);

@@ -12,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "baton/hw/machine.hpp"
@@ -446,4 +447,121 @@ TEST_CASE("handover: the worker's events message round-trips and refuses malform
   auto r = baton::hw::decode_vmm_events(bad);
   REQUIRE_FALSE(r);
   CHECK(r.error().message == "events message: event 0 is malformed");
+}
+
+// ---- the pause's delta: a state as its changes from the baseline the worker holds ----
+
+namespace {
+// A state an unprivileged guest can reach from `base`: new registers, segments' bases, events
+// and TSC fields, and `chunks` random 64-byte pieces of the XSAVE image rewritten (some maybe
+// the same piece twice, some maybe with the same bytes).
+model::VcpuState guest_moves_on(const model::VcpuState& base, std::mt19937_64& rng, unsigned chunks) {
+  model::VcpuState s = base;
+  for (auto& g : s.gpr) g = rng();
+  s.rip = rng();
+  s.rflags = 0x2 | (rng() & 0x8d5);
+  s.fs.base = rng();
+  s.gs.base = rng();
+  s.cr2 = rng();
+  s.cr8 = rng() % 16;
+  s.events.interrupt_shadow = static_cast<std::uint8_t>(rng() % 2);
+  s.events.exception_pending = rng() % 2 == 0;
+  s.events.exception_nr = static_cast<std::uint8_t>(rng() % 32);
+  s.events.exception_error_code = static_cast<std::uint32_t>(rng());
+  s.tsc_offset = rng();
+  s.host_tsc_at_capture = rng();
+  for (unsigned i = 0; i < chunks; ++i) {
+    const std::size_t at = rng() % s.xsave.size();
+    s.xsave[at] = static_cast<std::uint8_t>(rng());
+  }
+  return s;
+}
+}  // namespace
+
+TEST_CASE("worker: a state sent as its delta from the baseline arrives whole", "[worker][vcpu][delta]") {
+  std::mt19937_64 rng(2026);
+  const ResumeInfo info{42, 1234, {0x101, 0xdeadbeef, 3, 0}};
+  for (int round = 0; round < 300; ++round) {
+    const model::VcpuState base = sample_state(rng());
+    const model::VcpuState s = guest_moves_on(base, rng, static_cast<unsigned>(rng() % 12));
+    const auto bytes = encode_resume(info, s, &base);
+    model::VcpuState got = base;
+    auto d = decode_resume_into(bytes, got);
+    REQUIRE(d);
+    CHECK(d->delta);
+    REQUIRE(got == s);
+    CHECK(d->xsave_changed == (s.xsave != base.xsave));
+    CHECK(d->info.inputs_consumed == 1234);
+    CHECK(d->info.ports.stage == 3);
+    // Only what changed crosses: far less than the whole state (its MSRs, LAPIC and XSAVE image).
+    CHECK(bytes.size() < encode_resume(info, s).size() / 4);
+  }
+}
+
+TEST_CASE("worker: a state that differs from the baseline where a delta cannot say it is sent whole",
+          "[worker][vcpu][delta]") {
+  std::mt19937_64 rng(7);
+  const model::VcpuState base = sample_state(5);
+  // What an unprivileged guest cannot change: each makes the encoding the whole state.
+  std::vector<std::pair<const char*, std::function<void(model::VcpuState&)>>> privileged = {
+      {"an MSR's value", [](model::VcpuState& s) { s.msrs.begin()->second ^= 1; }},
+      {"one more MSR", [](model::VcpuState& s) { s.msrs[0x277] = 0x0007040600070406; }},
+      {"one MSR fewer", [](model::VcpuState& s) { s.msrs.erase(s.msrs.begin()); }},
+      {"the LAPIC page", [](model::VcpuState& s) { s.lapic.at(0x80) ^= 0x10; }},
+      {"DR7", [](model::VcpuState& s) { s.dr[7] |= 1; }},
+      {"XCR0", [](model::VcpuState& s) { s.xcr0 = 3; }},
+      {"the activity state", [](model::VcpuState& s) { s.activity = model::ActivityState::kActive; }},
+      {"the XSAVE size", [](model::VcpuState& s) { s.xsave.resize(s.xsave.size() + 64); }},
+  };
+  for (const auto& [what, change] : privileged) {
+    INFO(what);
+    model::VcpuState s = guest_moves_on(base, rng, 3);
+    change(s);
+    const auto bytes = encode_resume(ResumeInfo{}, s, &base);
+    CHECK(bytes == encode_resume(ResumeInfo{}, s));
+    model::VcpuState got = base;
+    auto d = decode_resume_into(bytes, got);
+    REQUIRE(d);
+    CHECK_FALSE(d->delta);
+    CHECK(got == s);
+  }
+}
+
+TEST_CASE("worker: a truncated, padded or out-of-range delta is an error", "[worker][vcpu][delta][bad-input]") {
+  std::mt19937_64 rng(99);
+  const model::VcpuState base = sample_state(8);
+  model::VcpuState s = guest_moves_on(base, rng, 0);
+  s.xsave.back() ^= 0xff;  // the last piece changes
+  const auto bytes = encode_resume(ResumeInfo{}, s, &base);
+  // A delta needs the baseline: the decoder of whole states says so instead of misreading it.
+  auto whole = decode_resume(bytes);
+  REQUIRE_FALSE(whole);
+  CHECK_THAT(whole.error().message, Catch::Contains("delta"));
+  for (std::size_t cut = 32; cut < bytes.size(); ++cut) {
+    model::VcpuState got = base;
+    INFO("cut at " << cut);
+    CHECK_FALSE(decode_resume_into(std::span<const std::uint8_t>(bytes.data(), cut), got));
+  }
+  auto padded = bytes;
+  padded.push_back(0);
+  model::VcpuState got = base;
+  CHECK_FALSE(decode_resume_into(padded, got));
+  // The piece index is the last 66 bytes' first two: point it past the baseline's XSAVE area.
+  auto outside = bytes;
+  const std::size_t idx_at = outside.size() - 2 - kXsaveChunk;
+  const std::uint16_t past = static_cast<std::uint16_t>(base.xsave.size() / kXsaveChunk);
+  outside[idx_at] = static_cast<std::uint8_t>(past);
+  outside[idx_at + 1] = static_cast<std::uint8_t>(past >> 8);
+  got = base;
+  auto r = decode_resume_into(outside, got);
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().message, Catch::Contains("outside"));
+  // Random byte flips: an error or some state, never a crash or a write outside the XSAVE area.
+  for (int i = 0; i < 2000; ++i) {
+    auto flipped = bytes;
+    flipped[32 + rng() % (flipped.size() - 32)] ^= static_cast<std::uint8_t>(1 + rng() % 255);
+    got = base;
+    (void)decode_resume_into(flipped, got);
+    CHECK(got.xsave.size() == base.xsave.size());
+  }
 }

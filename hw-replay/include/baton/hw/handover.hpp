@@ -85,4 +85,18 @@ std::vector<std::uint8_t> encode_vcpu_state(const model::VcpuState& s);
 void encode_vcpu_state_to(const model::VcpuState& s, std::vector<std::uint8_t>& o);
 Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p);
 
+// A vCPU state as its changes from a baseline both sides hold (magic "VDLT", version 1): the
+// fields an unprivileged guest changes (registers, segments, descriptor tables, control
+// registers, events, the TSC fields) and the kXsaveChunk-byte pieces of the XSAVE image that
+// differ (u16 index, then the bytes); every other field is the baseline's. Appends it to `o`
+// and returns true, or appends nothing and returns false where `s` differs from `base` elsewhere
+// (MSRs, LAPIC, debug registers, XCR0, activity state, XSAVE size): send it whole then.
+inline constexpr std::size_t kXsaveChunk = 64;
+bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& s, std::vector<std::uint8_t>& o);
+// Applies a delta in place to `s`, which must hold the baseline it was taken against (it then
+// holds the state; nothing is allocated). Returns whether any XSAVE piece changed. A malformed
+// delta (bad magic or version, truncated, a piece outside the XSAVE area) is an error, with `s`
+// then partly written.
+Result<bool> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s);
+
 }  // namespace baton::hw

@@ -213,6 +213,10 @@ class KvmVcpu {
   // the TSC) and takes XCR0, the MSRs, the LAPIC, the debug registers and the MP state from
   // it: the caller must prove those against a full capture of the stopped vCPU later.
   Result<model::VcpuState> try_get_state(const StateOptions& opt, const model::VcpuState* baseline = nullptr);
+  // try_get_state with a `baseline`, into `s`, which must hold the baseline's XCR0, MSRs,
+  // LAPIC, debug registers and MP state already (a copy of it, or an earlier capture into it):
+  // only the rest is written, in place, so that a prepared `s` allocates nothing.
+  Result<void> try_get_changes_into(const StateOptions& opt, const model::VcpuState& baseline, model::VcpuState& s);
   model::VcpuState get_state(const StateOptions& opt) { return or_throw(try_get_state(opt)); }
   // The listed MSRs that KVM_GET_MSRS refused in the last capture (not in its state): empty on
   // every host measured so far (PVM, nested SVM); tests assert it, so a refusal is never silent.
@@ -251,6 +255,8 @@ class KvmVcpu {
   void* run_ = nullptr;
   std::size_t run_size_ = 0;
   std::vector<std::uint32_t> unreadable_msrs_;
+  // Reads regs, sregs and events (from the run area where synced_) and the XSAVE area into `s`.
+  Result<void> read_unprivileged(const StateOptions& opt, model::VcpuState& s);
   bool synced_ = false;  // the run area holds regs, sregs and events of the stopped vCPU
   int has_tsc_attr_ = -1;  // KVM_HAS_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET): -1 not asked yet
   std::optional<std::uint64_t> kvm_tsc_offset_;

@@ -128,6 +128,9 @@ class KvmMachine {
   // The capture of a pause: the same, but reads only what an unprivileged guest changes and
   // takes the rest from `baseline` (KvmVcpu::try_get_state); prove it with capture() later.
   Result<model::VcpuState> capture_changes(const model::VcpuState& baseline);
+  // The same into `s`, a copy of `baseline` made before the pause (or an earlier capture into
+  // it): nothing is allocated (KvmVcpu::try_get_changes_into).
+  Result<void> capture_changes_into(const model::VcpuState& baseline, model::VcpuState& s);
   // The proof of a capture_changes(): a full capture of the same vCPU, not run since, by ioctls
   // only and without a KVM_RUN (one would reload and save the guest FPU, and XSAVE's header may
   // then record the same register state differently: XSTATE_BV's init optimization).

@@ -41,12 +41,25 @@ struct ResumeInfo {
   std::uint64_t inputs_consumed = 0;  // values of it the guest has read already
   guests::PortRecorder::State ports;  // the port ABI's latches (tag, low half, stage); .inputs is ignored
 };
-// The vcpu-state payload: ResumeInfo (32 bytes: seed, inputs, tag, lo, stage, 0) then
-// encode_vcpu_state().
-std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s);
+// The vcpu-state payload: ResumeInfo (32 bytes: seed, inputs, tag, lo, stage, 0) then the
+// state: with a `base` the worker holds, its delta from it where one can say it
+// (encode_vcpu_delta_to), else encode_vcpu_state().
+std::vector<std::uint8_t> encode_resume(const ResumeInfo& info, const model::VcpuState& s,
+                                        const model::VcpuState* base = nullptr);
 // The same bytes into `o` (cleared first; its capacity is kept).
-void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o);
+void encode_resume_to(const ResumeInfo& info, const model::VcpuState& s, std::vector<std::uint8_t>& o,
+                      const model::VcpuState* base = nullptr);
+// Decodes a payload that carries a whole state (a delta is an error here).
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p);
+// How decode_resume_into left its state.
+struct ResumeDecoded {
+  ResumeInfo info;
+  bool delta = false;          // a delta was applied (so only its fields and XSAVE pieces changed)
+  bool xsave_changed = true;   // a delta changed a piece of the XSAVE image (always true for a whole state)
+};
+// Decodes either form into `s`: a whole state replaces it; a delta applies to it in place, so
+// `s` must then hold the baseline the delta was taken against.
+Result<ResumeDecoded> decode_resume_into(std::span<const std::uint8_t> p, model::VcpuState& s);
 
 struct WorkerOptions {
   std::string device = kKvmDevice;
@@ -146,6 +159,9 @@ struct HandoverTiming {
   // send_state's encoding buffer: allocated and touched by prepare_worker, so that encoding the
   // state inside the downtime neither allocates nor faults pages in.
   std::vector<std::uint8_t> state_buf;
+  // The pause's capture target: a copy of the baseline made by prepare_worker, so that
+  // KvmMachine::capture_changes_into() writes only what changed, allocating nothing.
+  model::VcpuState pause_state;
   // precopy: pages the dirty log reported (sync_dirty) that no round has sent yet, one bit each
   std::vector<std::uint64_t> pending_dirty;
   double downtime_us() const { return static_cast<double>(resumed_ns - pause_ns) / 1000.0; }
