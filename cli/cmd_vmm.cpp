@@ -20,6 +20,7 @@ struct WorkerCliOptions {
   int fd = -1;
   double timeout_s = 60;
   int timeout_ms = -1;  // the old spelling, still accepted (hidden)
+  int spin_before_ms = 0;
 };
 
 // Connects to a UNIX stream socket; errors name the path.
@@ -37,6 +38,7 @@ Result<hw::Fd> connect_unix(const std::string& path) {
 
 void run_worker(const WorkerCliOptions& o) {
   if (o.socket.empty() == (o.fd < 0)) return fail("give exactly one of --socket PATH or --fd N");
+  if (o.spin_before_ms < 0 || o.spin_before_ms > 3'600'000) return fail("--spin-before-ms must be within 0..3600000");
   hw::Fd owned;
   int sock = o.fd;
   if (!o.socket.empty()) {
@@ -49,6 +51,7 @@ void run_worker(const WorkerCliOptions& o) {
   if (!(o.timeout_s > 0) || o.timeout_s > 86400) return fail("--timeout must be within 0..86400 seconds");
   wo.timeout_ms = o.timeout_ms >= 0 ? o.timeout_ms : static_cast<int>(o.timeout_s * 1000);
   wo.device = hw::kvm_device();
+  wo.spin_before_ms = o.spin_before_ms;
   if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
   if (const char* rt = std::getenv("BATON_KVM_RT"); rt != nullptr && std::string(rt) == "0") wo.realtime = false;
   auto r = hw::serve_worker(sock, wo);
@@ -69,6 +72,10 @@ void register_vmm_worker(CLI::App& app) {
   c->add_option("--timeout", o->timeout_s, "Seconds to wait for each message (as every baton --timeout)")
       ->capture_default_str();
   c->add_option("--timeout-ms", o->timeout_ms, "")->group("");  // the old spelling in milliseconds
+  c->add_option("--spin-before-ms", o->spin_before_ms,
+                "Spin on the state mailbox for up to this many ms before the pause instead of sleeping until the "
+                "source wakes it (no wake-up inside the downtime; costs this process's CPU meanwhile)")
+      ->capture_default_str();
   c->callback([o] { run_worker(*o); });
 }
 

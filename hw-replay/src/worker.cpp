@@ -350,11 +350,13 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const bool realtime = opt.realtime && rep.shared_memory && set_fifo(true);  // local only: precopy copies for seconds
 
   // Until the pause: asleep in poll() on the socket (precopy pages, an error, the source gone)
-  // and the eventfd. The source writes the eventfd as the pause begins, so this wake-up
-  // overlaps its capture; from then on spin on the mailbox (no second wake-up inside the
-  // downtime), looking at the socket every ~20 us.
+  // and the eventfd, or with opt.spin_before_ms spinning on the mailbox already. The source
+  // writes the eventfd as the pause begins, so a wake-up overlaps its capture; from then on
+  // spin on the mailbox (no second wake-up inside the downtime), looking at the socket every
+  // ~20 us.
   std::uint64_t spin_until = 0, next_look = 0;
   std::uint64_t deadline = monotonic_ns() + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
+  if (opt.spin_before_ms > 0) spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_before_ms) * 1'000'000ull;
   for (;;) {
     bool pages_due = false;  // the state is posted, but pages sent before it are still on the socket
     if ((*mailbox)->published()) {
@@ -379,7 +381,7 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
       if (p[1].revents & POLLIN) {
         std::uint64_t n = 0;
         if (::read(wakeup.get(), &n, sizeof n) == static_cast<ssize_t>(sizeof n))
-          spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_ms) * 1'000'000ull;
+          spin_until = std::max<std::uint64_t>(spin_until, monotonic_ns() + static_cast<std::uint64_t>(opt.spin_ms) * 1'000'000ull);
       }
       if (p[0].revents == 0) continue;
     }

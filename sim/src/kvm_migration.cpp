@@ -105,9 +105,13 @@ struct Worker {
 // source's CPU. Empty (no pinning) with a single allowed CPU, or with BATON_KVM_PIN=0.
 struct CpuPlan {
   bool pinned = false;
+  bool spin = false;  // the worker spins until the pause (pinned, and BATON_KVM_SPIN is not 0)
   cpu_set_t original{};  // the source thread's mask before
   cpu_set_t source{}, worker{};
 };
+
+// How long a worker on a CPU of its own spins before the pause, at most (then it sleeps until woken).
+constexpr const char* kSpinBeforeMs = "10000";
 
 // Plans the CPUs from the calling thread's affinity and pins the calling thread.
 CpuPlan pin_source_thread() {
@@ -128,6 +132,8 @@ CpuPlan pin_source_thread() {
   CPU_ZERO(&p.worker);
   CPU_SET(other, &p.worker);
   p.pinned = ::sched_setaffinity(0, sizeof p.source, &p.source) == 0;
+  const char* spin = std::getenv("BATON_KVM_SPIN");
+  p.spin = p.pinned && (spin == nullptr || std::string(spin) != "0");
   return p;
 }
 
@@ -163,7 +169,10 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
     ::fcntl(3, F_SETFD, 0);  // keep fd 3 across exec, even if sv[1] was 3 already
     if (!die_at.empty()) ::setenv("BATON_WORKER_DIE_AT", die_at.c_str(), 1);
     else ::unsetenv("BATON_WORKER_DIE_AT");
-    const char* argv[] = {"baton", "vmm-worker", "--fd", "3", "--timeout-ms", timeout.c_str(), nullptr};
+    // On a CPU of its own the worker spins from the baseline to the pause (spin_before_ms):
+    // no wake-up inside the downtime.
+    const char* argv[] = {"baton", "vmm-worker", "--fd", "3", "--timeout-ms", timeout.c_str(),
+                          "--spin-before-ms", cpus.spin ? kSpinBeforeMs : "0", nullptr};
     ::execv(exe.c_str(), const_cast<char* const*>(argv));
     ::_exit(127);
   }

@@ -56,4 +56,7 @@ TEST_CASE("vmm-worker: bad invocations are one clear line", "[cli][bad-input]") 
   auto c = run_baton(d, "vmm-worker --socket " + (d / "no.sock"));
   CHECK(c.code == 2);
   CHECK_THAT(c.err, Catch::StartsWith("baton: cannot connect to ") && Catch::Contains("No such file or directory"));
+  auto s = run_baton(d, "vmm-worker --fd 3 --spin-before-ms -1");
+  CHECK(s.code == 2);
+  CHECK(s.err == "baton: --spin-before-ms must be within 0..3600000\n");
 }

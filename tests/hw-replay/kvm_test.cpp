@@ -2,6 +2,7 @@
 // "SKIPPED: /dev/kvm is not usable here: <reason>" and returns 77, which CTest reports as a
 // skip (SKIP_RETURN_CODE), never as a pass.
 #define CATCH_CONFIG_RUNNER
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -12,6 +13,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <fstream>
+#include <thread>
 
 #include "baton/guests/abi.hpp"
 #include "baton/guests/registry.hpp"
@@ -278,14 +282,14 @@ TEST_CASE("kvm: save, recreate on the same memfd, restore and continue equals an
 
 namespace {
 // Forks a worker process that serves the handover on one end of a socketpair.
-pid_t spawn_worker(int& source_end) {
+pid_t spawn_worker(int& source_end, const WorkerOptions& wo = {}) {
   int sv[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
     ::close(sv[0]);
-    auto r = serve_worker(sv[1]);
+    auto r = serve_worker(sv[1], wo);
     _exit(r ? 0 : 1);
   }
   ::close(sv[1]);
@@ -327,6 +331,72 @@ TEST_CASE("kvm: local migration to a second process shares the memfd and reaches
   ::waitpid(worker, &st, 0);
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
   ::close(sock);
+}
+
+namespace {
+// CLOCK_MONOTONIC in ns (the clock of HandoverTiming's stamps).
+std::uint64_t now_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+// The scheduler state of a process ('R' running, 'S' asleep, ...), from /proc/PID/stat.
+char process_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  const auto close = line.rfind(')');
+  return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
+}
+}  // namespace
+
+TEST_CASE("kvm: a worker told to spin before the pause needs no wake-up; one not told sleeps", "[kvm][migration][spin]") {
+  cpu_set_t cpus;
+  REQUIRE(::sched_getaffinity(0, sizeof cpus, &cpus) == 0);
+  if (CPU_COUNT(&cpus) < 2) {
+    // The source never asks a worker to spin on one CPU (it would take the source's CPU).
+    WARN("skipped: one CPU here, and a worker spins only on a CPU of its own");
+    return;
+  }
+  const guests::GuestImage im = image_of("mixed");
+  for (const int spin_ms : {0, 20'000}) {
+    INFO("spin_before_ms " << spin_ms);
+    WorkerOptions wo;
+    wo.spin_before_ms = spin_ms;
+    int sock = -1;
+    const pid_t worker = spawn_worker(sock, wo);
+    auto m = KvmMachine::try_create(im);
+    REQUIRE(m);
+    HandoverTiming t;
+    REQUIRE(prepare_worker(**m, sock, t));
+    // Before the pause: the spinning worker runs all along, the other sleeps in poll().
+    int running = 0;
+    for (int i = 0; i < 40; ++i) {
+      running += process_state(worker) == 'R';
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (spin_ms > 0) CHECK(running >= 36);
+    else CHECK(running <= 4);
+    auto r = (*m)->run(~std::uint64_t{0}, true);
+    REQUIRE(r);
+    REQUIRE(r->stop == KvmStop::kSync);
+    // The state goes without the eventfd: the spinning worker takes it at once; the sleeping
+    // one only when its poll() times out (100 ms) and it looks at the mailbox.
+    auto state = (*m)->capture_changes(*t.baseline);
+    REQUIRE(state);
+    const std::uint64_t posted = now_ns();
+    REQUIRE(send_state(**m, t, *state));
+    auto h = await_resumed(sock, t);
+    INFO((h ? "" : h.error().message));
+    REQUIRE(h);
+    if (spin_ms > 0) CHECK(t.state_received_ns - posted < 5'000'000);
+    m->reset();
+    REQUIRE(wait_worker_result(sock));
+    int st = 0;
+    ::waitpid(worker, &st, 0);
+    CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+    ::close(sock);
+  }
 }
 
 TEST_CASE("kvm: precopy to a second process copies memory in rounds and reaches the same checksum",
