@@ -44,22 +44,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Why the TSC relation failed when the worker's vCPU holds another offset than the one it set
-// (the paused guest TSC less the worker's host TSC at the restore): KVM accepted the offset but
-// does not apply it (PVM keeps the guest on the host TSC). Empty when the two agree.
-std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::VcpuState& held,
-                                   const std::string& flavour) {
-  const std::uint64_t requested = paused.guest_tsc() - held.host_tsc_at_capture;
-  if (held.tsc_offset == requested) return "";
-  char buf[256];
-  std::snprintf(buf, sizeof buf,
-                "the guest TSC ran on through the downtime: this host's KVM (%s) does not apply "
-                "KVM_VCPU_TSC_OFFSET (the worker set 0x%llx, KVM applies 0x%llx); ",
-                flavour.c_str(), static_cast<unsigned long long>(requested),
-                static_cast<unsigned long long>(held.tsc_offset));
-  return buf;
-}
-
 // An empty handler: SIGUSR1 only has to interrupt KVM_RUN (EINTR) on the vCPU thread.
 void on_kick(int) {}
 
@@ -769,6 +753,19 @@ Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMi
   if (!r) return r;
   BATON_TRY_VOID(b.write_trace());
   return r;
+}
+
+std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::VcpuState& held,
+                                   const std::string& flavour) {
+  const std::uint64_t requested = paused.guest_tsc() - held.host_tsc_at_capture;
+  if (held.tsc_offset == requested) return "";
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "the guest TSC ran on through the downtime: this host's KVM (%s) does not apply "
+                "KVM_VCPU_TSC_OFFSET (the worker set 0x%llx, KVM applies 0x%llx); ",
+                flavour.c_str(), static_cast<unsigned long long>(requested),
+                static_cast<unsigned long long>(held.tsc_offset));
+  return buf;
 }
 
 }  // namespace baton::sim
