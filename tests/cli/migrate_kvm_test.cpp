@@ -60,7 +60,7 @@ TEST_CASE("migrate --backend kvm: every built-in guest runs on KVM with the simu
 }
 
 TEST_CASE("migrate --backend kvm: local-lazy hands the memfd to a second process and is proven (refuted on PVM: the guest TSC)",
-          "[kvm][migrate]") {
+          "[kvm][migrate][tsc]") {
   ScratchDir d;
   auto r = run_baton(d, "migrate mixed --backend kvm --method local-lazy --json");
   const json j = parsed(r);
