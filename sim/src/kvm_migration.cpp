@@ -759,12 +759,14 @@ std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::
                                    const std::string& flavour) {
   const std::uint64_t requested = paused.guest_tsc() - held.host_tsc_at_capture;
   if (held.tsc_offset == requested) return "";
+  // A larger applied offset puts the guest TSC ahead of its paused value (PVM: the downtime).
+  const bool ahead = static_cast<std::int64_t>(held.tsc_offset - requested) > 0;
   char buf[256];
   std::snprintf(buf, sizeof buf,
-                "the guest TSC ran on through the downtime: this host's KVM (%s) does not apply "
+                "the guest TSC %s: this host's KVM (%s) does not apply "
                 "KVM_VCPU_TSC_OFFSET (the worker set 0x%llx, KVM applies 0x%llx); ",
-                flavour.c_str(), static_cast<unsigned long long>(requested),
-                static_cast<unsigned long long>(held.tsc_offset));
+                ahead ? "ran on through the downtime" : "went back", flavour.c_str(),
+                static_cast<unsigned long long>(requested), static_cast<unsigned long long>(held.tsc_offset));
   return buf;
 }
 
