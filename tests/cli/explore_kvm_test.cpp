@@ -16,8 +16,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "baton/hw/kvm.hpp"
 #include "../kvm_flavour.hpp"
+#include "baton/hw/kvm.hpp"
 #include "cli_run.hpp"
 
 using baton::test::CliResult;

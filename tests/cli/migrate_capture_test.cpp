@@ -9,9 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../kvm_flavour.hpp"
 #include "baton/hw/kvm.hpp"
 #include "baton/hw/tracefs.hpp"
-#include "../kvm_flavour.hpp"
 #include "cli_run.hpp"
 
 using baton::test::run_baton;

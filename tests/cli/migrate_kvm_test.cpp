@@ -5,9 +5,9 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../kvm_flavour.hpp"
 #include "baton/guests/registry.hpp"
 #include "baton/hw/kvm.hpp"
-#include "../kvm_flavour.hpp"
 #include "cli_run.hpp"
 
 using baton::test::check_vcpu_line;

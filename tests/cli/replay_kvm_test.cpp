@@ -4,9 +4,9 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../kvm_flavour.hpp"
 #include "baton/hw/kvm.hpp"
 #include "baton/traces/trace.hpp"
-#include "../kvm_flavour.hpp"
 #include "cli_run.hpp"
 
 using baton::test::CliResult;
