@@ -58,7 +58,9 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
   std::uint64_t copied = 0;
   std::vector<std::size_t> rounds;
   std::vector<std::string> stops;  // why each precopy stopped
-  bool all_ok = true;
+  bool checksums_ok = true;        // every run switched and finished with the expected checksum
+  std::map<std::string, unsigned> vcpu = {{"proven", 0}, {"refuted", 0}, {"unknown", 0}};
+  std::string refuted_why;  // the first refuted vcpu check's reason (PVM: the TSC offset)
   for (unsigned i = 0; i < reps; ++i) {
     if (tty) std::fprintf(stderr, "  .. %s %s at %s, %u/%u\n", guest.c_str(), sim::to_string(m), mem.c_str(), i + 1, reps);
     sim::KvmMigrationConfig kc;
@@ -70,7 +72,13 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
     o.downtime_limit_ms = bo.downtime_limit_ms;
     auto r = sim::migrate_kvm(*image, kc, o);
     if (!r) return json{{"error", r.error().message}};
-    all_ok = all_ok && r->switched && r->checksum_ok() && r->verdict == checker::Verdict::kProven;
+    checksums_ok = checksums_ok && r->switched && r->checksum_ok();
+    for (const sim::CheckLine& c : r->checks) {
+      if (c.name != "vcpu") continue;
+      ++vcpu[checker::to_string(c.verdict)];
+      if (c.verdict == checker::Verdict::kRefuted && refuted_why.empty())
+        refuted_why = c.summary.substr(0, c.summary.find(" (the worker set"));
+    }
     down.push_back(r->micros(r->downtime));
     for (const sim::Phase& ph : r->timeline)
       if (ph.downtime) phases[ph.name].push_back(r->micros(ph.cycles));
@@ -95,7 +103,9 @@ json migrations(const std::string& guest, const std::string& mem, const std::vec
               {"bytes_copied", copied},
               {"rounds", rounds},
               {"precopy_stop", stops},
-              {"all_proven_and_checksums_match", all_ok}};
+              {"checksums_match", checksums_ok},
+              {"vcpu_verdicts", vcpu},
+              {"vcpu_refuted_reason", refuted_why.empty() ? json(nullptr) : json(refuted_why)}};
 }
 
 // Times vCPU state capture and restore on one guest stopped at its first sync point: the full

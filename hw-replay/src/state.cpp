@@ -560,6 +560,8 @@ Result<StateWrite> KvmVcpu::try_set_state_changes(const model::VcpuState& loaded
   return w;
 }
 
+std::optional<std::uint64_t> KvmVcpu::read_tsc_offset() { return read_tsc_offset_attr(fd(), has_tsc_attr_); }
+
 model::VcpuState KvmVcpu::state_after(const model::VcpuState& loaded, const model::VcpuState& s, const StateWrite& w) const {
   if (w.all) return s;
   // Every part from `s` where it was written and from `loaded` where it was kept, so that a

@@ -425,7 +425,11 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   std::vector<std::uint8_t> resumed;
   put64(resumed, rep.resumed_ns);
   put64(resumed, received_ns);
-  const auto holds = encode_vcpu_state((*machine)->vcpu().state_after(*baseline, state, *wrote));
+  // What the vCPU holds: what was written, with the TSC offset KVM really applies (PVM accepts
+  // a new offset and keeps the guest on the host TSC: the check must see that, not the request).
+  model::VcpuState held = (*machine)->vcpu().state_after(*baseline, state, *wrote);
+  if (auto applied = (*machine)->vcpu().read_tsc_offset()) held.tsc_offset = *applied;
+  const auto holds = encode_vcpu_state(held);
   resumed.insert(resumed.end(), holds.begin(), holds.end());
   BATON_TRY_VOID(send_message(sock, MsgType::kResumed, resumed));
   maybe_die("resumed");

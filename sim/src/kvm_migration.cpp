@@ -581,7 +581,10 @@ void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const mod
     res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown, r.error().message, seconds_since(t0), std::nullopt});
     return;
   }
-  res_->checks.push_back(CheckLine{"vcpu", r->verdict, r->summary, seconds_since(t0), r->counterexample});
+  std::string summary = r->summary;
+  if (r->verdict == checker::Verdict::kRefuted && r->counterexample && r->counterexample->field == "vcpu0.tsc_offset")
+    summary = tsc_offset_not_applied(paused, after.vcpus.at(0), res_->host_flavour) + summary;
+  res_->checks.push_back(CheckLine{"vcpu", r->verdict, summary, seconds_since(t0), r->counterexample});
 }
 
 void KvmBackend::finish_output(const guests::GuestRun& before, const std::optional<guests::GuestRun>& after) {
@@ -768,6 +771,21 @@ Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMi
   if (!r) return r;
   BATON_TRY_VOID(b.write_trace());
   return r;
+}
+
+std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::VcpuState& held,
+                                   const std::string& flavour) {
+  const std::uint64_t requested = paused.guest_tsc() - held.host_tsc_at_capture;
+  if (held.tsc_offset == requested) return "";
+  // A larger applied offset puts the guest TSC ahead of its paused value (PVM: the downtime).
+  const bool ahead = static_cast<std::int64_t>(held.tsc_offset - requested) > 0;
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "the guest TSC %s: this host's KVM (%s) does not apply "
+                "KVM_VCPU_TSC_OFFSET (the worker set 0x%llx, KVM applies 0x%llx); ",
+                ahead ? "ran on through the downtime" : "went back", flavour.c_str(),
+                static_cast<unsigned long long>(requested), static_cast<unsigned long long>(held.tsc_offset));
+  return buf;
 }
 
 }  // namespace baton::sim

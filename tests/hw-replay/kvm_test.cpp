@@ -249,6 +249,45 @@ TEST_CASE("kvm: a capture with a baseline takes the guest TSC from the offset KV
   else CHECK(fast2->tsc_offset == *applied);
 }
 
+TEST_CASE("kvm: the TSC offset read back is the one KVM applies: the one set where KVM honours it, PVM's own on PVM",
+          "[kvm][state][tsc]") {
+  // The KVM API documentation: guest_tsc = host_tsc + KVM_VCPU_TSC_OFFSET. The worker sets the
+  // offset that keeps the guest TSC continuous and reports what it reads back (worker.cpp), so
+  // the read-back must be what the guest sees: IA32_TSC against the host TSC.
+  auto m = KvmMachine::try_create(image_of("tsc"));
+  REQUIRE(m);
+  auto r = (*m)->run(~std::uint64_t{0}, true);
+  REQUIRE(r);
+  REQUIRE(r->stop == KvmStop::kSync);
+  auto full = (*m)->capture();
+  REQUIRE(full);
+  const std::optional<std::uint64_t> before = (*m)->vcpu().read_tsc_offset();
+  INFO("KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET) must work here (Linux 5.16+): the worker reports it");
+  REQUIRE(before);
+  model::VcpuState moved = *full;
+  moved.tsc_offset -= 3'000'000'000ull;  // as a worker sets it after a downtime of 3e9 cycles
+  const std::uint64_t requested = moved.tsc_offset;
+  REQUIRE((*m)->restore(moved));  // KVM_SET_DEVICE_ATTR succeeds on every flavour, PVM included
+  auto ran = (*m)->run(1);        // the worker reads back after its first KVM_RUN
+  REQUIRE(ran);
+  const std::optional<std::uint64_t> applied = (*m)->vcpu().read_tsc_offset();
+  REQUIRE(applied);
+  auto seen = (*m)->capture();  // IA32_TSC by KVM_GET_MSRS: the guest TSC the vCPU shows
+  REQUIRE(seen);
+  CAPTURE(host_flavour(), requested, *applied, seen->tsc_offset);
+  // The read-back agrees with the guest's TSC on every flavour (within the ioctls' bracket).
+  CHECK(std::abs(static_cast<std::int64_t>(seen->tsc_offset - *applied)) < 1'000'000);
+  if (host_flavour() != "pvm") {
+    CHECK(*applied == requested);  // honoured: the guest TSC went back by the 3e9 cycles
+  } else {
+    // PVM accepts the offset and keeps the guest on the host TSC: the read-back is not the
+    // request but the offset it had (measured: 0), and the guest TSC did not go back.
+    CHECK(*applied != requested);
+    CHECK(*applied == *before);
+    CHECK(std::abs(static_cast<std::int64_t>(seen->tsc_offset - requested)) > 1'000'000'000);
+  }
+}
+
 TEST_CASE("kvm: save, recreate on the same memfd, restore and continue equals an uninterrupted run at every sync point",
           "[kvm][state]") {
   const guests::GuestImage im = image_of("mixed");

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "baton/model/mapping_set.hpp"
+#include "baton/sim/kvm_migration.hpp"
 #include "baton/sim/migration.hpp"
 #include "sim_fixtures.hpp"
 
@@ -444,6 +445,23 @@ TEST_CASE("bad requests are errors, not crashes", "[migration][negative]") {
   CHECK(parse_fault("vmcs:eptp:3"));
   CHECK(parse_fault("memslot:0:gpa:27"));
   CHECK(parse_fault("none"));
+}
+
+// Requested: the paused guest TSC less the worker's host TSC at the restore (worker.cpp).
+TEST_CASE("kvm vcpu check: the TSC reason names both offsets only when KVM applied another one than the worker set",
+          "[migrate][tsc]") {
+  model::VcpuState paused, held;
+  paused.host_tsc_at_capture = 1'000'000;
+  paused.tsc_offset = 0;  // guest TSC 1,000,000 at the pause
+  held.host_tsc_at_capture = 1'097'396;  // 97,396 cycles of downtime
+  held.tsc_offset = paused.guest_tsc() - held.host_tsc_at_capture;  // honoured: -97,396
+  CHECK(tsc_offset_not_applied(paused, held, "svm").empty());
+  held.tsc_offset = 0;  // PVM: the guest stays on the host TSC
+  CHECK(tsc_offset_not_applied(paused, held, "pvm") ==
+        "the guest TSC ran on through the downtime: this host's KVM (pvm) does not apply KVM_VCPU_TSC_OFFSET "
+        "(the worker set 0xfffffffffffe838c, KVM applies 0x0); ");
+  held.tsc_offset = std::uint64_t{0} - 200'000;  // further back than asked
+  CHECK_THAT(tsc_offset_not_applied(paused, held, "vmx"), Catch::StartsWith("the guest TSC went back: this host's KVM (vmx)"));
 }
 
 }  // namespace

@@ -229,6 +229,8 @@ class KvmVcpu {
   // the offset still holds with a full capture later.
   std::optional<std::uint64_t> kvm_tsc_offset() const { return kvm_tsc_offset_; }
   bool tsc_from_offset() const { return tsc_from_offset_; }
+  // Reads the TSC offset KVM applies now (the attribute), nullopt where the kernel lacks it.
+  std::optional<std::uint64_t> read_tsc_offset();
   // Restores a captured state (XSAVE, XCRs, sregs, MSRs, TSC, LAPIC, events, MP state, debug
   // registers, regs; sregs before the MSRs and the LAPIC, regs last). The guest TSC
   // keeps its offset to the host TSC, so it stays monotonic and continuous.

@@ -58,4 +58,13 @@ struct KvmMigrationConfig {
 Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMigrationConfig& cfg,
                                     const MigrationOptions& opt);
 
+// Why a vcpu proof of a KVM handover failed the TSC relation when the worker's vCPU holds
+// another TSC offset than the one it set (the paused guest TSC less the worker's host TSC at
+// the restore, hw-replay/src/worker.cpp): KVM accepted KVM_VCPU_TSC_OFFSET but does not apply
+// it (PVM keeps the guest on the host TSC), so the guest TSC ran on through the downtime.
+// One clause ending in "; " to put before the checker's summary, naming `flavour`; empty when
+// the offsets agree (then the refutation has another cause).
+std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::VcpuState& held,
+                                   const std::string& flavour);
+
 }  // namespace baton::sim
