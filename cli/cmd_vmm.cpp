@@ -53,6 +53,8 @@ void run_worker(const WorkerCliOptions& o) {
   wo.device = hw::kvm_device();
   wo.spin_before_ms = o.spin_before_ms;
   if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
+  if (const char* k = std::getenv("BATON_WORKER_KEEP_TSC_OFFSET"); k != nullptr && std::string(k) == "1")
+    wo.keep_tsc_offset = true;  // tests: a TSC offset the worker's KVM ignores, on any host
   if (const char* rt = std::getenv("BATON_KVM_RT"); rt != nullptr && std::string(rt) == "0") wo.realtime = false;
   auto r = hw::serve_worker(sock, wo);
   if (!r) return fail(r.error().message);

@@ -287,6 +287,16 @@ Result<std::vector<VmmEvent>> decode_vmm_events(std::span<const std::uint8_t> p)
   return out;
 }
 
+namespace {
+// WorkerOptions::keep_tsc_offset: restores `s` but writes the baseline's TSC offset, as a KVM
+// that ignores KVM_VCPU_TSC_OFFSET would leave it; reports the write as restore_changes would.
+Result<StateWrite> restore_keeping_tsc_offset(KvmMachine& m, const model::VcpuState& baseline, const model::VcpuState& s) {
+  model::VcpuState written = s;
+  written.tsc_offset = baseline.tsc_offset;
+  return m.restore_changes(baseline, written);
+}
+}  // namespace
+
 Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   // Test fault injection: a real SIGKILL at the named point.
   auto maybe_die = [&](const char* point) {
@@ -411,7 +421,8 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   const std::uint64_t guest_tsc = state.guest_tsc();
   state.host_tsc_at_capture = __rdtsc();
   state.tsc_offset = guest_tsc - state.host_tsc_at_capture;
-  auto wrote = (*machine)->restore_changes(*baseline, state);
+  auto wrote = opt.keep_tsc_offset ? restore_keeping_tsc_offset(**machine, *baseline, state)
+                                   : (*machine)->restore_changes(*baseline, state);
   if (!wrote) return failed(wrote.error());
   const ResumeInfo info = resume->info;
   (*machine)->recorder().resume(info.ports);  // inputs continue at value number info.inputs_consumed

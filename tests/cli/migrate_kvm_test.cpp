@@ -83,6 +83,21 @@ TEST_CASE("migrate --backend kvm: local-lazy hands the memfd to a second process
   CHECK(sum == Approx(down).epsilon(1e-9));
 }
 
+TEST_CASE("migrate --backend kvm: a TSC offset the worker's KVM does not apply refutes the vcpu check, on every host",
+          "[kvm][migrate][tsc]") {
+  // BATON_WORKER_KEEP_TSC_OFFSET makes the worker leave the baseline's offset in place, as PVM
+  // does with the one it writes: the guest TSC then runs on through the downtime (docs/checker.md,
+  // the TSC relation), and the check must say so wherever it runs, not only on PVM.
+  ScratchDir d;
+  auto r = run_baton(d, "migrate tsc --backend kvm --method local-lazy --json", "BATON_WORKER_KEEP_TSC_OFFSET=1");
+  const json j = parsed(r);
+  CHECK(r.code == 1);
+  CHECK(j.at("outcome") == "switched-refuted");
+  CHECK(j.at("checksum_matches") == true);  // the tsc guest checks no absolute time
+  CHECK(verdict_of(j, "vcpu") == "refuted");
+  CHECK_THAT(summary_of(j, "vcpu"), Catch::StartsWith(baton::test::tsc_not_applied_text()));
+}
+
 TEST_CASE("migrate --backend kvm: precopy copies in dirty-log rounds while the guest runs, and is proven (refuted on PVM)",
           "[kvm][migrate][precopy][device-only]") {
   ScratchDir d;

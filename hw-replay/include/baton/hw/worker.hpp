@@ -82,6 +82,11 @@ struct WorkerOptions {
   // "state" (the vCPU state received, before the restore), "resumed" (right after it told
   // the source it resumed), "" never.
   std::string die_at;
+  // Fault injection for tests (BATON_WORKER_KEEP_TSC_OFFSET=1 of `baton vmm-worker`): the worker
+  // writes the baseline's TSC offset instead of the one that continues the guest TSC, as PVM
+  // does (it ignores the write), and reports what KVM holds: the vcpu check must be refuted on
+  // every host, which a worker reporting the offset it meant to set would hide.
+  bool keep_tsc_offset = false;
 };
 
 // A guest's port activity as bytes (the result message), and back.
