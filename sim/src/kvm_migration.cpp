@@ -339,6 +339,10 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     worker_error_ = r.error().message;
   if (cfg_.source) {  // the source stands where its builder put it
     last_run_ns_ = monotonic_ns();
+    // The pause begins here: wake the worker, as at a sync point below (without it a sleeping
+    // worker saw the state only when its 100 ms poll() ended: explore's migrations took 100 ms).
+    const bool lazy = opt_.method != Method::kPrecopy;
+    if (lazy) hw::wake_worker(timing_);
     const std::uint32_t stage = machine_->recorder().state().stage;
     return RunEvent{StopReason::kInsnLimit, "where the explore session stands", stage};
   }

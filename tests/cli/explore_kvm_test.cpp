@@ -213,6 +213,22 @@ TEST_CASE("explore kvm: restore brings guest memory and the vCPU back exactly", 
   CHECK_THAT(r.out, Catch::Contains("stage 2   snapshot"));  // snapshots lists it with its stage
 }
 
+TEST_CASE("explore kvm: local-lazy wakes a sleeping worker at the pause, spinning or not", "[kvm][explore][spin]") {
+  // A worker that sleeps until the pause (BATON_KVM_SPIN=0, or one CPU) must be woken when the
+  // session's migration begins; unwoken, it saw the state only when its 100 ms poll() ended.
+  for (const char* spin : {"BATON_KVM_SPIN=0", "BATON_KVM_SPIN=1"}) {
+    INFO(spin);
+    ScratchDir d;
+    const std::string s = script(d, "s.bsc", kLoad + "run to sync 1\nmigrate local-lazy --json\n");
+    auto r = run_baton(d, "explore --script " + s, spin);
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    const json mig = json_after(r.out, "migrate local-lazy --json");
+    CHECK(mig.at("checksum_matches") == true);
+    CHECK(mig.at("downtime_us").get<double>() < 50'000);
+  }
+}
+
 TEST_CASE("explore kvm: precopy copies while the guest runs, and JSON carries every view", "[kvm][explore][precopy][device-only]") {
   ScratchDir d;
   auto r = explore(d,
