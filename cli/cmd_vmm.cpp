@@ -21,6 +21,7 @@ struct WorkerCliOptions {
   double timeout_s = 60;
   int timeout_ms = -1;  // the old spelling, still accepted (hidden)
   int spin_before_ms = 0;
+  int spin_ms = 1'000;
 };
 
 // Connects to a UNIX stream socket; errors name the path.
@@ -39,6 +40,7 @@ Result<hw::Fd> connect_unix(const std::string& path) {
 void run_worker(const WorkerCliOptions& o) {
   if (o.socket.empty() == (o.fd < 0)) return fail("give exactly one of --socket PATH or --fd N");
   if (o.spin_before_ms < 0 || o.spin_before_ms > 3'600'000) return fail("--spin-before-ms must be within 0..3600000");
+  if (o.spin_ms < 0 || o.spin_ms > 3'600'000) return fail("--spin-ms must be within 0..3600000");
   hw::Fd owned;
   int sock = o.fd;
   if (!o.socket.empty()) {
@@ -52,6 +54,7 @@ void run_worker(const WorkerCliOptions& o) {
   wo.timeout_ms = o.timeout_ms >= 0 ? o.timeout_ms : static_cast<int>(o.timeout_s * 1000);
   wo.device = hw::kvm_device();
   wo.spin_before_ms = o.spin_before_ms;
+  wo.spin_ms = o.spin_ms;
   if (const char* d = std::getenv("BATON_WORKER_DIE_AT")) wo.die_at = d;  // tests: SIGKILL at a phase
   if (const char* k = std::getenv("BATON_WORKER_KEEP_TSC_OFFSET"); k != nullptr && std::string(k) == "1")
     wo.keep_tsc_offset = true;  // tests: a TSC offset the worker's KVM ignores, on any host
@@ -77,6 +80,10 @@ void register_vmm_worker(CLI::App& app) {
   c->add_option("--spin-before-ms", o->spin_before_ms,
                 "Spin on the state mailbox for up to this many ms before the pause instead of sleeping until the "
                 "source wakes it (no wake-up inside the downtime; costs this process's CPU meanwhile)")
+      ->capture_default_str();
+  c->add_option("--spin-ms", o->spin_ms,
+                "Once the source wakes it at the pause, spin on the state mailbox for up to this many ms (0: sleep "
+                "until the source says the state is posted; for a worker that shares the source's CPU)")
       ->capture_default_str();
   c->callback([o] { run_worker(*o); });
 }

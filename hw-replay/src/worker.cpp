@@ -553,7 +553,9 @@ Result<void> send_state(KvmMachine& m, HandoverTiming& t, const model::VcpuState
   if (!t.mailbox) return make_error("no state mailbox: prepare_worker did not run");
   const ResumeInfo info{m.input_seed(), m.ports().inputs, m.recorder().state()};
   encode_resume_to(info, state, t.state_buf, t.baseline ? &*t.baseline : nullptr);
-  return t.mailbox->post(t.state_buf, t.bytes_copied);
+  BATON_TRY_VOID(t.mailbox->post(t.state_buf, t.bytes_copied));
+  if (!t.worker_spins) wake_worker(t);  // a worker that does not spin sleeps until told the state is there
+  return ok_result();
 }
 
 bool state_sent_is(KvmMachine& m, const HandoverTiming& t, const model::VcpuState& state) {

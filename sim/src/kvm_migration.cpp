@@ -171,8 +171,11 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
     else ::unsetenv("BATON_WORKER_DIE_AT");
     // On a CPU of its own the worker spins from the baseline to the pause (spin_before_ms):
     // no wake-up inside the downtime.
-    const char* argv[] = {"baton", "vmm-worker", "--fd", "3", "--timeout-ms", timeout.c_str(),
-                          "--spin-before-ms", cpus.spin ? kSpinBeforeMs : "0", nullptr};
+    // Elsewhere it never spins (it may share the source's CPU): the source wakes it again once
+    // the state is posted (HandoverTiming::worker_spins).
+    const char* argv[] = {"baton",           "vmm-worker", "--fd",     "3", "--timeout-ms", timeout.c_str(),
+                          "--spin-before-ms", cpus.spin ? kSpinBeforeMs : "0", "--spin-ms", cpus.spin ? "1000" : "0",
+                          nullptr};
     ::execv(exe.c_str(), const_cast<char* const*>(argv));
     ::_exit(127);
   }
@@ -328,6 +331,7 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
   auto w = spawn_worker(cfg_.worker_exe, cfg_.worker_die_at, cfg_.timeout_ms, cpus_);
   if (!w) return w.error();
   worker_ = std::move(*w);
+  timing_.worker_spins = cpus_.spin;
   res_->worker_pid = static_cast<std::uint32_t>(worker_->pid);
   // The worker starts (exec, /dev/kvm) while the guest runs to the migration point. local-lazy:
   // it also builds its VM, vCPU and memslot around the same memfd before the pause; precopy

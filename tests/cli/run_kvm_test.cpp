@@ -59,4 +59,7 @@ TEST_CASE("vmm-worker: bad invocations are one clear line", "[cli][bad-input]") 
   auto s = run_baton(d, "vmm-worker --fd 3 --spin-before-ms -1");
   CHECK(s.code == 2);
   CHECK(s.err == "baton: --spin-before-ms must be within 0..3600000\n");
+  auto m = run_baton(d, "vmm-worker --fd 3 --spin-ms 3600001");
+  CHECK(m.code == 2);
+  CHECK(m.err == "baton: --spin-ms must be within 0..3600000\n");
 }

@@ -389,38 +389,56 @@ char process_state(pid_t pid) {
 }
 }  // namespace
 
-TEST_CASE("kvm: a worker told to spin before the pause needs no wake-up; one not told sleeps", "[kvm][migration][spin]") {
+namespace {
+// Samples a process's scheduler state every ms for `ms` ms and returns how often it ran ('R').
+int times_running(pid_t pid, int ms) {
+  int running = 0;
+  for (int i = 0; i < ms; ++i) {
+    running += process_state(pid) == 'R';
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return running;
+}
+}  // namespace
+
+TEST_CASE("kvm: a spinning worker needs no wake-up; a sleeping one never spins and takes the state at the second",
+          "[kvm][migration][spin]") {
+  const guests::GuestImage im = image_of("mixed");
   cpu_set_t cpus;
   REQUIRE(::sched_getaffinity(0, sizeof cpus, &cpus) == 0);
-  if (CPU_COUNT(&cpus) < 2) {
-    // The source never asks a worker to spin on one CPU (it would take the source's CPU).
-    WARN("skipped: one CPU here, and a worker spins only on a CPU of its own");
-    return;
-  }
-  const guests::GuestImage im = image_of("mixed");
-  for (const int spin_ms : {0, 20'000}) {
-    INFO("spin_before_ms " << spin_ms);
+  for (const bool spins : {false, true}) {
+    INFO((spins ? "spinning worker" : "sleeping worker"));
+    if (spins && CPU_COUNT(&cpus) < 2) {
+      // The source never asks a worker to spin on one CPU (it would take the source's CPU).
+      WARN("the spinning worker is skipped: one CPU here, and a worker spins only on a CPU of its own");
+      continue;
+    }
     WorkerOptions wo;
-    wo.spin_before_ms = spin_ms;
+    wo.spin_before_ms = spins ? 20'000 : 0;
+    wo.spin_ms = spins ? 1'000 : 0;
     int sock = -1;
     const pid_t worker = spawn_worker(sock, wo);
     auto m = KvmMachine::try_create(im);
     REQUIRE(m);
     HandoverTiming t;
+    t.worker_spins = spins;
     REQUIRE(prepare_worker(**m, sock, t));
     // Before the pause: the spinning worker runs all along, the other sleeps in poll().
-    int running = 0;
-    for (int i = 0; i < 40; ++i) {
-      running += process_state(worker) == 'R';
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    if (spin_ms > 0) CHECK(running >= 36);
-    else CHECK(running <= 4);
+    const int before = times_running(worker, 40);
+    if (spins) CHECK(before >= 36);
+    else CHECK(before <= 4);
     auto r = (*m)->run(~std::uint64_t{0}, true);
     REQUIRE(r);
     REQUIRE(r->stop == KvmStop::kSync);
-    // The state goes without the eventfd: the spinning worker takes it at once; the sleeping
-    // one only when its poll() times out (100 ms) and it looks at the mailbox.
+    if (!spins) {
+      // Woken at the pause, a worker with spin_ms 0 does not spin (it may share the source's
+      // CPU): it sleeps on until the state is posted.
+      wake_worker(t);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      CHECK(times_running(worker, 20) <= 2);
+    }
+    // The spinning worker takes the state at once without any wake-up; the sleeping one at
+    // send_state's wake-up (without it, only when its 100 ms poll() ended).
     auto state = (*m)->capture_changes(*t.baseline);
     REQUIRE(state);
     const std::uint64_t posted = now_ns();
@@ -428,7 +446,7 @@ TEST_CASE("kvm: a worker told to spin before the pause needs no wake-up; one not
     auto h = await_resumed(sock, t);
     INFO((h ? "" : h.error().message));
     REQUIRE(h);
-    if (spin_ms > 0) CHECK(t.state_received_ns - posted < 5'000'000);
+    CHECK(t.state_received_ns - posted < (spins ? 5'000'000u : 50'000'000u));
     m->reset();
     REQUIRE(wait_worker_result(sock));
     int st = 0;

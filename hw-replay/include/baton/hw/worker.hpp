@@ -65,7 +65,10 @@ struct WorkerOptions {
   std::string device = kKvmDevice;
   int timeout_ms = 60'000;  // per message
   // How long the worker spins on the mailbox once the source has woken it at the pause,
-  // before it sleeps again (a source that woke it and then failed).
+  // before it sleeps again (a source that woke it and then failed). 0: it never spins and
+  // waits for the source's second wake-up, after the state is posted (HandoverTiming::
+  // worker_spins false): on a CPU it shares with the source, a spinning real-time worker would
+  // keep the source from capturing the state (1 s pauses in the one-CPU nested host).
   int spin_ms = 1'000;
   // How long the worker spins on the mailbox from the baseline on, before the pause, instead
   // of sleeping until the source wakes it (0: it sleeps). A spinning worker needs no wake-up:
@@ -167,6 +170,9 @@ struct HandoverTiming {
   std::optional<model::VcpuState> baseline;
   std::shared_ptr<StateMailbox> mailbox;  // created by prepare_worker
   Fd wakeup;                              // the eventfd that wakes the worker (prepare_worker)
+  // Whether the worker spins on the mailbox once woken (WorkerOptions::spin_ms > 0); if not,
+  // send_state wakes it again once the state is posted.
+  bool worker_spins = false;
   // send_state's encoding buffer: allocated and touched by prepare_worker, so that encoding the
   // state inside the downtime neither allocates nor faults pages in.
   std::vector<std::uint8_t> state_buf;
