@@ -362,8 +362,9 @@ Result<WorkerReport> serve_worker(int sock, const WorkerOptions& opt) {
   // Until the pause: asleep in poll() on the socket (precopy pages, an error, the source gone)
   // and the eventfd, or with opt.spin_before_ms spinning on the mailbox already. The source
   // writes the eventfd as the pause begins, so a wake-up overlaps its capture; from then on
-  // spin on the mailbox (no second wake-up inside the downtime), looking at the socket every
-  // ~20 us.
+  // spin on the mailbox for opt.spin_ms (no second wake-up inside the downtime), looking at the
+  // socket every ~20 us. With spin_ms 0 sleep on: the source writes the eventfd again once the
+  // state is posted.
   std::uint64_t spin_until = 0, next_look = 0;
   std::uint64_t deadline = monotonic_ns() + static_cast<std::uint64_t>(opt.timeout_ms) * 1'000'000ull;
   if (opt.spin_before_ms > 0) spin_until = monotonic_ns() + static_cast<std::uint64_t>(opt.spin_before_ms) * 1'000'000ull;
