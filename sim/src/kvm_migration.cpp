@@ -261,6 +261,13 @@ class KvmBackend final : public MigrationBackend {
     if (cpus_.pinned) (void)::sched_setaffinity(0, sizeof cpus_.original, &cpus_.original);
     cpus_.pinned = false;
   }
+  // The pause begins: a worker that spins once woken (timing_.worker_spins; it normally spins
+  // already, since the baseline) is woken in case that spin ran out, so that its wake-up
+  // overlaps the capture. One that does not spin is woken by send_state once the state is
+  // posted; waking it here as well would cost the source an IPI (20-30 us here) for nothing.
+  void wake_at_pause() {
+    if (timing_.worker_spins) hw::wake_worker(timing_);
+  }
   // Kicks the vCPU thread out of KVM_RUN and joins it.
   void stop_vcpu_thread();
   // Reports where the guest ended up when the source keeps it.
@@ -343,10 +350,7 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     worker_error_ = r.error().message;
   if (cfg_.source) {  // the source stands where its builder put it
     last_run_ns_ = monotonic_ns();
-    // The pause begins here: wake the worker, as at a sync point below (without it a sleeping
-    // worker saw the state only when its 100 ms poll() ended: explore's migrations took 100 ms).
-    const bool lazy = opt_.method != Method::kPrecopy;
-    if (lazy) hw::wake_worker(timing_);
+    wake_at_pause();  // the pause begins here
     const std::uint32_t stage = machine_->recorder().state().stage;
     return RunEvent{StopReason::kInsnLimit, "where the explore session stands", stage};
   }
@@ -357,9 +361,7 @@ Result<RunEvent> KvmBackend::run_to_point(const RunLimits& point) {
     const std::uint32_t stage = machine_->ports().stages.empty() ? 0 : machine_->ports().stages.back();
     if (r->stop == hw::KvmStop::kSync && stage >= want) {
       trace_phase(last_run_ns_, traces::MigrationPhase::kStart);
-      // The pause begins: wake the worker now, so that its wake-up overlaps the capture
-      // (precopy wakes it in pause_and_capture, once the guest stops for good).
-      if (opt_.method != Method::kPrecopy) hw::wake_worker(timing_);
+      wake_at_pause();
       return RunEvent{StopReason::kSyncPoint, "", stage};
     }
     if (r->stop == hw::KvmStop::kSync) continue;
@@ -472,7 +474,6 @@ Result<void> KvmBackend::precopy() {
 
 Result<model::HandoverSnapshot> KvmBackend::pause_and_capture() {
   if (vcpu_thread_.joinable()) {
-    hw::wake_worker(timing_);  // precopy: the worker wakes while the vCPU stops and the state is captured
     stop_vcpu_thread();
     if (!vcpu_result_) return vcpu_result_.error();
     if (vcpu_result_->stop == hw::KvmStop::kExited) res_->finished_before_switch = true;
