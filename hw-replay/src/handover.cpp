@@ -424,7 +424,7 @@ bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& 
   return true;
 }
 
-Result<bool> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s) {
+Result<void> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s) {
   Reader r{p};
   BATON_TRY_VOID(read_header(r, kDeltaMagic, kDeltaVersion, "vCPU delta"));
   read_regs(r, s);
@@ -444,7 +444,7 @@ Result<bool> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState&
     std::memcpy(s.xsave.data() + c * kXsaveChunk, p.data() + r.at, kXsaveChunk);
     r.at += kXsaveChunk;
   }
-  return n != 0;
+  return ok_result();
 }
 
 }  // namespace baton::hw

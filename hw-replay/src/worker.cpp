@@ -164,11 +164,9 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 Result<ResumeDecoded> decode_resume_into(std::span<const std::uint8_t> p, model::VcpuState& s) {
   auto info = decode_resume_info(p);
   if (!info) return info.error();
-  ResumeDecoded d{*info, is_delta(p), true};
+  ResumeDecoded d{*info, is_delta(p)};
   if (d.delta) {
-    auto changed = apply_vcpu_delta(p.subspan(32), s);
-    if (!changed) return changed.error();
-    d.xsave_changed = *changed;
+    BATON_TRY_VOID(apply_vcpu_delta(p.subspan(32), s));
     return d;
   }
   auto whole = decode_vcpu_state(p.subspan(32));

@@ -94,9 +94,8 @@ Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p);
 inline constexpr std::size_t kXsaveChunk = 64;
 bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& s, std::vector<std::uint8_t>& o);
 // Applies a delta in place to `s`, which must hold the baseline it was taken against (it then
-// holds the state; nothing is allocated). Returns whether any XSAVE piece changed. A malformed
-// delta (bad magic or version, truncated, a piece outside the XSAVE area) is an error, with `s`
-// then partly written.
-Result<bool> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s);
+// holds the state; nothing is allocated). A malformed delta (bad magic or version, truncated, a
+// piece outside the XSAVE area) is an error, with `s` then partly written.
+Result<void> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s);
 
 }  // namespace baton::hw

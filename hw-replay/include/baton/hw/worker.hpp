@@ -54,8 +54,7 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 // How decode_resume_into left its state.
 struct ResumeDecoded {
   ResumeInfo info;
-  bool delta = false;          // a delta was applied (so only its fields and XSAVE pieces changed)
-  bool xsave_changed = true;   // a delta changed a piece of the XSAVE image (always true for a whole state)
+  bool delta = false;  // a delta was applied (so only its fields and XSAVE pieces changed)
 };
 // Decodes either form into `s`: a whole state replaces it; a delta applies to it in place, so
 // `s` must then hold the baseline the delta was taken against.
