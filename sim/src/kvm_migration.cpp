@@ -169,10 +169,9 @@ Result<std::unique_ptr<Worker>> spawn_worker(const std::string& exe, const std::
     ::fcntl(3, F_SETFD, 0);  // keep fd 3 across exec, even if sv[1] was 3 already
     if (!die_at.empty()) ::setenv("BATON_WORKER_DIE_AT", die_at.c_str(), 1);
     else ::unsetenv("BATON_WORKER_DIE_AT");
-    // On a CPU of its own the worker spins from the baseline to the pause (spin_before_ms):
-    // no wake-up inside the downtime.
-    // Elsewhere it never spins (it may share the source's CPU): the source wakes it again once
-    // the state is posted (HandoverTiming::worker_spins).
+    // On a CPU of its own the worker spins from the baseline to the pause (no wake-up inside
+    // the downtime); elsewhere it never spins (it may share the source's CPU), and the source
+    // wakes it once the state is posted (HandoverTiming::worker_spins).
     const char* argv[] = {"baton",           "vmm-worker", "--fd",     "3", "--timeout-ms", timeout.c_str(),
                           "--spin-before-ms", cpus.spin ? kSpinBeforeMs : "0", "--spin-ms", cpus.spin ? "1000" : "0",
                           nullptr};
