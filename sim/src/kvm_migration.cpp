@@ -263,7 +263,7 @@ class KvmBackend final : public MigrationBackend {
   // The pause begins: a worker that spins once woken (timing_.worker_spins; it normally spins
   // already, since the baseline) is woken in case that spin ran out, so that its wake-up
   // overlaps the capture. One that does not spin is woken by send_state once the state is
-  // posted; waking it here as well would cost the source an IPI (20-30 us here) for nothing.
+  // posted; waking it here as well would cost the source an IPI for nothing.
   void wake_at_pause() {
     if (timing_.worker_spins) hw::wake_worker(timing_);
   }

@@ -72,7 +72,7 @@ struct WorkerOptions {
   // How long the worker spins on the mailbox from the baseline on, before the pause, instead
   // of sleeping until the source wakes it (0: it sleeps). A spinning worker needs no wake-up:
   // where idle CPUs halt (this machine's cpuidle polls for 0 ns), waking a sleeping one costs
-  // the source 20-30 us of inter-processor interrupt inside the downtime. The source asks for
+  // the source an inter-processor interrupt inside the downtime. The source asks for
   // it only where it pinned the worker to a CPU of its own (`baton vmm-worker --spin-before-ms`).
   int spin_before_ms = 0;
   // local-lazy: run at SCHED_FIFO priority 1 from the baseline until the first KVM_RUN returns, so that the
