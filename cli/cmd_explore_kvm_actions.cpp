@@ -309,9 +309,7 @@ Result<void> kvm_check(Session& s, const Args& a) {
     auto r = checker::check_vcpu(before, after, checker::Verdict::kProven, opt);
     if (!r) return r.error();
     // The last migration's pair (the paused state, the worker's): the same reason as migrate gives.
-    if (states.empty() && r->verdict == checker::Verdict::kRefuted && r->counterexample &&
-        r->counterexample->field == "vcpu0.tsc_offset")
-      r->summary = sim::tsc_offset_not_applied(before.vcpus[0], after.vcpus[0], hw::host_flavour()) + r->summary;
+    if (states.empty()) sim::explain_tsc_refutation(*r, before.vcpus[0], after.vcpus[0], hw::host_flavour());
     rep.seconds = r->seconds;
     rep.results.push_back(std::move(*r));
   }

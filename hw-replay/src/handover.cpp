@@ -424,6 +424,8 @@ bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& 
   return true;
 }
 
+bool is_vcpu_delta(std::span<const std::uint8_t> p) { return p.size() >= 4 && get(p.data(), 4) == kDeltaMagic; }
+
 Result<void> apply_vcpu_delta(std::span<const std::uint8_t> p, model::VcpuState& s) {
   Reader r{p};
   BATON_TRY_VOID(read_header(r, kDeltaMagic, kDeltaVersion, "vCPU delta"));

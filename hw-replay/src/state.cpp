@@ -343,7 +343,7 @@ Result<void> KvmVcpu::try_get_changes_into(const StateOptions& opt, const model:
   BATON_TRY_VOID(read_unprivileged(opt, s));
   // The clocks run on by themselves: they come with the TSC, in one KVM_GET_MSRS.
   std::vector<std::uint32_t> clocks;
-  for (std::uint32_t c : {model::kMsrTsc, model::kMsrHvVpRuntime, model::kMsrHvTimeRefCount})
+  for (std::uint32_t c : model::kClockMsrs)
     if (baseline.msrs.contains(c)) clocks.push_back(c);
   tsc_from_offset_ = clocks.empty() && kvm_tsc_offset_.has_value();
   if (tsc_from_offset_) {

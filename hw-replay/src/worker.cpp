@@ -144,18 +144,12 @@ Result<ResumeInfo> decode_resume_info(std::span<const std::uint8_t> p) {
                                            static_cast<std::uint32_t>(stage), info.inputs_consumed};
   return info;
 }
-// Whether a vcpu-state payload carries a delta (magic "VDLT" after the ResumeInfo).
-bool is_delta(std::span<const std::uint8_t> p) {
-  std::uint32_t magic = 0;
-  if (p.size() >= 36) std::memcpy(&magic, p.data() + 32, sizeof magic);
-  return magic == 0x544c4456;
-}
 }  // namespace
 
 Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const std::uint8_t> p) {
   auto info = decode_resume_info(p);
   if (!info) return info.error();
-  if (is_delta(p)) return make_error("vcpu-state message: a delta, which needs the baseline (decode_resume_into)");
+  if (is_vcpu_delta(p.subspan(32))) return make_error("vcpu-state message: a delta, which needs the baseline (decode_resume_into)");
   auto s = decode_vcpu_state(p.subspan(32));
   if (!s) return s.error();
   return std::make_pair(*info, std::move(*s));
@@ -164,7 +158,7 @@ Result<std::pair<ResumeInfo, model::VcpuState>> decode_resume(std::span<const st
 Result<ResumeDecoded> decode_resume_into(std::span<const std::uint8_t> p, model::VcpuState& s) {
   auto info = decode_resume_info(p);
   if (!info) return info.error();
-  ResumeDecoded d{*info, is_delta(p)};
+  ResumeDecoded d{*info, is_vcpu_delta(p.subspan(32))};
   if (d.delta) {
     BATON_TRY_VOID(apply_vcpu_delta(p.subspan(32), s));
     return d;

@@ -589,10 +589,8 @@ void KvmBackend::verify(Method, const model::HandoverSnapshot& before, const mod
     res_->checks.push_back(CheckLine{"vcpu", checker::Verdict::kUnknown, r.error().message, seconds_since(t0), std::nullopt});
     return;
   }
-  std::string summary = r->summary;
-  if (r->verdict == checker::Verdict::kRefuted && r->counterexample && r->counterexample->field == "vcpu0.tsc_offset")
-    summary = tsc_offset_not_applied(paused, after.vcpus.at(0), res_->host_flavour) + summary;
-  res_->checks.push_back(CheckLine{"vcpu", r->verdict, summary, seconds_since(t0), r->counterexample});
+  explain_tsc_refutation(*r, paused, after.vcpus.at(0), res_->host_flavour);
+  res_->checks.push_back(CheckLine{"vcpu", r->verdict, r->summary, seconds_since(t0), r->counterexample});
 }
 
 void KvmBackend::finish_output(const guests::GuestRun& before, const std::optional<guests::GuestRun>& after) {
@@ -794,6 +792,12 @@ std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::
                 ahead ? "ran on through the downtime" : "went back", flavour.c_str(),
                 static_cast<unsigned long long>(requested), static_cast<unsigned long long>(held.tsc_offset));
   return buf;
+}
+
+void explain_tsc_refutation(checker::PropertyResult& r, const model::VcpuState& paused, const model::VcpuState& held,
+                            const std::string& flavour) {
+  if (r.verdict == checker::Verdict::kRefuted && r.counterexample && r.counterexample->field == "vcpu0.tsc_offset")
+    r.summary = tsc_offset_not_applied(paused, held, flavour) + r.summary;
 }
 
 }  // namespace baton::sim

@@ -93,6 +93,8 @@ Result<model::VcpuState> decode_vcpu_state(std::span<const std::uint8_t> p);
 // (MSRs, LAPIC, debug registers, XCR0, activity state, XSAVE size): send it whole then.
 inline constexpr std::size_t kXsaveChunk = 64;
 bool encode_vcpu_delta_to(const model::VcpuState& base, const model::VcpuState& s, std::vector<std::uint8_t>& o);
+// Whether an encoded state is a delta (its magic is "VDLT") rather than a whole state.
+bool is_vcpu_delta(std::span<const std::uint8_t> p);
 // Applies a delta in place to `s`, which must hold the baseline it was taken against (it then
 // holds the state; nothing is allocated). A malformed delta (bad magic or version, truncated, a
 // piece outside the XSAVE area) is an error, with `s` then partly written.

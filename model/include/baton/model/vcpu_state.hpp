@@ -108,8 +108,11 @@ inline constexpr std::uint32_t kMsrHvTimeRefCount = 0x40000020;  // Hyper-V TLFS
 // the VP run time counts the vCPU thread's run time (a host write sets its offset, so a restore
 // carries it on) and the reference time counter counts the VM's kvmclock (read-only to the
 // host), both in 100 ns units.
+inline constexpr std::array<std::uint32_t, 3> kClockMsrs = {kMsrTsc, kMsrHvVpRuntime, kMsrHvTimeRefCount};
 constexpr bool is_clock_msr(std::uint32_t index) {
-  return index == kMsrTsc || index == kMsrHvVpRuntime || index == kMsrHvTimeRefCount;
+  for (std::uint32_t c : kClockMsrs)
+    if (index == c) return true;
+  return false;
 }
 
 // Names a general-purpose register ("rax" ...).

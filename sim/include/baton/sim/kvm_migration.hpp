@@ -66,5 +66,9 @@ Result<MigrationResult> migrate_kvm(const guests::GuestImage& image, const KvmMi
 // the offsets agree (then the refutation has another cause).
 std::string tsc_offset_not_applied(const model::VcpuState& paused, const model::VcpuState& held,
                                    const std::string& flavour);
+// Puts that clause before the summary of `r`, a vcpu check of the pair (paused, held), where it
+// was refuted at vcpu0.tsc_offset; leaves any other result as it is.
+void explain_tsc_refutation(checker::PropertyResult& r, const model::VcpuState& paused, const model::VcpuState& held,
+                            const std::string& flavour);
 
 }  // namespace baton::sim
