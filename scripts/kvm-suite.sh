@@ -76,11 +76,14 @@ if [ "$host" = nested ]; then
     all) part="every case${boot:+ of the executables of boot $boot}" ;;
   esac
   echo "kvm suite part: $part"
-  # One boot for the whole list; the build tree (where the list and the executables live) and
-  # the working directory are shared read-write, so the suite inside sees the same paths.
+  # One boot for the whole list; the build tree (where the list and the executables live), the
+  # source tree (this script, the scenarios and test data the executables name) and the working
+  # directory are shared at their paths, so the suite inside sees the same paths. The host's
+  # root alone would not do: the nested host has its own /tmp, where a clone may live.
   [ -n "$build" ] || build=$(dirname "$list")/..
   build=$(cd "$build" && pwd -P)
-  exec "$here/nested-kvm.sh" --verbose --timeout "$timeout_s" --share "$build" \
+  src=$(cd "$here/.." && pwd -P)
+  exec "$here/nested-kvm.sh" --verbose --timeout "$timeout_s" --share "$build" --share "$src" \
     --cache "${NESTED_KVM_CACHE:-$build/nested-kvm}" -- \
     "$here/kvm-suite.sh" --host device --probe "$probe" --list "$list" --exe-timeout "$exe_timeout_s" \
     ${boot:+--boot "$boot"} --nested-cases "$nested_cases"
